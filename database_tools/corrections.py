@@ -1,0 +1,340 @@
+"""Learn from Label Studio annotations: new concepts, support, aliases and visual exemplars.
+
+Every annotation's contribution is recorded per region (``annotation_effects``) so that
+replays add nothing, an UPDATED annotation replaces its previous contribution, and a deleted
+annotation is undone exactly. Everything for one annotation happens in one transaction.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select, update
+from tqdm.auto import tqdm
+
+from .errors import ImportFormatError
+from .ls_results import Region, regions
+from .normalize import display_text, normalize_text
+from .schema import Alias, Annotation, AnnotationEffect, Entry, Exemplar, utcnow
+from .sql import add_support, entry_ids, insert_exemplar, insert_for, set_status, upsert_entries
+from .store import Store, Txn
+
+logger = logging.getLogger(__name__)
+
+EmbedRegion = Callable[[Mapping[str, Any]], "np.ndarray | None"]
+DELETE_ACTIONS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
+RECORD_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
+
+
+@dataclass
+class CorrectionReport:
+    """What recording one payload did (summed over its annotations)."""
+
+    recorded: int = 0
+    replaced: int = 0
+    duplicates: int = 0
+    deleted: int = 0
+    ignored: int = 0
+    regions: int = 0
+    new_concepts: list[str] = field(default_factory=list)
+    aliases: list[tuple[str, str]] = field(default_factory=list)
+    exemplars: int = 0
+
+    def merge(self, other: "CorrectionReport") -> None:
+        """Add ``other``'s counts to this report."""
+        for name in ("recorded", "replaced", "duplicates", "deleted", "ignored", "regions",
+                     "exemplars"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.new_concepts += other.new_concepts
+        self.aliases += other.aliases
+
+    def summary(self) -> str:
+        """One human line for the CLI."""
+        return (
+            f"{self.recorded} annotations recorded ({self.replaced} replaced earlier versions), "
+            f"{self.duplicates} duplicates, {self.deleted} deleted, {self.ignored} ignored; "
+            f"{self.regions} regions, {len(self.new_concepts)} new concepts, "
+            f"{len(self.aliases)} aliases, {self.exemplars} exemplars"
+        )
+
+
+@dataclass(frozen=True)
+class _Context:
+    project: str
+    task: str
+    prediction: list[Mapping[str, Any]] | None
+
+
+def _id(value: Any) -> str:
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return "" if value is None else str(value)
+
+
+def _prediction_result(prediction: Any, task: Mapping[str, Any] | None, ann: Mapping) -> list | None:
+    """The prediction's result items: given explicitly, or the task's parent prediction."""
+    if prediction is not None:
+        return prediction.get("result", []) if isinstance(prediction, Mapping) else list(prediction)
+    preds = [p for p in (task or {}).get("predictions") or [] if isinstance(p, Mapping)]
+    if not preds:
+        return None
+    parent = _id(ann.get("parent_prediction") or ann.get("prediction"))
+    chosen = next((p for p in preds if parent and _id(p) == parent), preds[-1])
+    return chosen.get("result") or []
+
+
+def _newer(incoming: str, stored: str) -> bool:
+    """Is ``incoming`` updated_at later than ``stored`` (ISO 8601; string order as fallback)?"""
+    try:
+        a = datetime.fromisoformat(incoming.replace("Z", "+00:00"))
+        b = datetime.fromisoformat(stored.replace("Z", "+00:00"))
+        return a > b
+    except (ValueError, TypeError):
+        return incoming > stored
+
+
+def record_annotation(
+    store: Store,
+    annotation: Mapping[str, Any],
+    prediction: Any = None,
+    *,
+    embed_region: EmbedRegion | None = None,
+    encoder_id: str | None = None,
+    new_concept_status: str = "active",
+) -> CorrectionReport:
+    """Record a webhook payload, an export task (with ``annotations``) or a bare annotation.
+
+    :param prediction: the prediction the annotation started from (dict with ``result`` or the
+        result list); default: the task's prediction named by ``parent_prediction`` or its last.
+    :param embed_region: ``f(region result item) -> embedding | None`` for visual exemplars.
+    :param encoder_id: the image encoder of ``embed_region`` (default ``embed_region.encoder_id``).
+    :param new_concept_status: status of names never seen before (``active`` or ``pending``).
+    """
+    if new_concept_status not in ("active", "pending"):
+        raise ValueError("new_concept_status must be 'active' or 'pending'")
+    if embed_region is not None:
+        encoder_id = encoder_id or getattr(embed_region, "encoder_id", None)
+        if not encoder_id:
+            raise ValueError("embed_region needs an encoder_id (never mix encoders' exemplars)")
+    if not isinstance(annotation, Mapping):
+        raise ValueError("annotation must be a JSON object")
+    report = CorrectionReport()
+    action = str(annotation.get("action") or "")
+    if action in DELETE_ACTIONS:
+        items = annotation.get("annotations") or [annotation.get("annotation") or {}]
+        for item in items:
+            report.merge(delete_annotation(store, _id(item)))
+        return report
+    if action and action not in RECORD_ACTIONS:
+        report.ignored += 1
+        return report
+    task = annotation.get("task") if isinstance(annotation.get("task"), Mapping) else None
+    if "annotations" in annotation and "result" not in annotation:
+        anns, task = annotation.get("annotations") or [], task or annotation
+    elif "annotation" in annotation:
+        anns = [annotation["annotation"]]
+    else:
+        anns = [annotation]
+    project = _id(annotation.get("project"))
+    for ann in anns:
+        ctx = _Context(
+            project=project or _id(ann.get("project")) or _id((task or {}).get("project")),
+            task=_id(ann.get("task")) or _id(task),
+            prediction=_prediction_result(prediction, task, ann),
+        )
+        report.merge(_record_one(store, ann, ctx, embed_region, encoder_id, new_concept_status))
+    return report
+
+
+def _record_one(
+    store: Store, ann: Mapping[str, Any], ctx: _Context, embed_region: EmbedRegion | None,
+    encoder_id: str | None, status: str,
+) -> CorrectionReport:
+    report = CorrectionReport()
+    ann_id = _id(ann)
+    if not ann_id:
+        raise ValueError("annotation has no id")
+    updated_at = str(ann.get("updated_at") or ann.get("created_at") or "")
+    found = [] if ann.get("was_cancelled") else list(regions(ann.get("result")).values())
+    predicted = regions(ctx.prediction) if ctx.prediction else {}
+    vectors = _embed(found, embed_region)  # slow work outside the transaction
+    with store.write() as txn:
+        row = _lock_annotation(txn, ann_id, ctx, ann)
+        if row.deleted or (row.updated_at and not _newer(updated_at, row.updated_at)):
+            report.duplicates += 1
+            return report
+        if row.updated_at:
+            _undo(txn, row.id)
+            report.replaced += 1
+        row.updated_at = updated_at or "-"
+        provenance = {"source": "labelstudio", "project": ctx.project, "task": ctx.task,
+                      "annotation": ann_id, "annotator": row.annotator}
+        for region in found:
+            pred = predicted.get(region.region_id)
+            _apply_region(txn, row.id, region, pred.name if pred else None, vectors, ctx,
+                          encoder_id, provenance, status, report)
+        report.recorded += 1
+    return report
+
+
+def _embed(found: list[Region], embed_region: EmbedRegion | None) -> dict[str, np.ndarray]:
+    vectors: dict[str, np.ndarray] = {}
+    if embed_region is None:
+        return vectors
+    for region in found:
+        if region.name:
+            vec = embed_region(region.item)
+            if vec is not None:
+                vectors[region.region_id] = np.asarray(vec, dtype=np.float32).reshape(-1)
+    return vectors
+
+
+def _lock_annotation(txn: Txn, ann_id: str, ctx: _Context, ann: Mapping) -> Annotation:
+    """Get-or-create the annotation row and lock it against a concurrent replay."""
+    key = f"ls-annotation:{ann_id}"
+    annotator = _id(ann.get("completed_by"))
+    stmt = insert_for(txn.session, Annotation).values(
+        ls_key=key, updated_at="", project=ctx.project, task=ctx.task, annotator=annotator,
+        deleted=False, recorded_at=utcnow(),
+    )
+    txn.session.execute(stmt.on_conflict_do_nothing(index_elements=["ls_key"]))
+    return txn.session.scalar(
+        select(Annotation).where(Annotation.ls_key == key).with_for_update()
+    )
+
+
+def _apply_region(
+    txn: Txn, annotation_row: int, region: Region, predicted: str | None,
+    vectors: dict[str, np.ndarray], ctx: _Context, encoder_id: str | None,
+    provenance: dict[str, Any], status: str, report: CorrectionReport,
+) -> None:
+    if not region.name or not normalize_text(region.name):
+        return
+    report.regions += 1
+    norm = normalize_text(region.name)
+    existed = entry_ids(txn.session, "concept", [norm])
+    ids = upsert_entries(
+        txn, "concept", {norm: (display_text(region.name, "concept"), 1)},
+        source=f"labelstudio:{ctx.project}", status=status,
+    )
+    entry_id = ids[norm]
+    if not existed:
+        report.new_concepts.append(norm)
+    alias_id = None
+    if predicted and normalize_text(predicted) and normalize_text(predicted) != norm:
+        alias_id = _bump_alias(txn, predicted, entry_id, +1)
+        report.aliases.append((normalize_text(predicted), norm))
+    exemplar_id = None
+    if region.region_id in vectors and encoder_id:
+        exemplar_id = insert_exemplar(
+            txn, encoder_id, entry_id, vectors[region.region_id],
+            {**provenance, "region": region.region_id},
+        )
+        report.exemplars += 1
+    txn.session.add(AnnotationEffect(
+        annotation_id=annotation_row, entry_id=entry_id, alias_id=alias_id,
+        exemplar_id=exemplar_id, created_entry=not existed,
+    ))
+
+
+def _bump_alias(txn: Txn, text: str, entry_id: int, delta: int) -> int:
+    """Count ``text -> entry`` up by ``delta``; returns the alias id."""
+    txn.seq()
+    norm = normalize_text(text)
+    stmt = insert_for(txn.session, Alias).values(
+        text=display_text(text, "concept"), norm=norm, entry_id=entry_id, count=delta,
+        updated_at=utcnow(),
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["norm", "entry_id"],
+        set_={"count": Alias.count + stmt.excluded.count, "updated_at": stmt.excluded.updated_at},
+    )
+    txn.session.execute(stmt)
+    return int(txn.session.scalar(
+        select(Alias.id).where(Alias.norm == norm, Alias.entry_id == entry_id)
+    ))
+
+
+def _undo(txn: Txn, annotation_row: int) -> None:
+    """Reverse every recorded effect of one annotation."""
+    effects = txn.session.scalars(
+        select(AnnotationEffect).where(AnnotationEffect.annotation_id == annotation_row)
+    ).all()
+    for effect in effects:
+        add_support(txn, effect.entry_id, -1)
+        if effect.alias_id is not None:
+            txn.session.execute(
+                update(Alias).where(Alias.id == effect.alias_id).values(count=Alias.count - 1)
+            )
+            txn.session.execute(delete(Alias).where(Alias.id == effect.alias_id, Alias.count <= 0))
+        if effect.exemplar_id is not None:
+            txn.session.execute(delete(Exemplar).where(Exemplar.id == effect.exemplar_id))
+        entry = txn.session.get(Entry, effect.entry_id)
+        txn.session.refresh(entry)
+        if (entry.support <= 0 and entry.source.startswith("labelstudio:")
+                and entry.status in ("active", "pending")):
+            set_status(txn, entry.id, "removed")
+    txn.session.execute(
+        delete(AnnotationEffect).where(AnnotationEffect.annotation_id == annotation_row)
+    )
+
+
+def delete_annotation(store: Store, annotation_id: str) -> CorrectionReport:
+    """Undo everything annotation ``annotation_id`` contributed (idempotent)."""
+    report = CorrectionReport()
+    if not annotation_id:
+        report.ignored += 1
+        return report
+    with store.write() as txn:
+        ctx = _Context("", "", None)
+        row = _lock_annotation(txn, annotation_id, ctx, {})
+        if row.deleted:
+            report.duplicates += 1
+            return report
+        _undo(txn, row.id)
+        row.deleted = True
+        report.deleted += 1
+    return report
+
+
+def _iter_export(path: Path) -> Iterable[Mapping[str, Any]]:
+    """Tasks of a Label Studio JSON export (a JSON array), streamed."""
+    import ijson
+
+    with open(path, "rb") as handle:
+        try:
+            yield from ijson.items(handle, "item", use_float=True)
+        except ijson.JSONError as exc:
+            raise ImportFormatError(f"{path}: not a Label Studio JSON export: {exc}") from None
+
+
+def ingest_export(
+    store: Store,
+    export_json_path: str | Path,
+    *,
+    embed_region: EmbedRegion | None = None,
+    encoder_id: str | None = None,
+    new_concept_status: str = "active",
+    progress: bool = False,
+) -> CorrectionReport:
+    """Record every annotation of a Label Studio JSON export (offline: no exemplars by default)."""
+    path = Path(export_json_path)
+    if not path.is_file():
+        raise ImportFormatError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImportFormatError(f"{path}: the file is empty")
+    report = CorrectionReport()
+    for task in tqdm(_iter_export(path), desc="annotations", unit="task", disable=not progress):
+        if not isinstance(task, Mapping):
+            raise ImportFormatError(f"{path}: expected a JSON array of task objects")
+        report.merge(record_annotation(
+            store, {**task, "annotations": task.get("annotations") or []},
+            embed_region=embed_region, encoder_id=encoder_id,
+            new_concept_status=new_concept_status,
+        ))
+    return report

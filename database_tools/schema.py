@@ -1,0 +1,173 @@
+"""ORM tables of the concept store (SQLAlchemy 2 typed declarative).
+
+The Alembic migrations in ``database_tools/migrations`` create exactly these tables; a test
+compares the migrated database with this metadata so the two never drift apart.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Statuses a user sets; "merged" and "removed" are internal (never indexed).
+USER_STATUSES = ("active", "pending", "rejected")
+ALL_STATUSES = USER_STATUSES + ("merged", "removed")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now; stored as UTC."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every store table."""
+
+
+class Meta(Base):
+    """Single row (id=1) holding the content version counter ``db_version``."""
+
+    __tablename__ = "store_meta"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    db_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class Entry(Base):
+    """A caption (free text) or a concept (a name), unique per (kind, normalised text)."""
+
+    __tablename__ = "entries"
+    __table_args__ = (
+        UniqueConstraint("kind", "norm", name="uq_entries_kind_norm"),
+        Index("ix_entries_updated_seq", "updated_seq"),
+        Index("ix_entries_status", "status"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    norm: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
+    support: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    source: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    merged_into_id: Mapped[int | None] = mapped_column(
+        ForeignKey("entries.id", ondelete="SET NULL"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class Alias(Base):
+    """A predicted name that annotators corrected to an entry, with how often."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("norm", "entry_id", name="uq_aliases_norm_entry"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    norm: Mapped[str] = mapped_column(Text, nullable=False)
+    entry_id: Mapped[int] = mapped_column(
+        ForeignKey("entries.id", ondelete="CASCADE"), nullable=False
+    )
+    count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Exemplar(Base):
+    """A region embedding an annotator named: the visual memory of a concept."""
+
+    __tablename__ = "exemplars"
+    __table_args__ = (Index("ix_exemplars_encoder", "encoder_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    encoder_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    entry_id: Mapped[int] = mapped_column(
+        ForeignKey("entries.id", ondelete="CASCADE"), nullable=False
+    )
+    dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    provenance: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TextEmbedding(Base):
+    """Cached text vector per (encoder id, exact text): embeddings of two encoders never mix."""
+
+    __tablename__ = "text_embeddings"
+    encoder_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    text_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    dim: Mapped[int] = mapped_column(Integer, nullable=False)
+    vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class ImportSource(Base):
+    """An imported file, keyed by checksum: re-imports are skipped, crashed ones resumed."""
+
+    __tablename__ = "import_sources"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    checksum: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    records_done: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    completed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (UniqueConstraint("checksum", "kind", name="uq_import_sources_checksum"),)
+
+
+class Annotation(Base):
+    """A Label Studio annotation whose contribution is recorded (idempotency + undo)."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (UniqueConstraint("ls_key", name="uq_annotations_ls_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ls_key: Mapped[str] = mapped_column(String(255), nullable=False)
+    updated_at: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    project: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    task: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    annotator: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AnnotationEffect(Base):
+    """One region's contribution (support, alias, exemplar) so it can be undone exactly."""
+
+    __tablename__ = "annotation_effects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    annotation_id: Mapped[int] = mapped_column(
+        ForeignKey("annotations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    entry_id: Mapped[int] = mapped_column(
+        ForeignKey("entries.id", ondelete="CASCADE"), nullable=False
+    )
+    alias_id: Mapped[int | None] = mapped_column(
+        ForeignKey("aliases.id", ondelete="SET NULL"), nullable=True
+    )
+    exemplar_id: Mapped[int | None] = mapped_column(
+        ForeignKey("exemplars.id", ondelete="SET NULL"), nullable=True
+    )
+    created_entry: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class IndexVersion(Base):
+    """A built concept index version (written by ``database_tools.index``)."""
+
+    __tablename__ = "index_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    encoder_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    version: Mapped[str] = mapped_column(String(255), nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    snapshot_hash: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    db_version: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    manifest: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

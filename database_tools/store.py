@@ -1,0 +1,330 @@
+"""The concept store: one SQLite file or PostgreSQL database, migrated on open.
+
+Every write runs in one transaction (:meth:`Store.write`). Content changes bump a single
+counter (``db_version``) first, which serialises writers on PostgreSQL (row lock) and gives each
+transaction a sequence number stored in ``entries.updated_seq`` so the index can update
+incrementally. SQLite uses WAL, ``busy_timeout`` and ``BEGIN IMMEDIATE`` for the same effect.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import StoreUnavailable
+from .migrate import migrate_to_head
+from .normalize import display_text, normalize_text
+from .schema import Entry, Exemplar, IndexVersion, Meta, utcnow
+from .sql import upsert_entries
+
+logger = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``postgresql://``/``postgres://`` and use the installed psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def mask_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid database URL>"
+
+
+@dataclass(frozen=True)
+class EntryChange:
+    """An entry whose indexable state (text or status) changed after some sequence number."""
+
+    entry_id: int
+    kind: str
+    text: str
+    status: str
+    updated_seq: int
+
+
+class Txn:
+    """A write transaction; :meth:`seq` bumps ``db_version`` once, on first content change."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._seq: int | None = None
+
+    def seq(self) -> int:
+        """The new ``db_version`` of this transaction (bumped and row-locked on first call)."""
+        if self._seq is None:
+            self.session.execute(
+                update(Meta).where(Meta.id == 1).values(db_version=Meta.db_version + 1)
+            )
+            self._seq = int(self.session.scalar(select(Meta.db_version).where(Meta.id == 1)))
+        return self._seq
+
+    @property
+    def changed(self) -> bool:
+        return self._seq is not None
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = 10
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL + busy timeout, and BEGIN IMMEDIATE so concurrent writers wait instead of failing."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """Concept/caption store at ``url`` (``sqlite:///file.db`` or ``postgresql://...``).
+
+    :param url: SQLAlchemy URL; ``postgresql://`` is mapped to the psycopg 3 driver.
+    :param migrate: run the Alembic migrations to the newest schema (refuses a newer schema).
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = normalize_url(url)
+        self.safe_url = mask_url(self.url)
+        try:
+            self.engine = _make_engine(self.url)
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+                conn.rollback()
+        except (DBAPIError, ArgumentError, NoSuchModuleError, OSError) as exc:
+            raise StoreUnavailable(
+                f"cannot connect to {self.safe_url}: {self._reason(exc)}"
+            ) from None
+        self.dialect = self.engine.dialect.name
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if migrate:
+            migrate_to_head(self.engine)
+
+    def _reason(self, exc: BaseException) -> str:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        text = reason[0] if reason else type(exc).__name__
+        password = make_url(self.url).password if "://" in self.url else None
+        return text.replace(str(password), "***") if password else text
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions ---------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[Txn]:
+        """One write transaction: committed on success, rolled back on any exception."""
+        with self._sessions.begin() as session:
+            yield Txn(session)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A short read session (objects stay readable after it closes)."""
+        with self._sessions() as session:
+            yield session
+
+    # -- versions -------------------------------------------------------------------------
+    def db_version(self) -> int:
+        """Content version: grows on every import, correction and curation that changed data."""
+        with self.read() as session:
+            return int(session.scalar(select(Meta.db_version).where(Meta.id == 1)) or 0)
+
+    # -- entries --------------------------------------------------------------------------
+    def add_entries(
+        self, kind: str, texts: Iterable[str], *, source: str = "", status: str = "active"
+    ) -> int:
+        """Add (or count again) entries in one transaction; returns how many texts were taken."""
+        rows: dict[str, tuple[str, int]] = {}
+        for text in texts:
+            norm = normalize_text(text, kind)
+            if norm:
+                shown, count = rows.get(norm, (display_text(text, kind), 0))
+                rows[norm] = (shown, count + 1)
+        if not rows:
+            return 0
+        with self.write() as txn:
+            upsert_entries(txn, kind, rows, source=source, status=status)
+        return sum(count for _, count in rows.values())
+
+    def get_entry(self, kind: str, text: str) -> Entry | None:
+        """The entry whose normalised text matches ``text`` (any status), or None."""
+        norm = normalize_text(text, kind)
+        with self.read() as session:
+            return session.scalar(select(Entry).where(Entry.kind == kind, Entry.norm == norm))
+
+    def iter_entries(
+        self,
+        kinds: Sequence[str] = ("caption", "concept"),
+        statuses: Sequence[str] = ("active",),
+        batch_size: int = 10_000,
+    ) -> Iterator[list[tuple[int, str, str]]]:
+        """Yield ``[(entry_id, kind, text), ...]`` batches ordered by id (bounded memory)."""
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        last = 0
+        while True:
+            with self.read() as session:
+                rows = session.execute(
+                    select(Entry.id, Entry.kind, Entry.text)
+                    .where(Entry.kind.in_(kinds), Entry.status.in_(statuses), Entry.id > last)
+                    .order_by(Entry.id)
+                    .limit(batch_size)
+                ).all()
+            if not rows:
+                return
+            yield [(int(r[0]), r[1], r[2]) for r in rows]
+            last = int(rows[-1][0])
+
+    def count_entries(
+        self, kinds: Sequence[str] = ("caption", "concept"), statuses: Sequence[str] = ("active",)
+    ) -> int:
+        """How many entries :meth:`iter_entries` would yield (for progress bars)."""
+        with self.read() as session:
+            return int(
+                session.scalar(
+                    select(func.count(Entry.id)).where(
+                        Entry.kind.in_(kinds), Entry.status.in_(statuses)
+                    )
+                )
+                or 0
+            )
+
+    def entries_since(
+        self, seq: int, kinds: Sequence[str] = ("caption", "concept"), batch_size: int = 10_000
+    ) -> Iterator[list[EntryChange]]:
+        """Entries created or whose text/status changed after ``seq`` (a past ``db_version``).
+
+        The index adds those now ``active`` (re-embedding ones whose text changed) and drops
+        the others; support-count changes do not appear here because they do not change it.
+        """
+        last = 0
+        while True:
+            with self.read() as session:
+                rows = session.execute(
+                    select(Entry.id, Entry.kind, Entry.text, Entry.status, Entry.updated_seq)
+                    .where(Entry.updated_seq > seq, Entry.kind.in_(kinds), Entry.id > last)
+                    .order_by(Entry.id)
+                    .limit(batch_size)
+                ).all()
+            if not rows:
+                return
+            yield [EntryChange(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
+            last = int(rows[-1][0])
+
+    def snapshot_hash(
+        self, kinds: Sequence[str] = ("caption", "concept"), statuses: Sequence[str] = ("active",)
+    ) -> str:
+        """sha256 over the (id, kind, text) of the selected entries: equal iff same content."""
+        digest = hashlib.sha256()
+        for batch in self.iter_entries(kinds, statuses, batch_size=20_000):
+            for entry_id, kind, text in batch:
+                digest.update(f"{entry_id}\t{kind}\t{text}\n".encode("utf-8"))
+        return digest.hexdigest()
+
+    # -- exemplars ------------------------------------------------------------------------
+    def add_exemplar(
+        self, encoder_id: str, name: str, embedding: np.ndarray, provenance: dict[str, Any]
+    ) -> int:
+        """Store a region embedding named ``name`` (concept created if new); returns its id."""
+        from .sql import insert_exemplar
+
+        with self.write() as txn:
+            entry_ids = upsert_entries(
+                txn, "concept", {normalize_text(name): (display_text(name, "concept"), 0)},
+                source=str(provenance.get("source", "exemplar")), status="active",
+            )
+            entry_id = next(iter(entry_ids.values()))
+            return insert_exemplar(txn, encoder_id, entry_id, embedding, provenance)
+
+    def load_exemplars(self, encoder_id: str) -> tuple[list[str], np.ndarray]:
+        """Names and ``(n, dim)`` float32 embeddings of active concepts' exemplars."""
+        with self.read() as session:
+            rows = session.execute(
+                select(Entry.text, Exemplar.dim, Exemplar.vector)
+                .join(Entry, Entry.id == Exemplar.entry_id)
+                .where(Exemplar.encoder_id == encoder_id, Entry.status == "active")
+                .order_by(Exemplar.id)
+            ).all()
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        dims = {int(r[1]) for r in rows}
+        if len(dims) != 1:
+            raise ValueError(f"exemplars of encoder {encoder_id!r} have mixed dims {sorted(dims)}")
+        vectors = np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
+        return [r[0] for r in rows], vectors.astype(np.float32, copy=False)
+
+    # -- index versions -------------------------------------------------------------------
+    def record_index_version(
+        self,
+        encoder_id: str,
+        version: str,
+        *,
+        path: str = "",
+        snapshot_hash: str = "",
+        db_version: int = 0,
+        count: int = 0,
+        manifest: dict[str, Any] | None = None,
+    ) -> int:
+        """Remember a built index version (not a content change: ``db_version`` stays)."""
+        with self.write() as txn:
+            row = IndexVersion(
+                encoder_id=encoder_id, version=version, path=path, snapshot_hash=snapshot_hash,
+                db_version=db_version, count=count, manifest=json.dumps(manifest or {}),
+                created_at=utcnow(),
+            )
+            txn.session.add(row)
+            txn.session.flush()
+            return int(row.id)
+
+    def latest_index_version(self, encoder_id: str) -> IndexVersion | None:
+        """The most recently recorded index version of ``encoder_id``."""
+        with self.read() as session:
+            return session.scalar(
+                select(IndexVersion)
+                .where(IndexVersion.encoder_id == encoder_id)
+                .order_by(IndexVersion.id.desc())
+                .limit(1)
+            )

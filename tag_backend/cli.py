@@ -1,0 +1,68 @@
+"""`tag-backend` command line (also `python -m tag_backend`)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .cli_common import configure_logging, engine_options, handle_errors, settings_with
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tag-backend")
+def main() -> None:
+    """Guidance-free open-vocabulary segmentation (TAG) for Label Studio pre-labelling."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Task list to write (JSON).")
+@click.option("--document-root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Image URLs are written relative to this directory (Label Studio local-files root).")
+@click.option("--url-prefix", default="/data/local-files/?d=", show_default=True,
+              help="Prefix of each task's image URL.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@engine_options
+@handle_errors
+def predict(inputs, out, document_root, url_prefix, quiet, **flags) -> None:
+    """Predict named masks for images and write a Label Studio-importable task list."""
+    from .predict_files import local_files_url, predict_files, write_tasks
+    from .runtime import get_runtime
+
+    settings = settings_with(**flags)
+    configure_logging(settings.log_level, settings.log_format)
+    report = predict_files(get_runtime(settings), inputs, local_files_url(document_root, url_prefix),
+                           progress=not quiet)
+    write_tasks(report.tasks, out)
+    for path, reason in report.failures:
+        click.echo(f"FAILED {path}: {reason}", err=True)
+    click.echo(f"{len(report.tasks)} image(s) predicted, {report.regions} region(s), "
+               f"{len(report.failures)} failed -> {out}")
+    if report.failures:
+        sys.exit(1)
+
+
+@main.command()
+@handle_errors
+def models() -> None:
+    """List presets, what each needs, and where weights are looked up."""
+    from .models_info import describe_models
+
+    click.echo(describe_models(settings_with()))
+
+
+def _register_optional_commands() -> None:
+    """Commands implemented in their own modules (server, evaluator, jobs)."""
+    import importlib
+
+    for module, attr in (("tag_backend.serve_cli", "serve"), ("tag_backend.serve_cli", "download_weights"),
+                         ("tag_backend.eval.cli", "eval_command"), ("tag_backend.jobs.cli", "prelabel"),
+                         ("tag_backend.jobs.cli", "jobs")):
+        try:
+            command = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        main.add_command(command)
+
+
+_register_optional_commands()

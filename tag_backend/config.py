@@ -1,0 +1,145 @@
+"""All configuration read from the environment, in one place.
+
+Config flows one way: environment / CLI flags -> :class:`Settings` -> constructor arguments.
+Nothing else in the project reads ``os.environ`` for its own settings (libraries such as
+``label_studio_sdk`` and ``huggingface_hub`` read their own variables).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "tag-backend")
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One setting: its environment variable, field, parser and documentation."""
+
+    name: str
+    field: str
+    help: str
+    parse: Any = str
+    secret: bool = False
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _optional_int(value: str) -> int | None:
+    return None if value.strip() == "" else int(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the engine, the server and the database tools.
+
+    ``None`` means "use the preset's / library's default".
+    """
+
+    # Engine
+    preset: str = "fast"
+    dino_model: str | None = None
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    dense_method: str | None = None
+    max_image_pixels: int = 40_000_000
+    # Concept database
+    data_dir: str = field(default_factory=_default_data_dir)
+    db_url: str | None = None
+    index_dir: str | None = None
+    new_concept_status: str = "active"
+    exemplar_threshold: float = 0.90
+    # Label Studio backend
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    webhook_secret: str | None = None
+    allowed_local_roots: str | None = None
+    allow_http_urls: bool = True
+    max_download_bytes: int = 50_000_000
+    download_timeout: float = 20.0
+    max_regions: int = 30
+    guided_threshold: float = 0.75
+    guided_fallback: str | None = None
+    predict_budget_seconds: float = 60.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    @property
+    def resolved_db_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return "sqlite:///" + str(Path(self.data_dir) / "concepts.db")
+
+    @property
+    def resolved_index_dir(self) -> str:
+        return self.index_dir or str(Path(self.data_dir) / "index")
+
+    def replace(self, **changes: Any) -> "Settings":
+        """Copy with the given fields changed; ``None`` values are ignored (flag not set)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("TAG_PRESET", "preset", "Preset: `fast` (DINOv2-S/14 + CLIP ViT-B/16) or `paper` (DINOv2-B/14 + CLIP ViT-L/14 OpenAI, CRF)."),
+    EnvVar("TAG_DINO_MODEL", "dino_model", "DINOv2: a Hugging Face id (hub cache) or a local directory saved by `save_pretrained`."),
+    EnvVar("TAG_CLIP_MODEL", "clip_model", "CLIP: an open_clip model name (e.g. `ViT-B-16`) or `local-dir:DIR`."),
+    EnvVar("TAG_CLIP_PRETRAINED", "clip_pretrained", "CLIP weights: an open_clip pretrained tag (e.g. `openai`) or a checkpoint file."),
+    EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available)."),
+    EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device)."),
+    EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper) or `naclip`."),
+    EnvVar("TAG_MAX_IMAGE_PIXELS", "max_image_pixels", "Decompression-bomb guard: images with more pixels are refused.", int),
+    EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live."),
+    EnvVar("TAG_DB_URL", "db_url", "Concept database URL: `sqlite:///path.db` or `postgresql+psycopg://user:pass@host/db`.", str, True),
+    EnvVar("TAG_INDEX_DIR", "index_dir", "Directory of the versioned FAISS concept indexes."),
+    EnvVar("TAG_NEW_CONCEPT_STATUS", "new_concept_status", "Status of concepts first seen in a correction: `active` or `pending`."),
+    EnvVar("TAG_EXEMPLAR_THRESHOLD", "exemplar_threshold", "Cosine above which a segment takes the name of a corrected exemplar.", float),
+    EnvVar("LABEL_STUDIO_URL", "label_studio_url", "Label Studio base URL the backend fetches images from and pushes predictions to."),
+    EnvVar("LABEL_STUDIO_API_KEY", "label_studio_api_key", "Label Studio personal access token or legacy token.", str, True),
+    EnvVar("BASIC_AUTH_USER", "basic_auth_user", "HTTP Basic user required on every endpoint when set."),
+    EnvVar("BASIC_AUTH_PASS", "basic_auth_pass", "HTTP Basic password.", str, True),
+    EnvVar("TAG_WEBHOOK_SECRET", "webhook_secret", "Shared secret for `/webhook` (header `X-Tag-Webhook-Secret` or `?token=`).", str, True),
+    EnvVar("TAG_ALLOWED_LOCAL_ROOTS", "allowed_local_roots", "`:`-separated directories task images may be read from (local files)."),
+    EnvVar("TAG_ALLOW_HTTP_URLS", "allow_http_urls", "Allow plain http(s) image URLs in tasks.", _bool),
+    EnvVar("TAG_MAX_DOWNLOAD_BYTES", "max_download_bytes", "Largest image download accepted.", int),
+    EnvVar("TAG_DOWNLOAD_TIMEOUT", "download_timeout", "Seconds before an image download is abandoned.", float),
+    EnvVar("TAG_MAX_REGIONS", "max_regions", "Most regions returned per image (largest kept).", int),
+    EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),
+    EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold (unset: region dropped)."),
+    EnvVar("TAG_PREDICT_BUDGET", "predict_budget_seconds", "Seconds `/predict` may compute before queueing the rest.", float),
+    EnvVar("TAG_LOG_FORMAT", "log_format", "`text` or `json` (structured logs)."),
+    EnvVar("TAG_LOG_LEVEL", "log_level", "Logging level."),
+)
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read :class:`Settings` from the environment; raises :class:`ConfigError` on a bad value."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var in ENV_VARS:
+        raw = env.get(var.name)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[var.field] = var.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{var.name}: {exc}") from None
+    return Settings(**values)

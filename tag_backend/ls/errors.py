@@ -1,0 +1,18 @@
+"""Errors of the Label Studio backend; the app maps each to an HTTP status and a clear message."""
+from __future__ import annotations
+
+from ..errors import TagError
+
+
+class BackendRequestError(TagError):
+    """A request the backend cannot serve (malformed payload...): HTTP 400."""
+
+    status = 400
+
+
+class LabelConfigError(BackendRequestError):
+    """The project's labeling config cannot hold TAG predictions (no Image / BrushLabels)."""
+
+
+class MediaError(TagError):
+    """A task's image cannot be fetched or is not allowed (the task gets an empty result)."""

@@ -1,0 +1,160 @@
+"""A durable spool of webhook payloads: written before ``/webhook`` answers, so a crash loses
+nothing, and independent of the concept database (which may be down: corrections wait here).
+
+Layout under ``<data_dir>/webhook-spool/``: ``pending/`` (waiting), ``working/`` (claimed by
+one worker), ``failed/`` (permanent errors, kept for inspection). Every file is written to a
+temp name, fsynced, then renamed (atomic on POSIX). A file is claimed by renaming it into
+``working/`` (only one process can win), so several gunicorn workers may share the spool.
+File names sort by due time, so retries with back-off wait their turn.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpoolItem:
+    """One claimed payload: its file in ``working/``, the payload and the attempts so far."""
+
+    path: Path
+    payload: dict
+    attempts: int
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WebhookSpool:
+    """Durable FIFO with retries; safe across threads and processes on one filesystem."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.pending, self.working, self.failed = (self.root / d for d in ("pending", "working", "failed"))
+        for d in (self.pending, self.working, self.failed):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ writing
+    def put(self, payload: dict) -> str:
+        """Persist ``payload`` durably; returns its id. Identical payloads share one file."""
+        data = json.dumps({"attempts": 0, "payload": payload}, separators=(",", ":")).encode()
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+        name = f"{time.time():017.6f}-0-{digest}.json"
+        if any(self.pending.glob(f"*-{digest}.json")):
+            return digest  # the same delivery is already waiting: nothing to add
+        self._write_atomic(self.pending / name, data)
+        return digest
+
+    def _write_atomic(self, target: Path, data: bytes) -> None:
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+
+    # ------------------------------------------------------------------ reading
+    def depth(self) -> int:
+        return sum(1 for p in self.pending.iterdir() if p.suffix == ".json")
+
+    def claim(self) -> SpoolItem | None:
+        """The oldest due payload, moved to ``working/``; None when nothing is due."""
+        now = time.time()
+        for path in sorted(p for p in self.pending.iterdir() if p.suffix == ".json"):
+            try:
+                due = float(path.name.split("-", 1)[0])
+            except ValueError:
+                due = 0.0
+            if due > now:
+                break  # sorted by due time: nothing later is due either
+            target = self.working / f"{path.stem}.{os.getpid()}.json"
+            try:
+                os.rename(path, target)
+            except FileNotFoundError:
+                continue  # another worker claimed it
+            try:
+                record = json.loads(target.read_text(encoding="utf-8"))
+                return SpoolItem(target, record["payload"], int(record.get("attempts", 0)))
+            except (ValueError, KeyError, OSError) as exc:
+                self._fail(target, f"unreadable spool file: {exc}")
+        return None
+
+    # ------------------------------------------------------------------ outcomes
+    def done(self, item: SpoolItem) -> None:
+        item.path.unlink(missing_ok=True)
+
+    def retry(self, item: SpoolItem, delay: float) -> None:
+        """Put ``item`` back, due after ``delay`` seconds."""
+        digest = item.path.stem.split(".")[0].rsplit("-", 1)[-1]
+        attempts = item.attempts + 1
+        name = f"{time.time() + delay:017.6f}-{attempts}-{digest}.json"
+        data = json.dumps({"attempts": attempts, "payload": item.payload}).encode()
+        self._write_atomic(self.pending / name, data)
+        item.path.unlink(missing_ok=True)
+
+    def fail(self, item: SpoolItem, reason: str) -> None:
+        self._fail(item.path, reason)
+
+    def _fail(self, path: Path, reason: str) -> None:
+        target = self.failed / path.name
+        os.replace(path, target)
+        (self.failed / (path.name + ".error.txt")).write_text(reason + "\n", encoding="utf-8")
+        logger.error("webhook payload %s failed permanently: %s", path.name, reason)
+
+    def recover(self) -> int:
+        """Return items claimed by dead processes to ``pending/`` (at start-up)."""
+        moved = 0
+        for path in self.working.glob("*.json"):
+            try:
+                pid = int(path.stem.rsplit(".", 1)[-1])
+            except ValueError:
+                pid = -1
+            if pid > 0 and pid != os.getpid() and _alive(pid):
+                continue
+            base = path.stem.rsplit(".", 1)[0]
+            try:
+                os.rename(path, self.pending / f"{base}.json")
+                moved += 1
+            except FileNotFoundError:
+                continue
+        if moved:
+            logger.info("recovered %d unfinished webhook payload(s)", moved)
+        return moved
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_failed(spool: WebhookSpool) -> list[dict[str, Any]]:
+    """The permanently failed payloads with their reasons (for operators and tests)."""
+    out = []
+    for path in sorted(spool.failed.glob("*.json")):
+        reason_file = spool.failed / (path.name + ".error.txt")
+        reason = reason_file.read_text(encoding="utf-8").strip() if reason_file.exists() else ""
+        out.append({"file": path.name, "reason": reason})
+    return out

@@ -1,0 +1,324 @@
+"""Loading DINOv2 (transformers) and CLIP (open_clip), strictly, cached per process.
+
+Nothing here runs at import time. Every loader refuses to run on random weights: when
+pretrained weights were asked for and cannot be found, a :class:`WeightsNotFoundError` names
+the cause and the flag / environment variable to set.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, WeightsNotFoundError
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+_cache: dict[tuple, object] = {}
+_cache_lock = threading.Lock()
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` -> cuda when available, else cpu. Refuses cuda on a machine without it."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"invalid device {device!r} (TAG_DEVICE / --device): {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available (TAG_DEVICE / --device)")
+    return dev
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def resolve_dtype(dtype: str | None, device: torch.device, prefer_bf16: bool) -> torch.dtype:
+    """Explicit dtype wins; otherwise bf16 when the preset prefers it and the device has it."""
+    if dtype:
+        try:
+            chosen = _DTYPES[dtype.lower()]
+        except KeyError:
+            raise ConfigError(f"invalid dtype {dtype!r}; use float32, bfloat16 or float16 (TAG_DTYPE)") from None
+        if chosen == torch.float16 and device.type == "cpu":
+            raise ConfigError("float16 is not supported on CPU; use bfloat16 or float32 (TAG_DTYPE)")
+        return chosen
+    return torch.bfloat16 if prefer_bf16 and bf16_supported(device) else torch.float32
+
+
+def _cached(key: tuple, build):
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = build()
+        return _cache[key]
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """Cheap stable identity of a weights file: size + sha256 of its first and last 4 MiB."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(4 << 20))
+        if size > 8 << 20:
+            f.seek(-(4 << 20), os.SEEK_END)
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- DINOv2
+@dataclass
+class LoadedDino:
+    """A DINOv2 backbone ready for inference (eval mode, on ``device`` in ``dtype``)."""
+
+    model: torch.nn.Module
+    model_id: str
+    patch_size: int
+    num_register_tokens: int
+    hidden_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+    dtype: torch.dtype
+
+
+def _dino_error(model: str, cause: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"cannot load DINOv2 weights {model!r}: {cause}. Set TAG_DINO_MODEL / --dino to a local "
+        "directory saved with `save_pretrained` (config.json + model.safetensors), or pre-fill the "
+        f"Hugging Face cache on a machine with internet (`huggingface-cli download {model}`)."
+    )
+
+
+def _build_dino(model: str, device: torch.device, dtype: torch.dtype) -> LoadedDino:
+    from transformers import AutoConfig, AutoModel  # heavy import, only when loading
+
+    local = Path(model).expanduser()
+    is_dir = local.is_dir()
+    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1
+    if not is_dir and looks_like_path:
+        raise _dino_error(model, f"directory {local} does not exist")
+    if is_dir and not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
+        raise _dino_error(model, f"no weights file (*.safetensors / *.bin) in {local}")
+    source = str(local) if is_dir else model
+    try:
+        config = _from_pretrained(AutoConfig, source, offline_first=not is_dir)
+        if config.model_type not in ("dinov2", "dinov2_with_registers"):
+            raise ConfigError(f"{model!r} is a {config.model_type!r} model, not DINOv2 (TAG_DINO_MODEL)")
+        net = _from_pretrained(AutoModel, source, offline_first=not is_dir)
+    except ConfigError:
+        raise
+    except OSError as exc:
+        cause = "not in the local Hugging Face cache and the hub is unreachable (offline?)"
+        if is_dir:
+            cause = f"the directory {local} is not a valid model ({exc})"
+        raise _dino_error(model, cause) from None
+    net = net.to(device=device, dtype=dtype).eval()
+    return LoadedDino(
+        model=net, model_id=model, patch_size=int(config.patch_size),
+        num_register_tokens=int(getattr(config, "num_register_tokens", 0) or 0),
+        hidden_size=int(config.hidden_size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        device=device, dtype=dtype,
+    )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connect (avoids minutes of retries offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(cls, source: str, offline_first: bool):
+    """Try the local cache first (no network), then the hub if it is reachable."""
+    if offline_first:
+        try:
+            return cls.from_pretrained(source, local_files_only=True)
+        except OSError:
+            if not hub_reachable():
+                raise
+    return cls.from_pretrained(source)
+
+
+def load_dino(model: str, device: torch.device, dtype: torch.dtype) -> LoadedDino:
+    """Load (once per process) a DINOv2 model from a Hugging Face id or a local directory."""
+    key = ("dino", str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model,
+           str(device), str(dtype))
+    return _cached(key, lambda: _build_dino(model, device, dtype))
+
+
+# ----------------------------------------------------------------------------- CLIP
+@dataclass
+class LoadedClip:
+    """An open_clip CLIP model ready for inference, with its tokenizer and normalisation."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    encoder_id: str
+    patch_size: int
+    image_size: tuple[int, int]
+    embed_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    device: torch.device
+    dtype: torch.dtype
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @torch.inference_mode()
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """(n, embed_dim) float32 L2-normalised text embeddings, no prompt template (TAG)."""
+        out = np.zeros((len(texts), self.embed_dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+            emb = self.model.encode_text(tokens).float()
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+            out[start:start + len(emb)] = emb.cpu().numpy()
+        return out
+
+    def text_encoder(self) -> "ClipTextEncoder":
+        return ClipTextEncoder(self)
+
+
+class ClipTextEncoder:
+    """The ``TextEncoder`` protocol (docs/ARCHITECTURE.md) on a loaded CLIP text tower."""
+
+    def __init__(self, clip: LoadedClip) -> None:
+        self.clip = clip
+        self.encoder_id = clip.encoder_id
+        self.dim = clip.embed_dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.clip.encode_text(texts)
+
+
+def _clip_error(model: str, pretrained: str | None, cause: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"cannot load CLIP weights for model {model!r} pretrained={pretrained!r}: {cause}. Set "
+        "TAG_CLIP_PRETRAINED / --clip-pretrained to a local checkpoint file, or TAG_CLIP_MODEL / "
+        "--clip to `local-dir:DIR` (open_clip_config.json + weights), or pre-fill the open_clip / "
+        "Hugging Face cache on a machine with internet."
+    )
+
+
+def _clip_identity(model: str, pretrained: str | None) -> tuple[str, str | None]:
+    """(encoder_id, checkpoint path or None) for a model spec; validates files exist."""
+    import open_clip
+
+    if model.startswith("local-dir:"):
+        folder = Path(model[len("local-dir:"):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise _clip_error(model, pretrained, f"no open_clip_config.json in {folder}")
+        from open_clip.factory import _find_checkpoint_in_dir
+
+        ckpt = _find_checkpoint_in_dir(folder)
+        if ckpt is None:
+            raise _clip_error(model, pretrained, f"no weights file (*.safetensors/*.bin/*.pth) in {folder}")
+        cfg_hash = hashlib.sha256((folder / "open_clip_config.json").read_bytes()).hexdigest()[:8]
+        return f"open_clip/local-dir/{cfg_hash}-{file_fingerprint(ckpt)}", ckpt
+    if model not in open_clip.list_models():
+        hint = f" (for a local directory use `local-dir:{model}`)" if os.sep in model else ""
+        raise ConfigError(f"unknown open_clip model {model!r}{hint} (TAG_CLIP_MODEL / --clip); see `tag-backend models`")
+    if not pretrained:
+        raise _clip_error(model, pretrained, "no pretrained weights configured (random weights are refused)")
+    if Path(pretrained).expanduser().is_file():
+        return f"open_clip/{model}/file-{file_fingerprint(Path(pretrained).expanduser())}", str(Path(pretrained).expanduser())
+    if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise _clip_error(model, pretrained, f"checkpoint file {pretrained} does not exist")
+    if pretrained not in open_clip.list_pretrained_tags_by_model(model):
+        raise _clip_error(model, pretrained, f"{pretrained!r} is not a known pretrained tag of {model}")
+    if not _open_clip_cached(model, pretrained) and not hub_reachable():
+        raise _clip_error(model, pretrained, "not in the local cache and the hub is unreachable (offline?)")
+    return f"open_clip/{model}/{pretrained}", None
+
+
+def _open_clip_cached(model: str, pretrained: str) -> bool:
+    """Whether the weights of a pretrained tag are already in the HF / open_clip cache."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if repo:
+        for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(repo, name), str):
+                return True
+    url = cfg.get("url") or ""
+    cache = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+    return bool(url) and cache.is_file()
+
+
+def _build_clip(model: str, pretrained: str | None, device: torch.device, dtype: torch.dtype) -> LoadedClip:
+    import open_clip
+
+    encoder_id, ckpt = _clip_identity(model, pretrained)
+    try:
+        net = open_clip.create_model(
+            model, pretrained=None if model.startswith("local-dir:") else (ckpt or pretrained),
+            device="cpu", require_pretrained=True, weights_only=True,
+        )
+    except (RuntimeError, OSError) as exc:
+        raise _clip_error(model, pretrained, f"not cached and could not be downloaded (offline?): {exc}") from None
+    tokenizer = open_clip.get_tokenizer(model)
+    visual = net.visual
+    pre = open_clip.get_model_preprocess_cfg(net) or {}
+    mean = tuple(pre.get("mean") or open_clip.OPENAI_DATASET_MEAN)
+    std = tuple(pre.get("std") or open_clip.OPENAI_DATASET_STD)
+    patch = visual.patch_size if isinstance(visual.patch_size, tuple) else (visual.patch_size,) * 2
+    size = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
+    net = net.to(device=device, dtype=dtype).eval()
+    return LoadedClip(
+        model=net, tokenizer=tokenizer, encoder_id=encoder_id, patch_size=int(patch[0]),
+        image_size=(int(size[0]), int(size[1])), embed_dim=int(visual.output_dim),
+        mean=mean, std=std, device=device, dtype=dtype,
+    )
+
+
+def load_clip(model: str, pretrained: str | None, device: torch.device, dtype: torch.dtype) -> LoadedClip:
+    """Load (once per process) an open_clip model by name + tag/file, or ``local-dir:DIR``."""
+    key = ("clip", model, pretrained, str(device), str(dtype))
+    return _cached(key, lambda: _build_clip(model, pretrained, device, dtype))
+
+
+def describe_local_dir(path: str | Path) -> dict:
+    """The model config of an open_clip ``local-dir`` (for `tag-backend models`)."""
+    return json.loads((Path(path) / "open_clip_config.json").read_text())

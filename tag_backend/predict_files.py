@@ -1,0 +1,94 @@
+"""Predict named masks for image files and build a Label Studio task list (the `predict` CLI)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from tqdm import tqdm
+
+from .errors import ImageError, TagError
+from .image_io import open_image
+from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class PredictReport:
+    """tasks: Label Studio tasks (one per image that worked); failures: (path, reason)."""
+
+    tasks: list[dict] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    regions: int = 0
+
+
+def expand_inputs(inputs: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files given directly are kept as they are; directories are searched for image files."""
+    files: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                errors.append((item, "directory contains no image files"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            errors.append((item, "no such file or directory"))
+    return files, errors
+
+
+def local_files_url(document_root: str | Path, prefix: str = "/data/local-files/?d=") -> Callable[[Path], str]:
+    """Task image URL for Label Studio local-files storage rooted at ``document_root``."""
+    root = Path(document_root).resolve()
+
+    def url(path: Path) -> str:
+        resolved = path.resolve()
+        try:
+            return prefix + resolved.relative_to(root).as_posix()
+        except ValueError:
+            return prefix + resolved.as_posix().lstrip("/") if prefix else str(resolved)
+
+    return url
+
+
+def predict_files(runtime: Runtime, inputs: Iterable[str], url_for: Callable[[Path], str],
+                  progress: bool = True) -> PredictReport:
+    """Run the pipeline on every image; a bad file is reported and skipped, the batch goes on."""
+    from .ls.results import task_for_image
+
+    files, failures = expand_inputs(inputs)
+    report = PredictReport(failures=failures)
+    pipeline = runtime.pipeline  # load models once, before the progress bar starts
+    version = runtime.model_version()
+    for path in tqdm(files, desc="predict", unit="img", disable=not progress):
+        try:
+            image = open_image(path, runtime.settings.max_image_pixels)
+            regions = pipeline.generate(image)
+        except (ImageError, TagError) as exc:
+            report.failures.append((str(path), str(exc)))
+            continue
+        except (RuntimeError, ValueError, MemoryError) as exc:  # one bad image must not stop the batch
+            logger.exception("prediction failed for %s", path)
+            report.failures.append((str(path), f"prediction failed: {type(exc).__name__}: {exc}"))
+            continue
+        report.regions += len(regions)
+        report.tasks.append(task_for_image(url_for(path), regions, image.width, image.height, version))
+    return report
+
+
+def write_tasks(tasks: list[dict], out: str | Path) -> None:
+    """Write the task list atomically (temp file + rename)."""
+    import json
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(tasks))
+    os.replace(tmp, out)

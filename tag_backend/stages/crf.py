@@ -1,0 +1,71 @@
+"""Dense-CRF refinement as in TAG (STEGO parameters), on the true uint8 RGB image.
+
+TAG passed an un-normalised copy of an image that had never been normalised, so its bilateral
+term saw distorted colours; here the CRF gets the real RGB at the model-input size.
+``pydensecrf2`` builds from source (gcc, ~50 s); when it is missing the pipeline logs that once
+and continues without CRF.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+_warned = threading.Event()
+
+
+@dataclass(frozen=True)
+class CrfParams:
+    iterations: int = 10
+    gaussian_sxy: float = 1.0
+    gaussian_compat: float = 3.0
+    bilateral_sxy: float = 67.0
+    bilateral_srgb: float = 3.0
+    bilateral_compat: float = 4.0
+    # TAG feeds softmax(raw scores) as the unary; raw scores are large, so the unary is almost
+    # one-hot and the CRF can hardly move a boundary. Scaling the scores so that the median
+    # top-1/top-2 gap equals ``unary_gain`` leaves confident interiors confident and makes
+    # boundary pixels (small gaps) uncertain, so colour edges decide there. None = TAG's raw
+    # unary. Measured on synthetic flat shapes (tiny models, k=3): matched mIoU 0.92 -> 0.998.
+    unary_gain: float | None = 1.0
+
+
+def crf_available() -> bool:
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def dense_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch.Tensor | None:
+    """Refined (K, h, w) probabilities, or ``None`` when pydensecrf is not installed.
+
+    rgb: (h, w, 3) uint8; logits: (K, h, w) float (softmax gives the unary, as in TAG).
+    """
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_softmax
+    except ImportError:
+        if not _warned.is_set():
+            _warned.set()
+            logger.warning("dense CRF disabled: pydensecrf2 is not installed (pip install pydensecrf2==1.1)")
+        return None
+    k, h, w = logits.shape
+    logits = logits.float()
+    if params.unary_gain is not None and k > 1:
+        top2 = logits.topk(2, dim=0).values
+        gap = (top2[0] - top2[1]).median().clamp_min(1e-6)
+        logits = logits * (params.unary_gain / gap)
+    probs = torch.softmax(logits, dim=0).cpu().numpy()
+    crf = dcrf.DenseCRF2D(w, h, k)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
+                             rgbim=np.array(rgb, dtype=np.uint8, order="C", copy=True), compat=params.bilateral_compat)
+    q = np.array(crf.inference(params.iterations), dtype=np.float32).reshape(k, h, w)
+    return torch.from_numpy(q)

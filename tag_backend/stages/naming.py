@@ -1,0 +1,74 @@
+"""Retrieval and naming: segment embeddings -> candidate names -> best name by CLIP cosine.
+
+Caption entries are turned into words with TAG's extraction (top-``k`` retrieved captions,
+near-duplicates with inner product > ``dedup_threshold`` grouped and only the first kept);
+concept entries (multi-word names such as "golden retriever") are candidates directly. All
+candidates are scored by cosine with the segment embedding using cached CLIP text embeddings
+(no prompt, as in TAG) and the best wins.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ..text.words import extract_words
+from ..types import NameCandidate
+
+
+@dataclass
+class SegmentNames:
+    """Candidates for one segment, best first, and the database texts they came from."""
+
+    candidates: list[NameCandidate]
+    sources: list[str]
+
+
+def dedup_hits(hits: list, threshold: float) -> list:
+    """Group hits whose vectors have inner product > threshold; keep the first of each group."""
+    if len(hits) < 2 or hits[0].vector is None:
+        return hits
+    vectors = np.stack([h.vector for h in hits]).astype(np.float32)
+    adjacency = csr_matrix((vectors @ vectors.T) > threshold)
+    _, group = connected_components(adjacency, directed=False)
+    seen: set[int] = set()
+    kept = []
+    for hit, g in zip(hits, group):
+        if g not in seen:
+            seen.add(int(g))
+            kept.append(hit)
+    return kept
+
+
+def candidate_names(hits: list, *, min_word_count: int, pos_filter: bool, use_captions: bool = True) -> list[str]:
+    concepts = [h.text for h in hits if h.kind == "concept"]
+    captions = [h.text for h in hits if h.kind == "caption"]
+    names = list(concepts)
+    if captions and use_captions:
+        names += extract_words(captions, min_count=min_word_count, pos_filter=pos_filter)
+    return list(dict.fromkeys(n for n in names if n)) or ["object"]
+
+
+def name_segments(embeddings: np.ndarray, index, text_encoder, *, top_k: int = 10,
+                  dedup_threshold: float = 0.94, min_word_count: int = 2, pos_filter: bool = True,
+                  max_alternatives: int = 5) -> list[SegmentNames]:
+    """embeddings: (K, D) L2-normalised float32. One batched index search for all segments."""
+    results = index.search(embeddings.astype(np.float32), top_k, return_vectors=True)
+    per_segment = []
+    for hits in results:
+        hits = dedup_hits(list(hits), dedup_threshold)
+        per_segment.append((hits, candidate_names(hits, min_word_count=min_word_count, pos_filter=pos_filter)))
+    vocabulary = list(dict.fromkeys(n for _, names in per_segment for n in names))
+    text = text_encoder.encode(vocabulary) if vocabulary else np.zeros((0, embeddings.shape[1]), np.float32)
+    row = {name: i for i, name in enumerate(vocabulary)}
+    out = []
+    for emb, (hits, names) in zip(embeddings, per_segment):
+        scores = text[[row[n] for n in names]] @ emb
+        order = np.argsort(-scores, kind="stable")[: max_alternatives + 1]
+        out.append(SegmentNames(
+            candidates=[NameCandidate(name=names[i], score=float(scores[i])) for i in order],
+            sources=[h.text for h in hits],
+        ))
+    return out

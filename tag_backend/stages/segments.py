@@ -1,0 +1,86 @@
+"""From k-means centres to a clean partition of the image.
+
+Pixel scores are computed on the patch grid and upsampled (bilinear, ``align_corners=False``):
+because upsampling is linear this equals TAG's "upsample the features, then dot with the
+centres" without materialising an (h, w, D) feature map (TAG: 600 MB and 20 s per image).
+
+Assignment (``assignment``):
+- ``"nearest"`` (default): nearest centre in Euclidean distance, consistent with k-means.
+- ``"dot"`` (paper): argmax of the dot product with the centres.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..types import Segments
+
+ASSIGNMENTS = ("nearest", "dot")
+
+
+def pixel_logits(tokens: torch.Tensor, grid: tuple[int, int], centers: torch.Tensor,
+                 size: tuple[int, int], assignment: str) -> torch.Tensor:
+    """(K, h, w) float32 scores; argmax over K is the segment id of each pixel."""
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
+    scores = tokens.float() @ centers.T  # (N, K)
+    if assignment == "nearest":
+        # argmin ||f - c||^2 = argmax (2 f.c - ||c||^2): still linear in f, so upsampling commutes.
+        scores = 2.0 * scores - (centers * centers).sum(1)[None, :]
+    maps = scores.T.reshape(1, -1, grid[0], grid[1])
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[0]
+
+
+def drop_small_segments(labels: np.ndarray, logits: torch.Tensor, min_pixels: int) -> np.ndarray:
+    """Reassign pixels of segments smaller than ``min_pixels`` (or empty) to their next-best segment.
+
+    Returns labels renumbered to 0..K'-1 with every id present (no empty segment survives).
+    """
+    k = logits.shape[0]
+    counts = np.bincount(labels.ravel(), minlength=k)
+    keep = counts >= max(1, min_pixels)
+    if not keep.any():
+        keep[int(counts.argmax())] = True
+    if not keep.all():
+        masked = logits.clone()
+        masked[torch.from_numpy(~keep)] = float("-inf")
+        labels = masked.argmax(0).numpy()
+    remap = np.full(k, -1, dtype=np.int64)
+    present = np.unique(labels)
+    remap[present] = np.arange(len(present))
+    return remap[labels]
+
+
+def patch_weights(labels: np.ndarray, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(K, gh*gw) share of each patch covered by each segment (area pooling of the one-hot map)."""
+    k = int(labels.max()) + 1
+    one_hot = F.one_hot(torch.from_numpy(labels).long(), k).permute(2, 0, 1).float()[None]
+    pooled = F.adaptive_avg_pool2d(one_hot, grid)[0]  # (K, gh, gw), sums to 1 over K
+    return pooled.reshape(k, -1).to(device)
+
+
+def build_segments(labels: np.ndarray, clip_grid: tuple[int, int], device: torch.device) -> Segments:
+    return Segments(labels=labels, patch_weights=patch_weights(labels, clip_grid, device))
+
+
+def upsample_labels(logits: torch.Tensor, labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Segment ids at the original image size (H, W), with smooth edges.
+
+    Each segment's soft mask (its one-hot map smoothed by bilinear resampling) is resized to
+    (H, W) one at a time and the running argmax kept, so memory stays O(H*W) for huge images.
+    """
+    import cv2
+
+    H, W = size
+    if labels.shape == (H, W):
+        return labels.copy()
+    k = int(labels.max()) + 1
+    best_val = np.full((H, W), -1.0, dtype=np.float32)
+    best_idx = np.zeros((H, W), dtype=np.int64)
+    for seg in range(k):
+        soft = cv2.resize((labels == seg).astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+        better = soft > best_val
+        best_val[better] = soft[better]
+        best_idx[better] = seg
+    return best_idx

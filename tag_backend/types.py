@@ -1,0 +1,105 @@
+"""Typed containers passed between the pipeline stages.
+
+Shapes use: H, W = original image size; h, w = model input size; gh, gw = patch grid;
+K = number of segments; D = feature dimension.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class PreparedImage:
+    """An image ready for both backbones.
+
+    rgb: (H, W, 3) uint8, EXIF-transposed original (used by the CRF and for output size).
+    model_rgb: (h, w, 3) uint8 resized copy at the model input size (CRF runs on it).
+    dino_pixels: (1, 3, h, w) float32, DINOv2 (ImageNet) normalisation.
+    clip_pixels: (1, 3, h, w) float32, CLIP normalisation of the loaded model.
+    """
+
+    rgb: np.ndarray
+    model_rgb: np.ndarray
+    dino_pixels: torch.Tensor
+    clip_pixels: torch.Tensor
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.model_rgb.shape[0]), int(self.model_rgb.shape[1])
+
+
+@dataclass
+class PatchFeatures:
+    """DINOv2 last-layer normalised patch tokens, no CLS/registers.
+
+    tokens: (gh * gw, D) float32 on the compute device, not L2-normalised.
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+
+
+@dataclass
+class Segments:
+    """A partition of the model-input image into K segments.
+
+    labels: (h, w) int64 numpy array with values in [0, K), every id present.
+    patch_weights: (K, gh * gw) float32 tensor, share of each patch covered by each segment
+        (rows sum to the segment's area in patches); used to pool patch-level features.
+    """
+
+    labels: np.ndarray
+    patch_weights: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return int(self.patch_weights.shape[0])
+
+
+@dataclass
+class DenseFeatures:
+    """Dense CLIP image features on the patch grid, in the joint image-text space.
+
+    features: (gh * gw, D) float32, not normalised.
+    """
+
+    features: torch.Tensor
+    grid: tuple[int, int]
+
+
+@dataclass
+class NameCandidate:
+    """One possible name for a segment and its CLIP image-text cosine."""
+
+    name: str
+    score: float
+
+
+@dataclass
+class SegmentLabel:
+    """One named region of the final output.
+
+    mask: (H, W) bool at the original image size.
+    name: the chosen free-form name; score: its CLIP image-text cosine (or exemplar similarity).
+    alternatives: the next best names (up to 5), best first.
+    area: number of True pixels in mask.
+    sources: texts of the retrieved database entries that produced the candidates.
+    embedding: (D,) float32 L2-normalised CLIP region embedding (for exemplars / corrections).
+    origin: "retrieval", "exemplar" (taken from an annotator correction) or "fallback".
+    """
+
+    mask: np.ndarray
+    name: str
+    score: float
+    alternatives: list[NameCandidate] = field(default_factory=list)
+    area: int = 0
+    sources: list[str] = field(default_factory=list)
+    embedding: np.ndarray | None = None
+    origin: str = "retrieval"

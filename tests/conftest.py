@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random-weight models of the real architectures, saved to a temp dir and
+loaded through the normal loaders (exactly like a user's local checkpoint), and settings that
+point the whole product at them."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory):
+    from tag_backend.random_models import save_random_clip, save_random_dino
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    save_random_dino(root / "dino")
+    clip = save_random_clip(root / "clip")
+    return {"dino": str(root / "dino"), "clip": clip, "root": root}
+
+
+@pytest.fixture(scope="session")
+def tiny_dino_dir(tiny_models_dir) -> str:
+    return tiny_models_dir["dino"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tiny_models_dir) -> str:
+    """``local-dir:DIR`` spec of the tiny open_clip model."""
+    return tiny_models_dir["clip"]
+
+
+@pytest.fixture()
+def tiny_settings(tiny_models_dir, tmp_path):
+    """Settings using the tiny models and a fresh data dir (SQLite store, index) per test."""
+    from tag_backend.config import Settings
+
+    return Settings(preset="fast", dino_model=tiny_models_dir["dino"], clip_model=tiny_models_dir["clip"],
+                    device="cpu", dtype="float32", data_dir=str(tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_runtime_session(tiny_models_dir, tmp_path_factory):
+    """One runtime (pipeline + store + default-vocabulary index) shared by read-only tests."""
+    from tag_backend.config import Settings
+    from tag_backend.runtime import Runtime
+
+    data = tmp_path_factory.mktemp("runtime-data")
+    settings = Settings(preset="fast", dino_model=tiny_models_dir["dino"], clip_model=tiny_models_dir["clip"],
+                        device="cpu", dtype="float32", data_dir=str(data))
+    return Runtime(settings)
