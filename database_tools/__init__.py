@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Store", "StoreUnavailable", "CachedTextEncoder", "record_annotation"]
+__all__ = ["CachedTextEncoder", "Store", "StoreUnavailable", "record_annotation"]
 
 _LAZY = {
     "Store": ("database_tools.store", "Store"),

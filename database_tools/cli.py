@@ -64,7 +64,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return func(*args, **kwargs)
-        except (DatabaseToolsError, TagError, ValueError, OSError) as exc:
+        except (DatabaseToolsError, TagError, ValueError, TypeError, OSError) as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
     return wrapper
@@ -194,7 +194,7 @@ def stats(app: AppContext, top: int) -> None:
         click.echo(f"  {created[:19]} {kind:<8} {text}")
 
 
-from .cli_more import register  # noqa: E402  (second half of the command table)
+from .cli_more import register
 
 register(cli, pass_app, handle_errors)
 

@@ -9,7 +9,11 @@ import click
 
 def register(cli: click.Group, pass_app: Callable, handle_errors: Callable) -> None:
     """Attach the ``concepts`` group, ``ingest-corrections``, ``export``, ``import-bundle``."""
+    _register_concepts(cli, pass_app, handle_errors)
+    _register_exchange(cli, pass_app, handle_errors)
 
+
+def _register_concepts(cli: click.Group, pass_app: Callable, handle_errors: Callable) -> None:
     @cli.group()
     def concepts() -> None:
         """List, approve, reject, merge and rename concepts."""
@@ -53,7 +57,7 @@ def register(cli: click.Group, pass_app: Callable, handle_errors: Callable) -> N
     @pass_app
     @handle_errors
     def merge(app: Any, names: tuple[str, ...]) -> None:
-        """Merge concepts FROM... INTO the last name (support, aliases, exemplars move)."""
+        """Merge concepts into the last name given: tag-db concepts merge FROM [FROM...] INTO."""
         from .curation import merge_concepts
 
         if len(names) < 2:
@@ -72,6 +76,8 @@ def register(cli: click.Group, pass_app: Callable, handle_errors: Callable) -> N
 
         click.echo(f"renamed {old!r} to {rename_concept(app.store, old, new)!r}")
 
+
+def _register_exchange(cli: click.Group, pass_app: Callable, handle_errors: Callable) -> None:
     @cli.command(name="ingest-corrections")
     @click.argument("export_json", type=click.Path(exists=True, dir_okay=False))
     @click.option("--new-concept-status", type=click.Choice(["active", "pending"]), default=None,

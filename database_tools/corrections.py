@@ -45,7 +45,7 @@ class CorrectionReport:
     aliases: list[tuple[str, str]] = field(default_factory=list)
     exemplars: int = 0
 
-    def merge(self, other: "CorrectionReport") -> None:
+    def merge(self, other: CorrectionReport) -> None:
         """Add ``other``'s counts to this report."""
         for name in ("recorded", "replaced", "duplicates", "deleted", "ignored", "regions",
                      "exemplars"):
@@ -122,7 +122,7 @@ def record_annotation(
         if not encoder_id:
             raise ValueError("embed_region needs an encoder_id (never mix encoders' exemplars)")
     if not isinstance(annotation, Mapping):
-        raise ValueError("annotation must be a JSON object")
+        raise TypeError("annotation must be a JSON object (dict)")
     report = CorrectionReport()
     action = str(annotation.get("action") or "")
     if action in DELETE_ACTIONS:
@@ -133,13 +133,7 @@ def record_annotation(
     if action and action not in RECORD_ACTIONS:
         report.ignored += 1
         return report
-    task = annotation.get("task") if isinstance(annotation.get("task"), Mapping) else None
-    if "annotations" in annotation and "result" not in annotation:
-        anns, task = annotation.get("annotations") or [], task or annotation
-    elif "annotation" in annotation:
-        anns = [annotation["annotation"]]
-    else:
-        anns = [annotation]
+    anns, task = _annotations_of(annotation)
     project = _id(annotation.get("project"))
     for ann in anns:
         ctx = _Context(
@@ -149,6 +143,16 @@ def record_annotation(
         )
         report.merge(_record_one(store, ann, ctx, embed_region, encoder_id, new_concept_status))
     return report
+
+
+def _annotations_of(payload: Mapping[str, Any]) -> tuple[list, Mapping[str, Any] | None]:
+    """``(annotations, task)`` of a webhook payload, an export task or a bare annotation."""
+    task = payload.get("task") if isinstance(payload.get("task"), Mapping) else None
+    if "annotations" in payload and "result" not in payload:
+        return list(payload.get("annotations") or []), task or payload
+    if "annotation" in payload:
+        return [payload["annotation"]], task
+    return [payload], task
 
 
 def _record_one(

@@ -43,7 +43,7 @@ class CachedTextEncoder:
     """
 
     def __init__(
-        self, store: "Store", encoder: TextEncoder, *, batch_size: int = 256, progress: bool = False
+        self, store: Store, encoder: TextEncoder, *, batch_size: int = 256, progress: bool = False
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")

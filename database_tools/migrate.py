@@ -16,6 +16,7 @@ from .errors import SchemaTooNew
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+READONLY_OPTION = "tag_readonly"  # read sessions: deferred BEGIN, never take SQLite's write lock
 _PG_LOCK_KEY = 724_118_203  # advisory lock id: concurrent openers migrate one at a time
 
 
@@ -51,22 +52,31 @@ def migrate_to_head(engine: Engine) -> None:
     Raises :class:`SchemaTooNew` when the database has a revision this code does not know
     (it was migrated by a newer release) rather than guessing at its layout.
     """
-    cfg = alembic_config()
     head = head_revision()
+    with engine.execution_options(**{READONLY_OPTION: True}).connect() as conn:
+        current = current_revision(conn)  # cheap check first: no write lock when up to date
+    _refuse_unknown(current, head)
+    if current == head:
+        return
+    cfg = alembic_config()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
-        current = current_revision(conn)
+        current = current_revision(conn)  # again, under the lock: another opener may have won
+        _refuse_unknown(current, head)
         if current == head:
             return
-        if current is not None and current not in known_revisions():
-            raise SchemaTooNew(
-                f"database schema revision {current!r} is newer than this code "
-                f"(newest known: {head!r}); upgrade tag-backend"
-            )
         logger.info("migrating concept store from %s to %s", current or "empty", head)
         cfg.attributes["connection"] = conn
         try:
             command.upgrade(cfg, "head")
         except CommandError as exc:
             raise SchemaTooNew(f"cannot migrate database schema: {exc}") from None
+
+
+def _refuse_unknown(current: str | None, head: str) -> None:
+    if current is not None and current != head and current not in known_revisions():
+        raise SchemaTooNew(
+            f"database schema revision {current!r} is newer than this code "
+            f"(newest known: {head!r}); upgrade tag-backend"
+        )

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 IN_CHUNK = 500  # stays far below SQLite's bound-parameter limit
 
 
-def insert_for(session: "Session", table: Any) -> Any:
+def insert_for(session: Session, table: Any) -> Any:
     """``INSERT`` construct with ``on_conflict_do_*`` for the session's dialect."""
     name = session.get_bind().dialect.name
     if name == "postgresql":
@@ -36,7 +36,7 @@ def chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]
 
 
 def upsert_entries(
-    txn: "Txn",
+    txn: Txn,
     kind: str,
     rows: Mapping[str, tuple[str, int]],
     *,
@@ -54,8 +54,9 @@ def upsert_entries(
     session = txn.session
     for norms in chunks(sorted(rows)):
         values = [
-            dict(kind=kind, norm=n, text=rows[n][0], support=rows[n][1], status=status,
-                 source=source, created_at=now, updated_at=now, updated_seq=seq)
+            {"kind": kind, "norm": n, "text": rows[n][0], "support": rows[n][1],
+             "status": status, "source": source, "created_at": now, "updated_at": now,
+             "updated_seq": seq}
             for n in norms
         ]
         stmt = insert_for(session, Entry).values(values)
@@ -73,7 +74,7 @@ def upsert_entries(
     return entry_ids(session, kind, list(rows))
 
 
-def entry_ids(session: "Session", kind: str, norms: Sequence[str]) -> dict[str, int]:
+def entry_ids(session: Session, kind: str, norms: Sequence[str]) -> dict[str, int]:
     """``{norm: id}`` of existing entries of ``kind``."""
     found: dict[str, int] = {}
     for part in chunks(sorted(set(norms))):
@@ -84,7 +85,7 @@ def entry_ids(session: "Session", kind: str, norms: Sequence[str]) -> dict[str, 
     return found
 
 
-def add_support(txn: "Txn", entry_id: int, delta: int) -> None:
+def add_support(txn: Txn, entry_id: int, delta: int) -> None:
     """Change an entry's support count (never below zero)."""
     txn.seq()
     txn.session.execute(
@@ -97,7 +98,7 @@ def add_support(txn: "Txn", entry_id: int, delta: int) -> None:
     )
 
 
-def set_status(txn: "Txn", entry_id: int, status: str, merged_into: int | None = None) -> None:
+def set_status(txn: Txn, entry_id: int, status: str, merged_into: int | None = None) -> None:
     """Change an entry's status (an index-relevant change: stamps ``updated_seq``)."""
     seq = txn.seq()
     txn.session.execute(
@@ -116,7 +117,7 @@ def vector_bytes(embedding: Any) -> tuple[bytes, int]:
 
 
 def insert_exemplar(
-    txn: "Txn", encoder_id: str, entry_id: int, embedding: Any, provenance: Mapping[str, Any]
+    txn: Txn, encoder_id: str, entry_id: int, embedding: Any, provenance: Mapping[str, Any]
 ) -> int:
     """Add one exemplar row for ``entry_id``; returns its id."""
     blob, dim = vector_bytes(embedding)
@@ -131,12 +132,12 @@ def insert_exemplar(
 
 
 def insert_text_embeddings(
-    session: "Session", encoder_id: str, items: Sequence[tuple[str, str, bytes, int]]
+    session: Session, encoder_id: str, items: Sequence[tuple[str, str, bytes, int]]
 ) -> None:
     """Cache ``(text_hash, text, blob, dim)`` rows; concurrent duplicates are ignored."""
     for part in chunks(list(items), 200):
         values = [
-            dict(encoder_id=encoder_id, text_hash=h, text=t, vector=b, dim=d)
+            {"encoder_id": encoder_id, "text_hash": h, "text": t, "vector": b, "dim": d}
             for h, t, b, d in part
         ]
         stmt = insert_for(session, TextEmbedding).values(values)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import StoreUnavailable
-from .migrate import migrate_to_head
+from .migrate import READONLY_OPTION, migrate_to_head
 from .normalize import display_text, normalize_text
 from .schema import Entry, Exemplar, IndexVersion, Meta, utcnow
 from .sql import upsert_entries
@@ -110,7 +110,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        readonly = conn.get_execution_options().get(READONLY_OPTION)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 class Store:
@@ -125,7 +126,7 @@ class Store:
         self.safe_url = mask_url(self.url)
         try:
             self.engine = _make_engine(self.url)
-            with self.engine.connect() as conn:
+            with self.engine.execution_options(**{READONLY_OPTION: True}).connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
                 conn.rollback()
         except (DBAPIError, ArgumentError, NoSuchModuleError, OSError) as exc:
@@ -134,6 +135,9 @@ class Store:
             ) from None
         self.dialect = self.engine.dialect.name
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False
+        )
         if migrate:
             migrate_to_head(self.engine)
 
@@ -147,7 +151,7 @@ class Store:
         """Release pooled connections."""
         self.engine.dispose()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:  # noqa: PYI034 (Store is not subclassed)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -163,7 +167,7 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A short read session (objects stay readable after it closes)."""
-        with self._sessions() as session:
+        with self._read_sessions() as session:
             yield session
 
     # -- versions -------------------------------------------------------------------------
@@ -261,7 +265,7 @@ class Store:
         digest = hashlib.sha256()
         for batch in self.iter_entries(kinds, statuses, batch_size=20_000):
             for entry_id, kind, text in batch:
-                digest.update(f"{entry_id}\t{kind}\t{text}\n".encode("utf-8"))
+                digest.update(f"{entry_id}\t{kind}\t{text}\n".encode())
         return digest.hexdigest()
 
     # -- exemplars ------------------------------------------------------------------------

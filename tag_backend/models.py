@@ -136,7 +136,7 @@ def _build_dino(model: str, device: torch.device, dtype: torch.dtype) -> LoadedD
         net = _from_pretrained(AutoModel, source, offline_first=not is_dir)
     except ConfigError:
         raise
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         cause = "not in the local Hugging Face cache and the hub is unreachable (offline?)"
         if is_dir:
             cause = f"the directory {local} is not a valid model ({exc})"

@@ -63,3 +63,11 @@ def save_random_clip(directory: str | Path, model_cfg: dict | str = TINY_CLIP, s
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "open_clip_model.safetensors"))
     return f"local-dir:{directory}"
+
+
+if __name__ == "__main__":  # python -m tag_backend.random_models DIR  (the `make demo` models)
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "random-models")
+    save_random_dino(target / "dino")
+    print(save_random_clip(target / "clip"))

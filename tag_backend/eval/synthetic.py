@@ -55,7 +55,6 @@ def _fill(kind: str, colours: tuple, size: int, rng: np.random.Generator) -> np.
     else:  # noise: textured background
         base = np.array(colours[0], np.float32)
         tex = base + rng.normal(0, 12, (size, size, 1)).astype(np.float32)
-        tex = np.repeat(tex, 3, axis=2)
     return tex
 
 
@@ -105,7 +104,8 @@ def make_scene(seed: int, size: int = 224) -> Scene:
     # A touching pair: a second shape starting exactly at the right edge of a rectangle.
     a, b = [int(c) for c in rng.choice(np.arange(1, 6), size=2, replace=False)]
     x0, y0, x1, y1 = _random_box(rng, size, 0.15, 0.25)
-    x1 = min(x1, size * 2 // 3)
+    shift = max(0, x1 - size * 2 // 3)  # keep room on the right for the touching shape
+    x0, x1 = max(0, x0 - shift), x1 - shift
     _paint(img, gt, a, _draw_shape("rect", (x0, y0, x1, y1), size), rng)
     w = int(rng.integers(size // 8, size // 4))
     _paint(img, gt, b, _draw_shape(_SHAPES[b], (x1 + 1, y0, min(size - 1, x1 + 1 + w), y1), size), rng)
@@ -125,14 +125,20 @@ def jitter(scene: Scene, seed: int, shift: int = 2, noise: float = 3.0) -> Scene
     return Scene(np.clip(img, 0, 255).astype(np.uint8), np.roll(scene.gt, (dy, dx), axis=(0, 1)))
 
 
+def palette() -> np.ndarray:
+    """(256, 3) uint8 colours of the mask PNGs (class i -> its main colour, 255 -> white)."""
+    colours = np.zeros((256, 3), np.uint8)
+    for i, (_, _, fill) in enumerate(CLASSES):
+        colours[i] = fill[-1]
+    colours[255] = 255
+    return colours
+
+
 def write_scene(root: Path, image_id: str, scene: Scene) -> None:
     """Image as PNG, mask as a palette PNG (values = class ids), like VOC's masks."""
     Image.fromarray(scene.image).save(root / "images" / f"{image_id}.png")
     mask = Image.frombytes("P", (scene.gt.shape[1], scene.gt.shape[0]), scene.gt.tobytes())
-    palette = np.zeros((256, 3), np.uint8)
-    for i, (_, _, colours) in enumerate(CLASSES):
-        palette[i] = colours[-1]
-    mask.putpalette(palette.ravel().tolist())
+    mask.putpalette(palette().ravel().tolist())
     mask.save(root / "masks" / f"{image_id}.png")
 
 

@@ -46,8 +46,11 @@ def _lloyd(x, x_sq, centers, max_iter: int, tol: float):
     k = centers.shape[0]
     for _ in range(max_iter):
         labels = _sq_distances(x, x_sq, centers).argmin(1)
-        sums = torch.zeros_like(centers).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        # One-hot matmul: much faster than index_add_ on CPU for these sizes.
+        one_hot = torch.zeros(k, x.shape[0], dtype=x.dtype, device=x.device)
+        one_hot[labels, torch.arange(x.shape[0], device=x.device)] = 1.0
+        sums = one_hot @ x
+        counts = one_hot.sum(1)
         empty = counts == 0
         new = sums / counts.clamp_min(1)[:, None]
         new[empty] = centers[empty]  # an empty cluster keeps its centre (dropped later)

@@ -76,7 +76,7 @@ def postgres_server() -> Iterator[dict]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
     data, sock, port = os.path.join(root, "data"), root, _free_port()
-    run = lambda cmd: subprocess.run(_as_pg_user(cmd), check=True, capture_output=True)  # noqa: E731
+    run = lambda cmd: subprocess.run(_as_pg_user(cmd), check=True, capture_output=True)
     run([f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
          "--no-sync"])
     run([f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-o",
@@ -85,7 +85,7 @@ def postgres_server() -> Iterator[dict]:
         yield {"host": "127.0.0.1", "port": port, "user": "postgres"}
     finally:
         subprocess.run(_as_pg_user([f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"]),
-                       capture_output=True)
+                       capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -143,3 +143,22 @@ def test_ingest_export(store, tmp_path):
     path.write_text('[{"id": 1, "annotations": [')
     with pytest.raises(Exception, match="not a Label Studio JSON export"):
         ingest_export(store, path)
+
+
+def test_concurrent_replays_count_once(store):
+    import threading
+
+    from database_tools.store import Store
+
+    def replay():
+        with Store(store.url) as s:
+            for _ in range(5):
+                record_annotation(s, payload())
+
+    threads = [threading.Thread(target=replay) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert support(store, "sofa") == (1, "active")
+    assert stats(store).aliases == 1

@@ -9,7 +9,11 @@ import pytest
 from database_tools.bundle import export_bundle, import_bundle
 from database_tools.corrections import record_annotation
 from database_tools.curation import (
-    list_concepts, merge_concepts, rename_concept, set_concept_status, stats,
+    list_concepts,
+    merge_concepts,
+    rename_concept,
+    set_concept_status,
+    stats,
 )
 from database_tools.errors import BundleError, ConceptNotFound
 from database_tools.schema import Alias, Entry, Exemplar
@@ -124,8 +128,8 @@ def test_corrupt_truncated_or_foreign_bundles_are_refused(store, tmp_path):
         import_bundle(target, tmp_path / "b")
     # checksums that match but a row that is broken: nothing half-written
     manifest["schema_version"] = json.loads(manifest_path.read_text())["schema_version"]
-    from database_tools.migrate import head_revision
     from database_tools.bundle_io import sha256_file
+    from database_tools.migrate import head_revision
 
     manifest["schema_version"] = head_revision()
     aliases = tmp_path / "b" / "aliases.jsonl"

@@ -131,3 +131,28 @@ def test_crash_mid_import_resumes_without_duplicates(store, tmp_path, monkeypatc
     assert all(store.get_entry("concept", f"concept {i}").support == (4 if i < 10 else 3)
                for i in range(30))
     assert import_file(store, path, kind="concept", chunk_size=20).already_imported
+
+
+def test_same_file_imported_concurrently_counts_once(store, tmp_path):
+    import threading
+
+    from database_tools.store import Store
+
+    path = tmp_path / "c.txt"
+    path.write_text("".join(f"concept {i % 50}\n" for i in range(400)))
+    errors = []
+
+    def run():
+        try:
+            with Store(store.url) as s:
+                import_file(s, path, kind="concept", chunk_size=25)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(store.get_entry("concept", f"concept {i}").support == 8 for i in range(50))

@@ -33,9 +33,8 @@ def test_reopen_does_not_remigrate_or_lose_data(db_url):
 
 
 def test_newer_schema_is_refused(db_url):
-    with Store(db_url) as s:
-        with s.engine.begin() as conn:
-            conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+    with Store(db_url) as s, s.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
     with pytest.raises(SchemaTooNew, match="newer than this code"):
         Store(db_url)
 
@@ -142,3 +141,12 @@ def test_concurrent_writers_processes(store):
         assert p.exitcode == 0
     assert store.get_entry("concept", "shared").support == 20
     assert store.count_entries() == 21
+
+
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
+    with Store(f"sqlite:///{tmp_path / 's.db'}") as s:
+        s.add_entries("concept", ["dog"])
+        with s.write() as txn:  # an open write transaction holds SQLite's write lock
+            txn.seq()
+            assert Store(s.url).db_version() == 1  # a reader sees the committed version at once
+        assert s.db_version() == 2

@@ -1,0 +1,128 @@
+"""Benchmarks of the Label Studio backend (prints numbers; not a test).
+
+    python -m tag_backend.ls.bench --dino DIR --clip local-dir:DIR [--tasks 50] [--memory-runs 1000]
+
+1. ``/predict`` on N tasks vs the engine alone on the same images: per-task time and overhead
+   (fetching, mask cleaning, RLE, JSON). Target: overhead <= 10 %.
+2. Webhook latency while a ``/predict`` runs in another thread: p50/p99. Target: p99 <= 200 ms.
+3. RSS over many sequential single-task ``/predict`` calls: memory must stay flat.
+Use small images and the tiny test models (``tag_backend.random_models``) to run in minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _images(root: Path, n: int, size: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        arr = np.full((size, size, 3), 120, np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        arr[y:y + size // 2, x:x + size // 2] = rng.integers(0, 255, 3)
+        path = root / f"b{i}.png"
+        Image.fromarray(arr).save(path)
+        paths.append(path)
+    return paths
+
+
+def bench_overhead(client, runtime, config: str, paths: list[Path]) -> dict:
+    from ..image_io import open_image
+
+    images = [open_image(p) for p in paths]
+    runtime.pipeline.generate_batch([images[0]])  # warm-up
+    start = time.perf_counter()
+    for img in images:
+        runtime.pipeline.generate_batch([img])
+    engine = (time.perf_counter() - start) / len(images)
+    tasks = [{"id": i, "data": {"image": str(p)}} for i, p in enumerate(paths)]
+    start = time.perf_counter()
+    r = client.post("/predict", json={"tasks": tasks, "label_config": config})
+    served = (time.perf_counter() - start) / len(paths)
+    if r.status_code != 200 or len(r.json["results"]) != len(tasks):
+        raise RuntimeError(f"/predict failed: {r.status_code}")
+    return {"engine_s_per_task": engine, "predict_s_per_task": served,
+            "overhead_pct": 100 * (served - engine) / engine}
+
+
+def bench_webhook(client, config: str, paths: list[Path], n: int = 200) -> dict:
+    tasks = [{"id": i, "data": {"image": str(p)}} for i, p in enumerate(paths)]
+    worker = threading.Thread(target=lambda: client.application.test_client().post(
+        "/predict", json={"tasks": tasks, "label_config": config}))
+    worker.start()
+    latencies = []
+    for i in range(n):
+        payload = {"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                   "annotation": {"id": 10_000 + i, "result": [], "updated_at": "2024-01-01"},
+                   "task": {"id": 1, "data": {}}}
+        start = time.perf_counter()
+        r = client.post("/webhook", json=payload)
+        latencies.append(time.perf_counter() - start)
+        if r.status_code != 201:
+            raise RuntimeError(f"/webhook failed: {r.status_code}")
+        if not worker.is_alive():
+            break
+        time.sleep(0.01)
+    worker.join()
+    ms = sorted(x * 1000 for x in latencies)
+    return {"webhooks": len(ms), "p50_ms": statistics.median(ms),
+            "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))]}
+
+
+def bench_memory(client, config: str, path: Path, runs: int) -> dict:
+    task = {"tasks": [{"id": 1, "data": {"image": str(path)}}], "label_config": config}
+    samples = []
+    for i in range(runs):
+        client.post("/predict", json=task)
+        if i % max(1, runs // 10) == 0 or i == runs - 1:
+            samples.append((i + 1, _rss_mb()))
+    first = samples[min(1, len(samples) - 1)][1]
+    return {"runs": runs, "rss_mb": samples, "growth_mb_after_warmup": samples[-1][1] - first}
+
+
+def main() -> None:
+    from ..app import create_app
+    from ..config import settings_from_env
+    from . import recommended_label_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dino", required=True)
+    parser.add_argument("--clip", required=True)
+    parser.add_argument("--tasks", type=int, default=50)
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--memory-runs", type=int, default=1000)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="tag-ls-bench-"))
+    settings = settings_from_env().replace(
+        dino_model=args.dino, clip_model=args.clip, device="cpu", dtype="float32",
+        data_dir=args.data_dir or str(root / "data"), allowed_local_roots=str(root))
+    app = create_app(settings, start_worker=False)
+    client = app.test_client()
+    config = recommended_label_config()
+    paths = _images(root, args.tasks, args.size)
+    runtime = app.extensions["tag_backend"].runtime
+    print("overhead:", bench_overhead(client, runtime, config, paths), flush=True)
+    print("webhook:", bench_webhook(client, config, paths[:20]), flush=True)
+    print("memory:", bench_memory(client, config, paths[0], args.memory_runs), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The correction loop's worker: spooled webhook payloads -> concept database -> index.
+
+For every annotation event the worker records each region's final name against the
+prediction it started from (``database_tools.corrections.record_annotation``), with a visual
+exemplar per named region (the region's CLIP embedding), updates the concept index
+incrementally and refreshes the runtime, so the next ``/predict`` uses the correction and
+reports a new ``model_version``. ``START_TRAINING`` re-ingests every annotated task of the
+project through the SDK. Database outages are retried with back-off; nothing is dropped.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .. import metrics
+from .controls import parse_label_config
+from .errors import LabelConfigError, MediaError
+from .media import MediaFetcher
+from .predictor import ENGINE_LOCK
+from .webhook_queue import SpoolItem, WebhookSpool
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRY_DELAY = 300.0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: the database or Label Studio unreachable, disk hiccups."""
+    try:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+    except ImportError:  # pragma: no cover
+        DBAPIError = OperationalError = ()  # type: ignore[assignment]
+    try:
+        from database_tools.errors import StoreUnavailable
+    except ImportError:  # pragma: no cover
+        StoreUnavailable = ()  # type: ignore[assignment]
+    import requests
+
+    transient = (StoreUnavailable, OperationalError, DBAPIError, OSError, TimeoutError,
+                 requests.ConnectionError, requests.Timeout)
+    return isinstance(exc, transient)
+
+
+class RegionEmbedder:
+    """``embed_region(result item) -> embedding | None`` for one task's image (fetched once)."""
+
+    def __init__(self, runtime, fetcher: MediaFetcher, task: Mapping[str, Any] | None,
+                 image_field: str) -> None:
+        self.runtime, self.fetcher, self.task, self.image_field = runtime, fetcher, task, image_field
+        self.encoder_id = runtime.clip.encoder_id
+        self._image: Image.Image | None = None
+        self._failed = False
+
+    def _load(self) -> Image.Image | None:
+        if self._image is None and not self._failed:
+            data = (self.task or {}).get("data") or {}
+            url = data.get(self.image_field) or next(
+                (v for v in data.values() if isinstance(v, str) and ("/" in v or ":" in v)), None)
+            try:
+                if not url:
+                    raise MediaError("the task in the payload has no image URL")
+                self._image = self.fetcher.fetch(url, task_id=(self.task or {}).get("id")).image
+            except MediaError as exc:
+                self._failed = True
+                logger.warning("task %s: no exemplars (image unavailable: %s)",
+                               (self.task or {}).get("id"), exc)
+        return self._image
+
+    def __call__(self, item: Mapping[str, Any]) -> np.ndarray | None:
+        value = item.get("value") or {}
+        rle = value.get("rle")
+        if not rle:
+            return None  # polygons etc.: no exemplar from this region
+        image = self._load()
+        if image is None:
+            return None
+        mask = decode_mask(rle, item.get("original_width"), item.get("original_height"), image.size)
+        if mask is None or not mask.any():
+            return None
+        with ENGINE_LOCK:
+            return self.runtime.pipeline.embed_regions(image, [mask])[0]
+
+
+def decode_mask(rle: list[int], width: Any, height: Any, image_size: tuple[int, int]
+                ) -> np.ndarray | None:
+    """Boolean (H, W) mask of a brush RLE, resized to the image if LS stored another size."""
+    from label_studio_sdk.converter.brush import decode_rle
+
+    w, h = (int(width), int(height)) if width and height else image_size
+    flat = decode_rle(rle)
+    if flat.size != w * h * 4:
+        logger.warning("brush RLE holds %d values, expected %dx%dx4: region skipped", flat.size, w, h)
+        return None
+    mask = flat.reshape(h, w, 4)[:, :, 3] > 127
+    if (w, h) != tuple(image_size):
+        mask = np.asarray(Image.fromarray(mask).resize(image_size, Image.NEAREST))
+    return mask
+
+
+def image_field_for(payload: Mapping[str, Any]) -> str:
+    """The task data key holding the image, from the project's config when the payload has it."""
+    project = payload.get("project")
+    config = project.get("label_config") if isinstance(project, Mapping) else None
+    if config:
+        try:
+            return parse_label_config(config).image_field
+        except LabelConfigError:
+            pass
+    return "image"
+
+
+class CorrectionWorker:
+    """Background thread draining the spool; one per process."""
+
+    def __init__(self, runtime, spool: WebhookSpool, fetcher: MediaFetcher, *, reingest=None,
+                 poll_seconds: float = 1.0) -> None:
+        self.runtime, self.spool, self.fetcher = runtime, spool, fetcher
+        self.reingest = reingest
+        self.poll_seconds = poll_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.processed = 0
+
+    def start(self) -> None:
+        if self._thread and self._thread.is_alive():
+            return
+        self.spool.recover()
+        self._thread = threading.Thread(target=self._loop, name="tag-corrections", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # never let the thread die
+                logger.exception("correction worker error")
+                worked = False
+            if not worked:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Process one due payload; False when none was due."""
+        item = self.spool.claim()
+        metrics.QUEUE_DEPTH.labels(queue="webhook").set(self.spool.depth())
+        if item is None:
+            return False
+        try:
+            outcome = self.handle(item.payload)
+        except Exception as exc:
+            self._failed(item, exc)
+            return True
+        self.spool.done(item)
+        self.processed += 1
+        metrics.CORRECTIONS_INGESTED.labels(outcome=outcome).inc()
+        return True
+
+    def _failed(self, item: SpoolItem, exc: Exception) -> None:
+        if is_transient(exc):
+            delay = min(MAX_RETRY_DELAY, 2.0 ** min(item.attempts, 8))
+            logger.warning("correction deferred (%s: %s); retry %d in %.0f s",
+                           type(exc).__name__, str(exc).splitlines()[0][:200], item.attempts + 1,
+                           delay)
+            metrics.CORRECTIONS_INGESTED.labels(outcome="retry").inc()
+            self.spool.retry(item, delay)
+        else:
+            logger.exception("correction payload rejected")
+            metrics.CORRECTIONS_INGESTED.labels(outcome="failed").inc()
+            self.spool.fail(item, f"{type(exc).__name__}: {exc}")
+
+    def handle(self, payload: Mapping[str, Any]) -> str:
+        """Apply one payload; returns the outcome label. Raises on failure (see _failed)."""
+        action = str(payload.get("action") or "")
+        if action == "START_TRAINING":
+            if self.reingest is None:
+                raise ValueError("START_TRAINING needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+            report = self.reingest(payload)
+        else:
+            report = self._record(payload)
+        logger.info("%s: %s", action or "annotation", report.summary())
+        changed = bool(report.recorded or report.deleted or report.replaced)
+        if changed:
+            self.update_index()
+        return "recorded" if changed else "unchanged"
+
+    def _record(self, payload: Mapping[str, Any]):
+        from database_tools.corrections import record_annotation
+
+        task = payload.get("task") if isinstance(payload.get("task"), Mapping) else None
+        embedder = RegionEmbedder(self.runtime, self.fetcher, task, image_field_for(payload))
+        return record_annotation(
+            self.runtime.store, payload, embed_region=embedder,
+            new_concept_status=self.runtime.settings.new_concept_status,
+        )
+
+    def update_index(self) -> None:
+        """Apply store changes to the index and reload it with the exemplars in this process."""
+        from database_tools.index_build import update_index
+
+        update_index(self.runtime.store, self.runtime.text_encoder,
+                     self.runtime.settings.resolved_index_dir, progress=False)
+        self.runtime.refresh()
+        metrics.DB_VERSION.set(self.runtime.store.db_version())

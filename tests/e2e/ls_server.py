@@ -1,0 +1,99 @@
+"""Start a real Label Studio 1.23.2 (own virtualenv, temp data dir) and the backend, on loopback."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+LS_VERSION = "1.23.2"
+CACHE = Path(os.environ.get("TAG_TEST_CACHE", Path.home() / ".cache" / "tag-backend-tests"))
+TOKEN = "0123456789abcdef0123456789abcdef01234567"
+USER, PASSWORD = "tester@example.com", "tag-e2e-pass-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ls_venv() -> Path:
+    """The Label Studio virtualenv (created once, ~90 s; reused when the version matches)."""
+    venv = CACHE / "ls-venv"
+    python = venv / "bin" / "python"
+    check = [str(python), "-c", "import label_studio; print(label_studio.__version__)"]
+    if python.exists():
+        out = subprocess.run(check, capture_output=True, text=True)
+        if out.stdout.strip() == LS_VERSION:
+            return venv
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"],
+                   check=True, timeout=1200)
+    return venv
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up:\n{tail}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not up after {timeout} s")
+
+
+def start_label_studio(root: Path) -> tuple[subprocess.Popen, str]:
+    venv = ls_venv()
+    port = free_port()
+    home = root / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+        "LABEL_STUDIO_BASE_DATA_DIR": str(root / "ls-data"),
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
+        "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false", "ML_TIMEOUT_PREDICT": "900",
+        "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "COLLECT_ANALYTICS": "false",
+        "LATEST_VERSION_CHECK": "false",
+    }
+    log = root / "label-studio.log"
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1",
+         "--port", str(port), "--username", USER, "--password", PASSWORD, "--user-token", TOKEN,
+         "--enable-legacy-api-token"],
+        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", 300, proc, log)
+    return proc, url
+
+
+def start_backend(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, **env_extra}
+    log = root / "backend.log"
+    proc = subprocess.Popen([sys.executable, "-m", "tag_backend", "serve", "--port", str(port)],
+                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[2])
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", 120, proc, log)
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

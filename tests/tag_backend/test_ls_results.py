@@ -1,0 +1,85 @@
+"""Masks -> brush RLE results, config parsing and guided snapping."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter.brush import decode_rle
+from label_studio_sdk.label_interface import LabelInterface
+
+from tag_backend.ls.controls import parse_label_config
+from tag_backend.ls.errors import LabelConfigError
+from tag_backend.ls.guided import LabelSnapper
+from tag_backend.ls.results import task_for_image
+from tag_backend.masks import MaskCleaning, clean_mask, clean_regions
+from tag_backend.types import SegmentLabel
+
+from ls_helpers import CONFIG
+
+
+def _disc(h, w, cy, cx, r):
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+
+
+def test_clean_mask_removes_speckle_and_fills_pinholes():
+    rng = np.random.default_rng(0)
+    mask = _disc(200, 300, 100, 150, 60)
+    noisy = mask ^ (rng.random(mask.shape) < 0.01)
+    cleaned = clean_mask(noisy)
+    assert (cleaned ^ mask).sum() < 0.01 * mask.sum()
+    assert not cleaned[:20, :20].any()
+
+
+def test_clean_regions_caps_count_keeps_largest_in_order():
+    masks = [_disc(100, 100, 50, 50, r) for r in (10, 30, 20)]
+    kept = clean_regions(masks, max_regions=2, cleaning=MaskCleaning(min_region=0))
+    assert [i for i, _ in kept] == [1, 2]
+    assert clean_regions([np.zeros((50, 50), bool)], 5) == []
+
+
+def test_task_for_image_roundtrip_and_validates_against_config():
+    h, w = 120, 160
+    regions = [SegmentLabel(mask=_disc(h, w, 60, 80, 40), name="golden retriever", score=0.31),
+               SegmentLabel(mask=_disc(h, w, 20, 20, 12), name="ball", score=0.2)]
+    task = task_for_image("/data/upload/1/x.png", regions, w, h, "v7")
+    pred = task["predictions"][0]
+    assert task["data"] == {"image": "/data/upload/1/x.png"}
+    assert pred["model_version"] == "v7" and 0 < pred["score"] <= 1
+    items = pred["result"]
+    assert [i["type"] for i in items] == ["brushlabels", "textarea"] * 2
+    assert items[0]["id"] == items[1]["id"] != items[2]["id"]
+    assert items[1]["value"]["text"] == ["golden retriever"]
+    decoded = decode_rle(items[0]["value"]["rle"]).reshape(h, w, 4)[:, :, 3]
+    assert set(np.unique(decoded)) == {0, 255}
+    assert ((decoded > 0) ^ regions[0].mask).sum() < 0.02 * regions[0].mask.sum()
+    li = LabelInterface(CONFIG)
+    assert li.validate_prediction({"result": [items[0]]}) is True
+
+
+def test_parse_config_modes_and_errors():
+    open_mode = parse_label_config(CONFIG)
+    assert (open_mode.brush_name, open_mode.image_name, open_mode.text_name) == ("tag", "image", "name")
+    assert open_mode.guided_labels == ()
+    guided = parse_label_config(
+        '<View><Image name="img" value="$photo"/><BrushLabels name="b" toName="img">'
+        '<Label value="cat"/><Label value="dog"/></BrushLabels></View>')
+    assert guided.guided_labels == ("cat", "dog") and guided.image_field == "photo"
+    assert guided.text_name is None
+    for bad, reason in [("", "empty"), ("<View><Text name='t' value='$t'/></View>", "Image"),
+                        ("<View><Image name='i' value='$i'/></View>", "BrushLabels"),
+                        ("<View><Image", "XML")]:
+        with pytest.raises(LabelConfigError, match=reason):
+            parse_label_config(bad)
+
+
+def test_guided_snapping_with_real_clip(tiny_runtime_session):
+    clip = tiny_runtime_session.clip
+    snapper = LabelSnapper(clip.encode_text, threshold=0.999, fallback="other")
+    snaps = snapper.snap(["Cat", "cat", "a thing"], ("cat", "dog", "other"))
+    assert snaps[0].label == "cat" and snaps[1].label == "cat"
+    assert snaps[2].label in ("cat", "dog", "other")
+    strict = LabelSnapper(clip.encode_text, threshold=1.0, fallback=None)
+    assert strict.snap(["zebra crossing"], ("cat", "dog"))[0].label is None
+    loose = LabelSnapper(clip.encode_text, threshold=-1.0, fallback=None)
+    sims = clip.encode_text(["zebra crossing"]) @ clip.encode_text(["cat", "dog"]).T
+    assert loose.snap(["zebra crossing"], ("cat", "dog"))[0].label == ("cat", "dog")[int(sims.argmax())]

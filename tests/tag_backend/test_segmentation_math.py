@@ -1,0 +1,106 @@
+"""k-means, pixel assignment, small-segment dropping, pooling: against brute-force references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tag_backend.stages.kmeans import kmeans
+from tag_backend.stages.pooling import pool_segments
+from tag_backend.stages.segments import drop_small_segments, patch_weights, pixel_logits, upsample_labels
+
+
+def _blobs(n_per=60, k=4, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(k, dim, generator=g) * 10
+    x = torch.cat([c + torch.randn(n_per, dim, generator=g) for c in centers])
+    return x, torch.arange(k).repeat_interleave(n_per)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_kmeans_recovers_separated_clusters(init):
+    x, truth = _blobs()
+    res = kmeans(x, 4, init=init, n_init=8, seed=1)
+    # each true cluster maps to exactly one label
+    pairs = {(int(t), int(lab)) for t, lab in zip(truth, res.labels)}
+    assert len(pairs) == 4 and len({p[1] for p in pairs}) == 4
+
+
+def test_kmeans_deterministic_for_seed_and_k_respected():
+    x, _ = _blobs(seed=3)
+    a = kmeans(x, 6, seed=7)
+    b = kmeans(x, 6, seed=7)
+    assert torch.equal(a.labels, b.labels) and torch.allclose(a.centers, b.centers)
+    assert a.centers.shape == (6, 8) and int(a.labels.max()) < 6
+
+
+def test_kmeans_k_larger_than_points_and_bad_args():
+    x = torch.randn(5, 3)
+    assert kmeans(x, 15).centers.shape[0] == 5
+    with pytest.raises(ValueError):
+        kmeans(x, 0)
+    with pytest.raises(ValueError):
+        kmeans(x, 2, init="bogus")
+
+
+def test_kmeans_inertia_matches_bruteforce():
+    x, _ = _blobs(seed=5)
+    res = kmeans(x, 4)
+    brute = ((x[:, None, :] - res.centers[None]) ** 2).sum(-1).min(1).values.sum()
+    assert res.inertia == pytest.approx(float(brute), rel=1e-4)
+
+
+@pytest.mark.parametrize("assignment", ["nearest", "dot"])
+def test_pixel_logits_equal_upsample_then_score(assignment):
+    """Scoring on the grid then upsampling == TAG's upsample-features-then-score (linearity)."""
+    g = torch.Generator().manual_seed(0)
+    grid, size = (4, 5), (28, 35)
+    tokens, centers = torch.randn(20, 6, generator=g), torch.randn(3, 6, generator=g)
+    fast = pixel_logits(tokens, grid, centers, size, assignment)
+    feats = F.interpolate(tokens.T.reshape(1, 6, *grid), size=size, mode="bilinear", align_corners=False)[0]
+    feats = feats.reshape(6, -1).T  # (pixels, D)
+    if assignment == "dot":
+        ref = feats @ centers.T
+    else:
+        ref = -((feats[:, None] - centers[None]) ** 2).sum(-1)
+    assert torch.equal(fast.reshape(3, -1).T.argmax(1), ref.argmax(1))
+
+
+def test_drop_small_segments_keeps_partition_and_renumbers():
+    logits = torch.zeros(4, 10, 10)
+    logits[0, :, :5] = 5
+    logits[1, :, 5:] = 5
+    logits[2, 0, 0] = 9  # a 1-pixel segment
+    logits[1, 0, 0] = 8  # ... whose next best is segment 1
+    labels = logits.argmax(0).numpy()
+    out = drop_small_segments(labels, logits, min_pixels=3)
+    assert set(np.unique(out)) == {0, 1}
+    assert out[0, 0] == out[0, 9]  # absorbed by its next-best segment
+    assert out.shape == labels.shape
+
+
+def test_patch_weights_sum_to_one_per_patch_and_pooling_is_weighted_mean():
+    labels = np.zeros((8, 8), np.int64)
+    labels[:, 4:] = 1
+    labels[:2, :2] = 2
+    w = patch_weights(labels, (2, 2), torch.device("cpu"))
+    assert torch.allclose(w.sum(0), torch.ones(4))
+    feats = torch.randn(4, 5)
+    pooled = pool_segments(w, feats)
+    ref = F.normalize((w @ feats) / w.sum(1, keepdim=True), dim=1).numpy()
+    assert np.allclose(pooled, ref, atol=1e-6)
+    assert np.isfinite(pooled).all()
+
+
+def test_pooling_refuses_empty_segment():
+    with pytest.raises(ValueError, match="zero area"):
+        pool_segments(torch.zeros(1, 4), torch.randn(4, 3))
+
+
+def test_upsample_labels_shape_and_agreement():
+    labels = np.zeros((10, 10), np.int64)
+    labels[:, 5:] = 1
+    full = upsample_labels(torch.zeros(2, 10, 10), labels, (40, 30))
+    assert full.shape == (40, 30)
+    assert (full[:, :12] == 0).all() and (full[:, 18:] == 1).all()
