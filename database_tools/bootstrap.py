@@ -29,7 +29,7 @@ VOCABULARY_DIR = Path(__file__).resolve().parent / "vocabulary"
 DEFAULT_VOCABULARY = VOCABULARY_DIR / "concepts.txt"
 
 
-def import_default_vocabulary(store: "Store", path: Path = DEFAULT_VOCABULARY) -> ImportReport:
+def import_default_vocabulary(store: Store, path: Path = DEFAULT_VOCABULARY) -> ImportReport:
     """Import the shipped vocabulary as active concepts (idempotent: keyed by file checksum).
 
     A later run never re-adds or re-counts names (so concepts a curator rejected stay rejected).
@@ -41,7 +41,7 @@ def import_default_vocabulary(store: "Store", path: Path = DEFAULT_VOCABULARY) -
     return report
 
 
-def _open_fresh(store: "Store", encoder: TextEncoder, index_dir: str | Path) -> ConceptIndex | None:
+def _open_fresh(store: Store, encoder: TextEncoder, index_dir: str | Path) -> ConceptIndex | None:
     """The current index if it exists and the store has not changed since; else None."""
     try:
         index = ConceptIndex.open(index_dir, encoder.encoder_id, expected_dim=int(encoder.dim))
@@ -53,7 +53,7 @@ def _open_fresh(store: "Store", encoder: TextEncoder, index_dir: str | Path) -> 
     return index if store.db_version() <= index.manifest.db_version else None
 
 
-def ensure_index(store: "Store", encoder: TextEncoder, index_dir: str | Path, *,
+def ensure_index(store: Store, encoder: TextEncoder, index_dir: str | Path, *,
                  progress: bool = False,
                  vocabulary: str | Path = DEFAULT_VOCABULARY) -> ConceptIndex:
     """The current concept index of ``encoder``, created or brought up to date as needed.

@@ -164,6 +164,9 @@ def _record_one(
     if not ann_id:
         raise ValueError("annotation has no id")
     updated_at = str(ann.get("updated_at") or ann.get("created_at") or "")
+    if _already_recorded(store, ann_id, updated_at):  # cheap check before embedding regions
+        report.duplicates += 1
+        return report
     found = [] if ann.get("was_cancelled") else list(regions(ann.get("result")).values())
     predicted = regions(ctx.prediction) if ctx.prediction else {}
     vectors = _embed(found, embed_region)  # slow work outside the transaction
@@ -184,6 +187,15 @@ def _record_one(
                           encoder_id, provenance, status, report)
         report.recorded += 1
     return report
+
+
+def _already_recorded(store: Store, ann_id: str, updated_at: str) -> bool:
+    with store.read() as session:
+        row = session.execute(
+            select(Annotation.deleted, Annotation.updated_at)
+            .where(Annotation.ls_key == f"ls-annotation:{ann_id}")
+        ).first()
+    return row is not None and (bool(row[0]) or (bool(row[1]) and not _newer(updated_at, row[1])))
 
 
 def _embed(found: list[Region], embed_region: EmbedRegion | None) -> dict[str, np.ndarray]:

@@ -53,13 +53,19 @@ class SearchHit:
 
 
 def _read_faiss(path: Path) -> faiss.Index:
-    """Read an index memory-mapped and read-only; unreadable -> :class:`IndexCorrupt`."""
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
-    try:
-        return faiss.read_index(str(path), flags)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise IndexCorrupt(f"index file {path} cannot be read by faiss: {first}") from None
+    """Read an index memory-mapped and read-only; unreadable -> :class:`IndexCorrupt`.
+
+    ``IO_FLAG_MMAP_IFC`` maps flat codes and IVF lists alike (measured: RSS grows only by
+    the pages searched); ``IO_FLAG_MMAP`` is the fallback for types that refuse it.
+    """
+    errors = []
+    for flag in (faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP):
+        try:
+            return faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError as exc:
+            text = str(exc).strip()
+            errors.append(text.splitlines()[-1] if text else type(exc).__name__)
+    raise IndexCorrupt(f"index file {path} cannot be read by faiss: {errors[0]}")
 
 
 def _verify_file(path: Path, expected_sha: str, expected_bytes: int | None, verify: bool | None):
@@ -96,12 +102,22 @@ class ConceptIndex:
     def dim(self) -> int:
         return self.manifest.dim
 
+    @property
+    def entries(self) -> pa.Table:
+        """The memory-mapped ``entry_id, kind, text`` table (sorted by id, one row per vector)."""
+        return self._entries
+
+    @property
+    def excluded_ids(self) -> np.ndarray:
+        """Ids still in the faiss index but hidden from results (index without remove_ids)."""
+        return self._excluded
+
     def __len__(self) -> int:
         return int(self.manifest.count - self.manifest.excluded)
 
     @classmethod
     def open(cls, index_dir: str | Path, encoder_id: str, *, expected_dim: int | None = None,
-             verify: bool | None = None) -> "ConceptIndex":
+             verify: bool | None = None) -> ConceptIndex:
         """Load the CURRENT version for ``encoder_id``, memory-mapped.
 
         :param verify: True: always check sha256 checksums; False: only sizes; None (default):
@@ -152,7 +168,7 @@ class ConceptIndex:
         out, pos = [], 0
         for row_ids, row_scores in per_query:
             hits = []
-            for entry_id, score in zip(row_ids, row_scores):
+            for entry_id, score in zip(row_ids, row_scores, strict=False):
                 vec = vectors[pos] if vectors is not None else None
                 hits.append(SearchHit(int(entry_id), texts[pos], kinds[pos], float(score), vec))
                 pos += 1
@@ -211,7 +227,8 @@ def _check_manifest(path: Path, manifest: IndexManifest, encoder_id: str,
                             f"encoder produces {expected_dim}; rebuild with tag-db build-index")
     if manifest.metric != "inner_product" or not manifest.normalised:
         raise IndexMismatch(f"index at {path} uses metric {manifest.metric} "
-                            f"(normalised={manifest.normalised}); expected normalised inner product")
+                            f"(normalised={manifest.normalised}); "
+                            "expected normalised inner product")
 
 
 from .index_build import build_index, update_index  # noqa: E402  (re-export; needs ConceptIndex)

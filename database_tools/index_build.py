@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -73,12 +73,12 @@ def build_lock(index_dir: str | Path, encoder_id: str) -> Iterator[Path]:
         yield root
 
 
-def cached_encoder(store: "Store", encoder: TextEncoder) -> CachedTextEncoder:
+def cached_encoder(store: Store, encoder: TextEncoder) -> CachedTextEncoder:
     """``encoder`` wrapped in the store's embedding cache (unless it already is)."""
     return encoder if isinstance(encoder, CachedTextEncoder) else CachedTextEncoder(store, encoder)
 
 
-def build_index(store: "Store", encoder: TextEncoder, index_dir: str | Path, *,
+def build_index(store: Store, encoder: TextEncoder, index_dir: str | Path, *,
                 factory: str | None = None, progress: bool = True, keep: int = KEEP_VERSIONS,
                 kinds: Sequence[str] = KINDS) -> ConceptIndex:
     """Build a new index version from all active entries and make it CURRENT.
@@ -93,7 +93,7 @@ def build_index(store: "Store", encoder: TextEncoder, index_dir: str | Path, *,
                             keep=keep, kinds=kinds)
 
 
-def build_locked(store: "Store", encoder: TextEncoder, root: Path, index_dir: str | Path, *,
+def build_locked(store: Store, encoder: TextEncoder, root: Path, index_dir: str | Path, *,
                  factory: str | None, progress: bool, keep: int,
                  kinds: Sequence[str]) -> ConceptIndex:
     """:func:`build_index` with the build lock already held."""
@@ -127,7 +127,7 @@ def build_locked(store: "Store", encoder: TextEncoder, root: Path, index_dir: st
     return _after_publish(store, root, index_dir, manifest, keep)
 
 
-def _after_publish(store: "Store", root: Path, index_dir: str | Path,
+def _after_publish(store: Store, root: Path, index_dir: str | Path,
                    manifest: IndexManifest, keep: int) -> ConceptIndex:
     removed = prune_versions(root, keep)
     if removed:
@@ -142,7 +142,7 @@ def _after_publish(store: "Store", root: Path, index_dir: str | Path,
     return ConceptIndex.open(index_dir, manifest.encoder_id)
 
 
-def _training_sample(store: "Store", cached: CachedTextEncoder, plan: IndexPlan, total: int,
+def _training_sample(store: Store, cached: CachedTextEncoder, plan: IndexPlan, total: int,
                      kinds: Sequence[str]) -> np.ndarray:
     """Vectors of ``plan.train_size`` entries chosen uniformly at random (seeded)."""
     rng = np.random.default_rng(0)
@@ -168,7 +168,7 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
     return out
 
 
-def _add_all(store: "Store", cached: CachedTextEncoder, index: faiss.Index, staging: Path,
+def _add_all(store: Store, cached: CachedTextEncoder, index: faiss.Index, staging: Path,
              kinds: Sequence[str], truth: ExactTopK | None, progress: bool, total: int) -> str:
     """Encode and add every active entry; write the metadata; return the snapshot hash."""
     digest = hashlib.sha256()  # same formula as Store.snapshot_hash, over what was indexed
@@ -183,7 +183,7 @@ def _add_all(store: "Store", cached: CachedTextEncoder, index: faiss.Index, stag
             if truth is not None:
                 truth.add(vectors, ids)
             for entry_id, kind, text in batch:
-                digest.update(f"{entry_id}\t{kind}\t{text}\n".encode("utf-8"))
+                digest.update(f"{entry_id}\t{kind}\t{text}\n".encode())
             bar.update(len(batch))
     writer.close()
     if index.ntotal == 0:
@@ -207,7 +207,7 @@ def _write_version(index: faiss.Index, staging: Path, version: str, factory: str
     )
 
 
-def update_index(store: "Store", encoder: TextEncoder, index_dir: str | Path, *,
+def update_index(store: Store, encoder: TextEncoder, index_dir: str | Path, *,
                  progress: bool = True, keep: int = KEEP_VERSIONS,
                  kinds: Sequence[str] = KINDS) -> ConceptIndex:
     """Apply the store's changes since the CURRENT version without a full rebuild.
@@ -222,7 +222,7 @@ def update_index(store: "Store", encoder: TextEncoder, index_dir: str | Path, *,
                              kinds=kinds)
 
 
-def update_locked(store: "Store", encoder: TextEncoder, root: Path, index_dir: str | Path, *,
+def update_locked(store: Store, encoder: TextEncoder, root: Path, index_dir: str | Path, *,
                   progress: bool, keep: int, kinds: Sequence[str]) -> ConceptIndex:
     """:func:`update_index` with the build lock already held."""
     rebuild = dict(factory=None, progress=progress, keep=keep, kinds=kinds)
@@ -255,7 +255,7 @@ def _crosses_policy(manifest: IndexManifest, new_count: int) -> bool:
     return policy_chosen and (manifest.count < EXACT_LIMIT) != (new_count < EXACT_LIMIT)
 
 
-def _publish_update(store: "Store", root: Path, index_dir: str | Path, current: ConceptIndex,
+def _publish_update(store: Store, root: Path, index_dir: str | Path, current: ConceptIndex,
                     index: faiss.Index, entries: pa.Table, excluded: np.ndarray,
                     db_version: int, keep: int, kinds: Sequence[str]) -> ConceptIndex:
     version = new_version_name()

@@ -45,7 +45,11 @@ MANIFEST_FILE = "manifest.json"
 CURRENT_FILE = "CURRENT"
 KEEP_VERSIONS = 3
 ENTRY_SCHEMA = pa.schema(
-    [("entry_id", pa.int64()), ("kind", pa.dictionary(pa.int8(), pa.string())), ("text", pa.string())]
+    [
+        ("entry_id", pa.int64()),
+        ("kind", pa.dictionary(pa.int8(), pa.string())),
+        ("text", pa.string()),
+    ]
 )
 
 
@@ -76,7 +80,7 @@ class IndexManifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_file(cls, path: Path) -> "IndexManifest":
+    def from_file(cls, path: Path) -> IndexManifest:
         """Parse ``manifest.json``; unreadable or incomplete -> :class:`IndexCorrupt`."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _read_writable(current: "ConceptIndex") -> faiss.Index:
+def _read_writable(current: ConceptIndex) -> faiss.Index:
     try:
         return faiss.read_index(str(current.path / INDEX_FILE))
     except RuntimeError as exc:
@@ -47,7 +47,7 @@ def _remove(index: faiss.Index, ids: np.ndarray) -> bool:
 
 
 def apply_changes(
-    current: "ConceptIndex", cached: CachedTextEncoder, changes: Sequence["EntryChange"]
+    current: ConceptIndex, cached: CachedTextEncoder, changes: Sequence[EntryChange]
 ) -> tuple[faiss.Index, pa.Table, np.ndarray] | None:
     """New (index, entries table, excluded ids), or None when a full rebuild is needed.
 
@@ -55,13 +55,13 @@ def apply_changes(
     with their current text. Unchanged entries are not touched, so never re-encoded.
     """
     index = _read_writable(current)
-    entries = current._entries
+    entries = current.entries
     indexed = entries.column("entry_id").to_numpy()
     changed = np.array(sorted({c.entry_id for c in changes}), dtype=np.int64)
     present = changed[np.isin(changed, indexed)]
     adds = sorted((c for c in changes if c.status == "active"), key=lambda c: c.entry_id)
     add_ids = np.array([c.entry_id for c in adds], dtype=np.int64)
-    excluded = current._excluded
+    excluded = current.excluded_ids
     if _remove(index, present):
         keep_mask = pc.invert(pc.is_in(entries.column("entry_id"), pa.array(present)))
         entries = entries.filter(keep_mask)

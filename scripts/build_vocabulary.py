@@ -218,7 +218,8 @@ def sources_md(lists: dict[str, list[str]], merged: int, wheels: dict[str, Path]
         rows.append(f"| `{src.name}.txt` | {src.title} | {len(lists[src.name])} | {origin} "
                     f"| {src.licence} |")
     rows.append(f"| `stuff.txt` | stuff / background concepts | {len(lists['stuff'])} "
-                f"| written for this project (`scripts/build_vocabulary.py`) | Apache-2.0 (project) |")
+                "| written for this project (`scripts/build_vocabulary.py`) "
+                "| Apache-2.0 (project) |")
     return HEADER.format(merged=merged) + "\n".join(rows) + "\n" + POLICY
 
 
@@ -237,18 +238,20 @@ OpenCLIP.
 POLICY = """
 ## Normalisation policy (names are shown to annotators, so they must read naturally)
 
-- Unicode NFKC, underscores -> spaces, lower case, whitespace collapsed (CLIP's tokenizer lower-cases
-  anyway): `aerosol_can` -> `aerosol can`, `Band_Aid` -> `band aid`.
+- Unicode NFKC, underscores -> spaces, lower case, whitespace collapsed (CLIP's tokenizer
+  lower-cases anyway): `aerosol_can` -> `aerosol can`, `Band_Aid` -> `band aid`.
 - A parenthesised sense is **kept** as `name (sense)`: `bow_(weapon)` -> `bow (weapon)`,
   `bow_(decorative_ribbons)` -> `bow (decorative ribbons)`. Dropping it would merge different
   things under one name (bat the animal / bat the club); the annotator sees the sense.
-- Mapillary `A - B (C)` -> `a (b, c)`: `Lane Marking - Arrow (Left)` -> `lane marking (arrow, left)`.
+- Mapillary `A - B (C)` -> `a (b, c)`:
+  `Lane Marking - Arrow (Left)` -> `lane marking (arrow, left)`.
 - SUN397 / Places205 `apse_indoor`, `apartment_building/outdoor` -> `apse (indoor)`,
   `apartment building (outdoor)`.
 - COCO-Stuff `wall-brick` -> `brick wall`; the `-other`, `-stuff`, `-merged` suffixes are dropped.
 - Objects365 alternatives split on `/` into separate names (`Cabinet/shelf` -> `cabinet`, `shelf`).
 - A few names are fixed explicitly (`FIXES` in the script: typos such as `Moniter/TV`, run-ons such
-  as `pottedplant`); `background`, `unlabeled`, `other`, `void`, `ego vehicle`, `car mount` are dropped.
+  as `pottedplant`); `background`, `unlabeled`, `other`, `void`, `ego vehicle`, `car mount`
+  are dropped.
 - No singularisation: `glasses`, `pants`, `shelves` stay as the datasets name them.
 """
 

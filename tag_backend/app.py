@@ -6,6 +6,7 @@ and shared by gunicorn's threads; ``/health`` and ``/setup`` never load models (
 ``/setup`` 3 s and calls it before every prediction batch). Webhooks are written to a durable
 spool and acknowledged at once (LS waits 1 s); a background worker does the learning.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -45,8 +46,12 @@ class Backend:
         self.runtime = runtime or get_runtime(settings)
         self.fetcher = MediaFetcher(settings)
         self.spool = WebhookSpool(f"{settings.data_dir}/webhook-spool")
-        self.worker = CorrectionWorker(self.runtime, self.spool, self.fetcher,
-                                       reingest=make_reingest(self.runtime, self.fetcher))
+        self.worker = CorrectionWorker(
+            self.runtime,
+            self.spool,
+            self.fetcher,
+            reingest=make_reingest(self.runtime, self.fetcher),
+        )
         self._snapper: LabelSnapper | None = None
         self._lock = threading.Lock()
         self._last_version: str | None = None
@@ -57,9 +62,11 @@ class Backend:
     def snapper(self) -> LabelSnapper:
         with self._lock:
             if self._snapper is None:
-                self._snapper = LabelSnapper(self.runtime.text_encoder.encode,
-                                             self.settings.guided_threshold,
-                                             self.settings.guided_fallback)
+                self._snapper = LabelSnapper(
+                    self.runtime.text_encoder.encode,
+                    self.settings.guided_threshold,
+                    self.settings.guided_fallback,
+                )
             return self._snapper
 
     def model_version(self) -> str:
@@ -67,8 +74,9 @@ class Backend:
         try:
             self._last_version = self.runtime.model_version()
         except Exception as exc:
-            logger.warning("concept database unreachable for model_version: %s",
-                           str(exc).splitlines()[0][:200])
+            logger.warning(
+                "concept database unreachable for model_version: %s", str(exc).splitlines()[0][:200]
+            )
             if self._last_version is None:
                 preset = self.settings.preset
                 return f"tag-{__version__}-{preset}-db-unavailable"
@@ -76,6 +84,7 @@ class Backend:
 
     def warm_up(self) -> None:
         """Load models, store and index in the background so the first /predict is not slow."""
+
         def run() -> None:
             try:
                 _ = self.runtime.pipeline
@@ -91,9 +100,12 @@ def _check_basic_auth(settings: Settings) -> Response | None:
     if not user and not password:
         return None
     auth = request.authorization
-    ok = (auth is not None and auth.type == "basic"
-          and hmac.compare_digest((auth.username or "").encode(), (user or "").encode())
-          and hmac.compare_digest((auth.password or "").encode(), (password or "").encode()))
+    ok = (
+        auth is not None
+        and auth.type == "basic"
+        and hmac.compare_digest((auth.username or "").encode(), (user or "").encode())
+        and hmac.compare_digest((auth.password or "").encode(), (password or "").encode())
+    )
     if ok:
         return None
     response = jsonify(error_body(401, "authentication required"))
@@ -110,8 +122,13 @@ def _webhook_secret_ok(settings: Settings) -> bool:
     return hmac.compare_digest(given.encode(), secret.encode())
 
 
-def create_app(settings: Settings | None = None, runtime=None, *, start_worker: bool = True,
-               warm_up: bool = False) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    runtime=None,
+    *,
+    start_worker: bool = True,
+    warm_up: bool = False,
+) -> Flask:
     """The WSGI app; ``runtime`` may be injected (tests share one across apps)."""
     settings = settings or settings_from_env()
     app = Flask(__name__)
@@ -190,15 +207,24 @@ def _register_routes(app: Flask, backend: Backend) -> None:
         try:
             backend.runtime.refresh()  # close the correction loop: newest exemplars and index
         except Exception as exc:
-            logger.warning("cannot refresh from the concept database (predicting with the "
-                           "loaded state): %s", str(exc).splitlines()[0][:200])
+            logger.warning(
+                "cannot refresh from the concept database (predicting with the loaded state): %s",
+                str(exc).splitlines()[0][:200],
+            )
         version = backend.model_version()
         context = PredictContext(
-            layout=layout, model_version=version, fetcher=backend.fetcher,
+            layout=layout,
+            model_version=version,
+            fetcher=backend.fetcher,
             snapper=backend.snapper if layout.guided_labels else None,
             max_regions=settings.max_regions,
         )
-        results = [predict_task(backend.runtime, task, context) for task in req.tasks]
+        # --- jobs integration (tag_backend.jobs.budget): answer stored predictions, compute
+        # what fits in TAG_PREDICT_BUDGET, queue the rest as a background job (pushed to LS).
+        from .jobs.budget import predict_request
+
+        results = predict_request(backend, req, context)
+        # --- end jobs integration
         metrics.PREDICT_SECONDS.observe(time.perf_counter() - started)
         return jsonify({"results": results, "model_version": version})
 

@@ -105,7 +105,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_CLIP_PRETRAINED", "clip_pretrained", "CLIP weights: an open_clip pretrained tag (e.g. `openai`) or a checkpoint file."),
     EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available)."),
     EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device)."),
-    EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper) or `naclip`."),
+    EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens)."),
     EnvVar("TAG_MAX_IMAGE_PIXELS", "max_image_pixels", "Decompression-bomb guard: images with more pixels are refused.", int),
     EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live."),
     EnvVar("TAG_DB_URL", "db_url", "Concept database URL: `sqlite:///path.db` or `postgresql+psycopg://user:pass@host/db`.", str, True),

@@ -5,6 +5,7 @@ Speckle, not resolution, drives the size of Label Studio's brush RLE and the bro
 few hundred brush regions made the browser use tens of GB). So every mask is smoothed, tiny
 islands and pin-holes are removed, and the number of regions per image is capped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,9 @@ def _drop_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     return keep[labels]
 
 
-def clean_regions(masks: list[np.ndarray], max_regions: int,
-                  cleaning: MaskCleaning = MaskCleaning()) -> list[tuple[int, np.ndarray]]:
+def clean_regions(
+    masks: list[np.ndarray], max_regions: int, cleaning: MaskCleaning = MaskCleaning()
+) -> list[tuple[int, np.ndarray]]:
     """Clean each mask and keep at most ``max_regions`` of the largest.
 
     Returns ``(original index, cleaned mask)`` pairs in the input order, so callers can pair

@@ -22,6 +22,8 @@ CORRECTIONS_INGESTED = Counter("tag_corrections_ingested_total", "Annotation cor
                                ["outcome"], registry=REGISTRY)
 QUEUE_DEPTH = Gauge("tag_queue_depth", "Work items waiting", ["queue"], registry=REGISTRY)
 JOB_TASKS = Counter("tag_job_tasks_total", "Pre-labelling job tasks finished", ["outcome"], registry=REGISTRY)
+JOB_PUSHES = Counter("tag_job_pushes_total", "Predictions pushed to Label Studio by the job engine",
+                     ["outcome"], registry=REGISTRY)  # outcome: pushed|gone|retry|failed|auth
 INDEX_SIZE = Gauge("tag_index_entries", "Entries in the active concept index", registry=REGISTRY)
 DB_VERSION = Gauge("tag_concept_db_version", "Concept database version", registry=REGISTRY)
 

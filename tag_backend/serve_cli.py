@@ -3,6 +3,7 @@
 Registered in the main CLI group by tag_backend.cli. Production uses gunicorn:
 ``gunicorn --workers 1 --threads 4 --timeout 0 --bind :9090 tag_backend.wsgi:app``.
 """
+
 from __future__ import annotations
 
 import click
@@ -22,14 +23,20 @@ def serve(host: str, port: int, **flags) -> None:
     settings = settings_with(**flags)
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, warm_up=True)
-    click.echo(f"TAG backend on http://{host}:{port} (connect it in Label Studio: "
-               "Project > Settings > Model)")
+    click.echo(
+        f"TAG backend on http://{host}:{port} (connect it in Label Studio: "
+        "Project > Settings > Model)"
+    )
     app.run(host=host, port=port, threaded=True, use_reloader=False)
 
 
 @click.command("download-weights")
-@click.option("--preset", type=click.Choice(["fast", "paper"]), default=None,
-              help="Preset whose weights to fetch [env TAG_PRESET].")
+@click.option(
+    "--preset",
+    type=click.Choice(["fast", "paper"]),
+    default=None,
+    help="Preset whose weights to fetch [env TAG_PRESET].",
+)
 @handle_errors
 def download_weights(preset: str | None) -> None:
     """Download (into the Hugging Face / open_clip caches) the weights a preset needs.
@@ -43,5 +50,7 @@ def download_weights(preset: str | None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime(settings)
     dino, clip = runtime.dino, runtime.clip
-    click.echo(f"preset {runtime.preset.name}: DINOv2 ready ({type(dino.model).__name__}), "
-               f"CLIP ready ({clip.encoder_id})")
+    click.echo(
+        f"preset {runtime.preset.name}: DINOv2 ready ({type(dino.model).__name__}), "
+        f"CLIP ready ({clip.encoder_id})"
+    )

@@ -4,6 +4,7 @@ One worker with several threads is the intended layout (LABEL_STUDIO.md §3, §1
 loaded once per process and shared by threads. Do not use ``--preload`` with CUDA (forked
 workers cannot re-initialise CUDA); nothing heavy is loaded at import time anyway.
 """
+
 from __future__ import annotations
 
 from .app import create_app

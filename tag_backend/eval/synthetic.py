@@ -158,3 +158,48 @@ def write_synthetic(root: str | Path, count: int = 24, size: int = 224, seed: in
             write_scene(root, image_id, make_scene(seed + i, size))
     logger.info("synthetic benchmark: %d scenes of %dx%d in %s", count, size, size, root)
     return root
+
+
+# Synthetic class id -> Pascal VOC id (arbitrary but fixed) for the VOC-layout fixture.
+VOC_IDS = {0: 0, 1: 6, 2: 3, 3: 16, 4: 8, 5: 18, 6: 5}
+
+
+def _void_border(gt: np.ndarray, width: int = 2) -> np.ndarray:
+    """Pixels within ``width`` of a class boundary (VOC marks object outlines as void, 255)."""
+    edge = np.zeros(gt.shape, bool)
+    edge[:-1, :] |= gt[:-1, :] != gt[1:, :]
+    edge[:, :-1] |= gt[:, :-1] != gt[:, 1:]
+    for _ in range(width - 1):
+        grown = edge.copy()
+        grown[1:, :] |= edge[:-1, :]
+        grown[:, 1:] |= edge[:, :-1]
+        edge = grown
+    return edge
+
+
+def write_voc_layout(root: str | Path, count: int = 3, size: int = 224, seed: int = 0) -> Path:
+    """Synthetic scenes in Pascal VOC 2012's layout: ``VOCdevkit/VOC2012/{JPEGImages,
+    SegmentationClass (palette PNG, 255 outlines), ImageSets/Segmentation/val.txt}``.
+    Images are cropped to 4:3 like most VOC photos. Returns the ``VOCdevkit`` parent."""
+    from .datasets import voc_colormap
+
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    lut = np.zeros(256, np.uint8)
+    for syn, voc in VOC_IDS.items():
+        lut[syn] = voc
+    ids = []
+    for i in range(count):
+        scene = make_scene(seed + i, size)
+        height = size * 3 // 4
+        image_id = f"2007_{seed + i:06d}"
+        Image.fromarray(scene.image[:height]).save(base / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        gt = lut[scene.gt[:height]]
+        gt[_void_border(scene.gt[:height])] = 255
+        mask = Image.frombytes("P", (gt.shape[1], gt.shape[0]), gt.tobytes())
+        mask.putpalette(voc_colormap().ravel().tolist())
+        mask.save(base / "SegmentationClass" / f"{image_id}.png")
+        ids.append(image_id)
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    return Path(root)

@@ -2,6 +2,7 @@
 
 Only this package builds Label Studio JSON (docs/ARCHITECTURE.md).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

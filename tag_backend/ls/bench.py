@@ -8,6 +8,7 @@
 3. RSS over many sequential single-task ``/predict`` calls: memory must stay flat.
 Use small images and the tiny test models (``tag_backend.random_models``) to run in minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def _images(root: Path, n: int, size: int) -> list[Path]:
     for i in range(n):
         arr = np.full((size, size, 3), 120, np.uint8)
         y, x = rng.integers(0, size // 2, 2)
-        arr[y:y + size // 2, x:x + size // 2] = rng.integers(0, 255, 3)
+        arr[y : y + size // 2, x : x + size // 2] = rng.integers(0, 255, 3)
         path = root / f"b{i}.png"
         Image.fromarray(arr).save(path)
         paths.append(path)
@@ -58,20 +59,29 @@ def bench_overhead(client, runtime, config: str, paths: list[Path]) -> dict:
     served = (time.perf_counter() - start) / len(paths)
     if r.status_code != 200 or len(r.json["results"]) != len(tasks):
         raise RuntimeError(f"/predict failed: {r.status_code}")
-    return {"engine_s_per_task": engine, "predict_s_per_task": served,
-            "overhead_pct": 100 * (served - engine) / engine}
+    return {
+        "engine_s_per_task": engine,
+        "predict_s_per_task": served,
+        "overhead_pct": 100 * (served - engine) / engine,
+    }
 
 
 def bench_webhook(client, config: str, paths: list[Path], n: int = 200) -> dict:
     tasks = [{"id": i, "data": {"image": str(p)}} for i, p in enumerate(paths)]
-    worker = threading.Thread(target=lambda: client.application.test_client().post(
-        "/predict", json={"tasks": tasks, "label_config": config}))
+    worker = threading.Thread(
+        target=lambda: client.application.test_client().post(
+            "/predict", json={"tasks": tasks, "label_config": config}
+        )
+    )
     worker.start()
     latencies = []
     for i in range(n):
-        payload = {"action": "ANNOTATION_CREATED", "project": {"id": 1},
-                   "annotation": {"id": 10_000 + i, "result": [], "updated_at": "2024-01-01"},
-                   "task": {"id": 1, "data": {}}}
+        payload = {
+            "action": "ANNOTATION_CREATED",
+            "project": {"id": 1},
+            "annotation": {"id": 10_000 + i, "result": [], "updated_at": "2024-01-01"},
+            "task": {"id": 1, "data": {}},
+        }
         start = time.perf_counter()
         r = client.post("/webhook", json=payload)
         latencies.append(time.perf_counter() - start)
@@ -82,8 +92,11 @@ def bench_webhook(client, config: str, paths: list[Path], n: int = 200) -> dict:
         time.sleep(0.01)
     worker.join()
     ms = sorted(x * 1000 for x in latencies)
-    return {"webhooks": len(ms), "p50_ms": statistics.median(ms),
-            "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))]}
+    return {
+        "webhooks": len(ms),
+        "p50_ms": statistics.median(ms),
+        "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+    }
 
 
 def bench_memory(client, config: str, path: Path, runs: int) -> dict:
@@ -112,8 +125,13 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="tag-ls-bench-"))
     settings = settings_from_env().replace(
-        dino_model=args.dino, clip_model=args.clip, device="cpu", dtype="float32",
-        data_dir=args.data_dir or str(root / "data"), allowed_local_roots=str(root))
+        dino_model=args.dino,
+        clip_model=args.clip,
+        device="cpu",
+        dtype="float32",
+        data_dir=args.data_dir or str(root / "data"),
+        allowed_local_roots=str(root),
+    )
     app = create_app(settings, start_worker=False)
     client = app.test_client()
     config = recommended_label_config()

@@ -10,6 +10,7 @@ Rules (docs/readme/label_studio.md "The labeling config"):
   label (tag_backend.ls.guided). With a TextArea and a single label (the recommended config),
   every region gets that label and the name lives in the TextArea.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,10 @@ def parse_label_config(config: str | None) -> ResultLayout:
     Cached by config text: Label Studio sends the config with every ``/predict``.
     """
     if not config or not isinstance(config, str) or not config.strip():
-        raise LabelConfigError("the labeling config is empty (expected <View> with <Image> and "
-                               "<BrushLabels>; see tag_backend/ls/label_config.xml)")
+        raise LabelConfigError(
+            "the labeling config is empty (expected <View> with <Image> and "
+            "<BrushLabels>; see tag_backend/ls/label_config.xml)"
+        )
     with _cache_lock:
         if config in _cache:
             _cache.move_to_end(config)
@@ -55,13 +58,20 @@ def _parse(config: str) -> ResultLayout:
         raise LabelConfigError(f"the labeling config is not valid XML: {exc}") from None
     images = {o.name: o for o in interface.objects if o.tag.lower() == "image"}
     if not images:
-        raise LabelConfigError("the labeling config has no <Image> tag: TAG labels images "
-                               "(use tag_backend/ls/label_config.xml)")
-    brushes = [c for c in interface.controls if c.tag.lower() == "brushlabels"
-               and any(t in images for t in c.to_name)]
+        raise LabelConfigError(
+            "the labeling config has no <Image> tag: TAG labels images "
+            "(use tag_backend/ls/label_config.xml)"
+        )
+    brushes = [
+        c
+        for c in interface.controls
+        if c.tag.lower() == "brushlabels" and any(t in images for t in c.to_name)
+    ]
     if not brushes:
-        raise LabelConfigError("the labeling config has no <BrushLabels> pointing at an <Image>: "
-                               "TAG predicts brush masks (use tag_backend/ls/label_config.xml)")
+        raise LabelConfigError(
+            "the labeling config has no <BrushLabels> pointing at an <Image>: "
+            "TAG predicts brush masks (use tag_backend/ls/label_config.xml)"
+        )
     brush = brushes[0]
     image_name = next(t for t in brush.to_name if t in images)
     text_name = _per_region_textarea(interface, image_name)
@@ -69,8 +79,11 @@ def _parse(config: str) -> ResultLayout:
     guided = len(labels) > 1 or (bool(labels) and text_name is None)
     value = images[image_name].value or "$image"
     return ResultLayout(
-        brush_name=brush.name, image_name=image_name, text_name=text_name,
-        label=labels[0] if labels else "object", guided_labels=labels if guided else (),
+        brush_name=brush.name,
+        image_name=image_name,
+        text_name=text_name,
+        label=labels[0] if labels else "object",
+        guided_labels=labels if guided else (),
         image_field=value.lstrip("$") or "image",
     )
 

@@ -7,6 +7,7 @@ incrementally and refreshes the runtime, so the next ``/predict`` uses the corre
 reports a new ``model_version``. ``START_TRAINING`` re-ingests every annotated task of the
 project through the SDK. Database outages are retried with back-off; nothing is dropped.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,17 +42,30 @@ def is_transient(exc: BaseException) -> bool:
         StoreUnavailable = ()  # type: ignore[assignment]
     import requests
 
-    transient = (StoreUnavailable, OperationalError, DBAPIError, OSError, TimeoutError,
-                 requests.ConnectionError, requests.Timeout)
+    transient = (
+        StoreUnavailable,
+        OperationalError,
+        DBAPIError,
+        OSError,
+        TimeoutError,
+        requests.ConnectionError,
+        requests.Timeout,
+    )
     return isinstance(exc, transient)
 
 
 class RegionEmbedder:
     """``embed_region(result item) -> embedding | None`` for one task's image (fetched once)."""
 
-    def __init__(self, runtime, fetcher: MediaFetcher, task: Mapping[str, Any] | None,
-                 image_field: str) -> None:
-        self.runtime, self.fetcher, self.task, self.image_field = runtime, fetcher, task, image_field
+    def __init__(
+        self, runtime, fetcher: MediaFetcher, task: Mapping[str, Any] | None, image_field: str
+    ) -> None:
+        self.runtime, self.fetcher, self.task, self.image_field = (
+            runtime,
+            fetcher,
+            task,
+            image_field,
+        )
         self.encoder_id = runtime.clip.encoder_id
         self._image: Image.Image | None = None
         self._failed = False
@@ -60,15 +74,19 @@ class RegionEmbedder:
         if self._image is None and not self._failed:
             data = (self.task or {}).get("data") or {}
             url = data.get(self.image_field) or next(
-                (v for v in data.values() if isinstance(v, str) and ("/" in v or ":" in v)), None)
+                (v for v in data.values() if isinstance(v, str) and ("/" in v or ":" in v)), None
+            )
             try:
                 if not url:
                     raise MediaError("the task in the payload has no image URL")
                 self._image = self.fetcher.fetch(url, task_id=(self.task or {}).get("id")).image
             except MediaError as exc:
                 self._failed = True
-                logger.warning("task %s: no exemplars (image unavailable: %s)",
-                               (self.task or {}).get("id"), exc)
+                logger.warning(
+                    "task %s: no exemplars (image unavailable: %s)",
+                    (self.task or {}).get("id"),
+                    exc,
+                )
         return self._image
 
     def __call__(self, item: Mapping[str, Any]) -> np.ndarray | None:
@@ -86,15 +104,18 @@ class RegionEmbedder:
             return self.runtime.pipeline.embed_regions(image, [mask])[0]
 
 
-def decode_mask(rle: list[int], width: Any, height: Any, image_size: tuple[int, int]
-                ) -> np.ndarray | None:
+def decode_mask(
+    rle: list[int], width: Any, height: Any, image_size: tuple[int, int]
+) -> np.ndarray | None:
     """Boolean (H, W) mask of a brush RLE, resized to the image if LS stored another size."""
     from label_studio_sdk.converter.brush import decode_rle
 
     w, h = (int(width), int(height)) if width and height else image_size
     flat = decode_rle(rle)
     if flat.size != w * h * 4:
-        logger.warning("brush RLE holds %d values, expected %dx%dx4: region skipped", flat.size, w, h)
+        logger.warning(
+            "brush RLE holds %d values, expected %dx%dx4: region skipped", flat.size, w, h
+        )
         return None
     mask = flat.reshape(h, w, 4)[:, :, 3] > 127
     if (w, h) != tuple(image_size):
@@ -114,11 +135,40 @@ def image_field_for(payload: Mapping[str, Any]) -> str:
     return "image"
 
 
+def split_bulk(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """One singular-shaped payload per annotation.
+
+    Label Studio 1.23 sends ``ANNOTATIONS_CREATED`` with ``annotation`` and ``task`` as **lists**
+    (``webhooks/models.py``: key ``annotation``, ``many=True``, nested ``task`` many); each
+    annotation is paired with its task by id so exemplars can fetch the right image.
+    """
+    anns = payload.get("annotation")
+    if not isinstance(anns, list):
+        return [payload]
+    tasks = payload.get("task") if isinstance(payload.get("task"), list) else []
+    by_id = {str(t.get("id")): t for t in tasks if isinstance(t, Mapping)}
+    out = []
+    for ann in anns:
+        if not isinstance(ann, Mapping):
+            continue
+        task_ref = ann.get("task")
+        task_id = str(task_ref.get("id") if isinstance(task_ref, Mapping) else task_ref)
+        out.append({**payload, "annotation": ann, "task": by_id.get(task_id)})
+    return out
+
+
 class CorrectionWorker:
     """Background thread draining the spool; one per process."""
 
-    def __init__(self, runtime, spool: WebhookSpool, fetcher: MediaFetcher, *, reingest=None,
-                 poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        runtime,
+        spool: WebhookSpool,
+        fetcher: MediaFetcher,
+        *,
+        reingest=None,
+        poll_seconds: float = 1.0,
+    ) -> None:
         self.runtime, self.spool, self.fetcher = runtime, spool, fetcher
         self.reingest = reingest
         self.poll_seconds = poll_seconds
@@ -173,9 +223,13 @@ class CorrectionWorker:
     def _failed(self, item: SpoolItem, exc: Exception) -> None:
         if is_transient(exc):
             delay = min(MAX_RETRY_DELAY, 2.0 ** min(item.attempts, 8))
-            logger.warning("correction deferred (%s: %s); retry %d in %.0f s",
-                           type(exc).__name__, str(exc).splitlines()[0][:200], item.attempts + 1,
-                           delay)
+            logger.warning(
+                "correction deferred (%s: %s); retry %d in %.0f s",
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200],
+                item.attempts + 1,
+                delay,
+            )
             metrics.CORRECTIONS_INGESTED.labels(outcome="retry").inc()
             self.spool.retry(item, delay)
         else:
@@ -199,20 +253,32 @@ class CorrectionWorker:
         return "recorded" if changed else "unchanged"
 
     def _record(self, payload: Mapping[str, Any]):
-        from database_tools.corrections import record_annotation
+        from database_tools.corrections import CorrectionReport, record_annotation
 
-        task = payload.get("task") if isinstance(payload.get("task"), Mapping) else None
-        embedder = RegionEmbedder(self.runtime, self.fetcher, task, image_field_for(payload))
-        return record_annotation(
-            self.runtime.store, payload, embed_region=embedder,
-            new_concept_status=self.runtime.settings.new_concept_status,
-        )
+        report = CorrectionReport()
+        field = image_field_for(payload)
+        for single in split_bulk(payload):
+            task = single.get("task") if isinstance(single.get("task"), Mapping) else None
+            embedder = RegionEmbedder(self.runtime, self.fetcher, task, field)
+            report.merge(
+                record_annotation(
+                    self.runtime.store,
+                    single,
+                    embed_region=embedder,
+                    new_concept_status=self.runtime.settings.new_concept_status,
+                )
+            )
+        return report
 
     def update_index(self) -> None:
         """Apply store changes to the index and reload it with the exemplars in this process."""
         from database_tools.index_build import update_index
 
-        update_index(self.runtime.store, self.runtime.text_encoder,
-                     self.runtime.settings.resolved_index_dir, progress=False)
+        update_index(
+            self.runtime.store,
+            self.runtime.text_encoder,
+            self.runtime.settings.resolved_index_dir,
+            progress=False,
+        )
         self.runtime.refresh()
         metrics.DB_VERSION.set(self.runtime.store.db_version())

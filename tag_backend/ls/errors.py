@@ -1,4 +1,5 @@
 """Errors of the Label Studio backend; the app maps each to an HTTP status and a clear message."""
+
 from __future__ import annotations
 
 from ..errors import TagError

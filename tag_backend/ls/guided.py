@@ -6,6 +6,7 @@ above ``Settings.guided_threshold`` the region takes that label; below it the re
 ``Settings.guided_fallback`` if that is one of the project's labels, or is dropped. An exact
 (case-insensitive) match always wins. The free-form name is kept for the per-region TextArea.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,12 +54,17 @@ class LabelSnapper:
             raise ValueError("guided mode needs at least one project label")
         if not names:
             return []
-        sims = np.asarray(self.encode(list(names)), dtype=np.float32) @ self._label_vectors(labels).T
+        sims = (
+            np.asarray(self.encode(list(names)), dtype=np.float32) @ self._label_vectors(labels).T
+        )
         lowered = {label.lower(): label for label in labels}
         fallback = self.fallback if self.fallback in labels else None
         if self.fallback and fallback is None:
-            logger.warning("TAG_GUIDED_FALLBACK %r is not a label of this project: regions below "
-                           "the threshold are dropped", self.fallback)
+            logger.warning(
+                "TAG_GUIDED_FALLBACK %r is not a label of this project: regions below "
+                "the threshold are dropped",
+                self.fallback,
+            )
         out = []
         for name, row in zip(names, sims):
             if name.strip().lower() in lowered:

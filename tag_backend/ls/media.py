@@ -12,6 +12,7 @@ cloud presigned URLs, plain http(s); LABEL_STUDIO.md §8) with three additions:
 
 Downloads are cached under ``<data_dir>/ls-media`` (the SDK never re-downloads a cached URL).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,14 @@ from .errors import MediaError
 
 logger = logging.getLogger(__name__)
 
-_LS_PREFIXES = ("/data/upload", "data/upload", "upload/", "/upload/", "/storage-data/",
-                "storage-data/")
+_LS_PREFIXES = (
+    "/data/upload",
+    "data/upload",
+    "upload/",
+    "/upload/",
+    "/storage-data/",
+    "storage-data/",
+)
 _CLOUD = ("s3:", "gs:", "azure-blob:")
 _CACHE_MAX_FILES = 5000
 
@@ -61,8 +68,10 @@ class CappedSession(requests.Session):
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
             response.close()
-            raise MediaError(f"image is {int(declared):,} bytes, more than the limit of "
-                             f"{self.max_bytes:,} (TAG_MAX_DOWNLOAD_BYTES)")
+            raise MediaError(
+                f"image is {int(declared):,} bytes, more than the limit of "
+                f"{self.max_bytes:,} (TAG_MAX_DOWNLOAD_BYTES)"
+            )
         if response.status_code >= 400:
             return response  # the SDK calls raise_for_status (and may try its fallback URL)
         chunks, size = [], 0
@@ -70,12 +79,14 @@ class CappedSession(requests.Session):
             size += len(chunk)
             if size > self.max_bytes:
                 response.close()
-                raise MediaError(f"image download exceeded {self.max_bytes:,} bytes "
-                                 "(TAG_MAX_DOWNLOAD_BYTES)")
+                raise MediaError(
+                    f"image download exceeded {self.max_bytes:,} bytes (TAG_MAX_DOWNLOAD_BYTES)"
+                )
             if time.monotonic() - start > self.timeout:
                 response.close()
-                raise MediaError(f"image download took more than {self.timeout:g} s "
-                                 "(TAG_DOWNLOAD_TIMEOUT)")
+                raise MediaError(
+                    f"image download took more than {self.timeout:g} s (TAG_DOWNLOAD_TIMEOUT)"
+                )
             chunks.append(chunk)
         response._content = b"".join(chunks)
         response._content_consumed = True
@@ -88,8 +99,11 @@ class MediaFetcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache_dir = Path(settings.data_dir) / "ls-media"
-        self.local_roots = [Path(p).resolve() for p in
-                            (settings.allowed_local_roots or "").split(os.pathsep) if p.strip()]
+        self.local_roots = [
+            Path(p).resolve()
+            for p in (settings.allowed_local_roots or "").split(os.pathsep)
+            if p.strip()
+        ]
         self._token: str | None = None
         self._token_lock = threading.Lock()
         self._downloads = 0
@@ -108,8 +122,10 @@ class MediaFetcher:
                     client = TokensClientExt(self.settings.label_studio_url.rstrip("/"), key)
                     self._token = client.api_key
             except Exception as exc:
-                raise MediaError(f"LABEL_STUDIO_API_KEY was refused by {self.settings.label_studio_url}"
-                                 f" ({type(exc).__name__}); create a new personal access token") from None
+                raise MediaError(
+                    f"LABEL_STUDIO_API_KEY was refused by {self.settings.label_studio_url}"
+                    f" ({type(exc).__name__}); create a new personal access token"
+                ) from None
             return self._token
 
     # ------------------------------------------------------------------ policy
@@ -125,21 +141,29 @@ class MediaFetcher:
             return "cloud"
         if parsed.scheme in ("http", "https"):
             if not self.settings.allow_http_urls:
-                raise MediaError("plain http(s) image URLs are disabled (TAG_ALLOW_HTTP_URLS=false)")
+                raise MediaError(
+                    "plain http(s) image URLs are disabled (TAG_ALLOW_HTTP_URLS=false)"
+                )
             return "http"
-        if parsed.scheme in ("", "file") and (parsed.path.startswith("/") or parsed.scheme == "file"):
+        if parsed.scheme in ("", "file") and (
+            parsed.path.startswith("/") or parsed.scheme == "file"
+        ):
             return "local"
         raise MediaError(f"unsupported image URL scheme {parsed.scheme or url[:20]!r}")
 
     def _local_path(self, url: str) -> str:
         path = Path(urlparse(url).path if url.startswith("file:") else url).resolve()
         if not any(path == root or root in path.parents for root in self.local_roots):
-            raise MediaError("local image paths are only read under TAG_ALLOWED_LOCAL_ROOTS "
-                             f"({'none configured' if not self.local_roots else 'path is outside'})")
+            raise MediaError(
+                "local image paths are only read under TAG_ALLOWED_LOCAL_ROOTS "
+                f"({'none configured' if not self.local_roots else 'path is outside'})"
+            )
         if not path.is_file():
             raise MediaError(f"local image not found: {path.name}")
         if path.stat().st_size > self.settings.max_download_bytes:
-            raise MediaError(f"image file is larger than {self.settings.max_download_bytes:,} bytes")
+            raise MediaError(
+                f"image file is larger than {self.settings.max_download_bytes:,} bytes"
+            )
         return str(path)
 
     # ------------------------------------------------------------------ fetch
@@ -149,14 +173,17 @@ class MediaFetcher:
         if kind == "local":
             return self._local_path(url)
         if kind in ("label-studio", "cloud") and not self.settings.label_studio_url:
-            raise MediaError("this image is stored in Label Studio: set LABEL_STUDIO_URL and "
-                             "LABEL_STUDIO_API_KEY so the backend can download it")
+            raise MediaError(
+                "this image is stored in Label Studio: set LABEL_STUDIO_URL and "
+                "LABEL_STUDIO_API_KEY so the backend can download it"
+            )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         session = CappedSession(self.settings.max_download_bytes, self.settings.download_timeout)
         try:
             with sdk_io.http_session(session):
                 path = sdk_io.get_local_path(
-                    url.strip(), cache_dir=str(self.cache_dir),
+                    url.strip(),
+                    cache_dir=str(self.cache_dir),
                     hostname=self.settings.label_studio_url or None,
                     access_token=self.access_token() if kind != "http" else None,
                     task_id=task_id,
@@ -168,10 +195,16 @@ class MediaFetcher:
             hint = " (check LABEL_STUDIO_API_KEY)" if status in (401, 403) else ""
             raise MediaError(f"image download failed: HTTP {status}{hint}") from None
         except requests.Timeout:
-            raise MediaError(f"image download timed out after {self.settings.download_timeout:g} s") from None
+            raise MediaError(
+                f"image download timed out after {self.settings.download_timeout:g} s"
+            ) from None
         except (requests.RequestException, OSError, ValueError) as exc:
-            raise MediaError(f"image download failed: {type(exc).__name__}: {_short(exc)}") from None
-        except Exception as exc:  # the SDK raises bare Exception for e.g. cloud URLs without task id
+            raise MediaError(
+                f"image download failed: {type(exc).__name__}: {_short(exc)}"
+            ) from None
+        except (
+            Exception
+        ) as exc:  # the SDK raises bare Exception for e.g. cloud URLs without task id
             raise MediaError(f"cannot resolve image URL: {_short(exc)}") from None
         finally:
             session.close()
@@ -186,7 +219,9 @@ class MediaFetcher:
         except OSError:
             raise MediaError("downloaded image vanished from the cache") from None
         if size > self.settings.max_download_bytes:
-            raise MediaError(f"image file is larger than {self.settings.max_download_bytes:,} bytes")
+            raise MediaError(
+                f"image file is larger than {self.settings.max_download_bytes:,} bytes"
+            )
         try:
             image = open_image(path, self.settings.max_image_pixels)
         except Exception as exc:
@@ -201,7 +236,7 @@ class MediaFetcher:
             return
         try:
             files = sorted(self.cache_dir.iterdir(), key=lambda p: p.stat().st_mtime)
-            for old in files[:max(0, len(files) - _CACHE_MAX_FILES)]:
+            for old in files[: max(0, len(files) - _CACHE_MAX_FILES)]:
                 old.unlink(missing_ok=True)
         except OSError as exc:
             logger.warning("cannot prune the image cache %s: %s", self.cache_dir, exc)

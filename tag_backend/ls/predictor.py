@@ -4,6 +4,7 @@
 engine. It never raises for a bad task: the task gets an empty result and the reason is logged
 (Label Studio needs exactly one item per task, in order: LABEL_STUDIO.md §2).
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,13 +65,15 @@ def predict_task(runtime, task: Mapping[str, Any], context: PredictContext) -> d
         return empty_result(context.model_version)
     item = prediction_for(regions, width, height, context.model_version, context.layout)
     metrics.TASKS_PREDICTED.labels(outcome="ok" if regions else "empty").inc()
-    logger.info("task %s: %d regions in %.2f s", task_label(task), len(regions),
-                time.perf_counter() - start)
+    logger.info(
+        "task %s: %d regions in %.2f s", task_label(task), len(regions), time.perf_counter() - start
+    )
     return item
 
 
-def _run(runtime, task: Mapping[str, Any], context: PredictContext
-         ) -> tuple[list[PlacedRegion], int, int]:
+def _run(
+    runtime, task: Mapping[str, Any], context: PredictContext
+) -> tuple[list[PlacedRegion], int, int]:
     if not isinstance(task, Mapping):
         raise MediaError("task is not a JSON object")
     data = task.get("data")
@@ -107,5 +110,7 @@ def place(regions: list[SegmentLabel], context: PredictContext) -> list[PlacedRe
         if label is None:
             logger.debug("guided mode: %r matches no project label: region dropped", name)
             continue
-        placed.append(PlacedRegion(mask=mask, name=name, label=label, score=float(regions[i].score)))
+        placed.append(
+            PlacedRegion(mask=mask, name=name, label=label, score=float(regions[i].score))
+        )
     return placed

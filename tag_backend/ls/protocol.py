@@ -3,6 +3,7 @@
 Parsing is strict about what the backend needs and lenient about everything else, because
 Label Studio versions add fields freely (``extra_params`` may be a dict or a string: ls#3817).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,14 @@ from typing import Any
 from .errors import BackendRequestError
 
 MAX_TASKS_PER_REQUEST = 10_000
-TRAIN_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
-                 "ANNOTATION_DELETED", "ANNOTATIONS_DELETED", "START_TRAINING")
+TRAIN_ACTIONS = (
+    "ANNOTATION_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATION_DELETED",
+    "ANNOTATIONS_DELETED",
+    "START_TRAINING",
+)
 
 
 @dataclass
@@ -62,20 +69,29 @@ def parse_predict(body: Mapping[str, Any]) -> PredictRequest:
     if not isinstance(tasks, list):
         raise BackendRequestError("/predict needs a 'tasks' list")
     if len(tasks) > MAX_TASKS_PER_REQUEST:
-        raise BackendRequestError(f"too many tasks in one request ({len(tasks)} > "
-                                  f"{MAX_TASKS_PER_REQUEST}): select fewer tasks")
+        raise BackendRequestError(
+            f"too many tasks in one request ({len(tasks)} > "
+            f"{MAX_TASKS_PER_REQUEST}): select fewer tasks"
+        )
     params = body.get("params") if isinstance(body.get("params"), Mapping) else {}
     context = params.get("context") if isinstance(params.get("context"), Mapping) else None
     config = body.get("label_config")
-    return PredictRequest(tasks=tasks, label_config=config if isinstance(config, str) else None,
-                          project=project_id(body.get("project")), context=context, params=params)
+    return PredictRequest(
+        tasks=tasks,
+        label_config=config if isinstance(config, str) else None,
+        project=project_id(body.get("project")),
+        context=context,
+        params=params,
+    )
 
 
 def parse_setup(body: Mapping[str, Any]) -> SetupRequest:
     schema = body.get("schema")
-    return SetupRequest(project=project_id(body.get("project")),
-                        schema=schema if isinstance(schema, str) else None,
-                        extra_params=body.get("extra_params"))
+    return SetupRequest(
+        project=project_id(body.get("project")),
+        schema=schema if isinstance(schema, str) else None,
+        extra_params=body.get("extra_params"),
+    )
 
 
 def error_body(status: int, message: str) -> dict:

@@ -5,6 +5,7 @@ per-region TextArea, a ``textarea`` item with the **same id** carrying the free-
 (§9.4): the name is shown on the region and the annotator corrects it by editing the text.
 Masks are cleaned first (tag_backend.masks) so the RLE stays small and the browser fast.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,29 +65,52 @@ def mask_rle(mask: np.ndarray) -> list[int]:
     return [int(v) for v in mask2rle(np.where(mask, 255, 0).astype(np.uint8))]
 
 
-def region_items(region: PlacedRegion, width: int, height: int, layout: ResultLayout,
-                 region_id: str | None = None) -> list[dict]:
+def region_items(
+    region: PlacedRegion,
+    width: int,
+    height: int,
+    layout: ResultLayout,
+    region_id: str | None = None,
+) -> list[dict]:
     """The result items of one region: the brush item and, if configured, its name item."""
     if region.mask.shape != (height, width):
         raise ValueError(f"mask shape {region.mask.shape} does not match image {height}x{width}")
     rid = region_id or new_region_id()
     common = {
-        "id": rid, "to_name": layout.image_name, "original_width": int(width),
-        "original_height": int(height), "image_rotation": 0, "score": round(float(region.score), 4),
+        "id": rid,
+        "to_name": layout.image_name,
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "score": round(float(region.score), 4),
         "readonly": False,
     }
-    items = [{
-        **common, "from_name": layout.brush_name, "type": "brushlabels",
-        "value": {"format": "rle", "rle": mask_rle(region.mask), "brushlabels": [region.label]},
-    }]
+    items = [
+        {
+            **common,
+            "from_name": layout.brush_name,
+            "type": "brushlabels",
+            "value": {"format": "rle", "rle": mask_rle(region.mask), "brushlabels": [region.label]},
+        }
+    ]
     if layout.text_name:
-        items.append({**common, "from_name": layout.text_name, "type": "textarea",
-                      "value": {"text": [region.name]}})
+        items.append(
+            {
+                **common,
+                "from_name": layout.text_name,
+                "type": "textarea",
+                "value": {"text": [region.name]},
+            }
+        )
     return items
 
 
-def place_regions(regions: Sequence[SegmentLabel], layout: ResultLayout, max_regions: int,
-                  cleaning: MaskCleaning = MaskCleaning()) -> list[PlacedRegion]:
+def place_regions(
+    regions: Sequence[SegmentLabel],
+    layout: ResultLayout,
+    max_regions: int,
+    cleaning: MaskCleaning = MaskCleaning(),
+) -> list[PlacedRegion]:
     """Clean masks, cap the region count and choose each region's brush label (open mode).
 
     Guided-mode snapping happens before this (tag_backend.ls.guided), on the names.
@@ -109,8 +133,13 @@ def task_score(regions: Sequence[PlacedRegion]) -> float:
     return round(float((areas * scores).sum() / areas.sum()), 4)
 
 
-def prediction_for(regions: Sequence[PlacedRegion], width: int, height: int, model_version: str,
-                   layout: ResultLayout = DEFAULT_LAYOUT) -> dict:
+def prediction_for(
+    regions: Sequence[PlacedRegion],
+    width: int,
+    height: int,
+    model_version: str,
+    layout: ResultLayout = DEFAULT_LAYOUT,
+) -> dict:
     """One ``/predict`` result item / task prediction: ``{"result", "score", "model_version"}``."""
     result: list[dict] = []
     for region in regions:
@@ -118,9 +147,16 @@ def prediction_for(regions: Sequence[PlacedRegion], width: int, height: int, mod
     return {"result": result, "score": task_score(regions), "model_version": str(model_version)}
 
 
-def task_for_image(image_ref: str, regions: list[SegmentLabel], width: int, height: int,
-                   model_version: str, *, max_regions: int = 30,
-                   layout: ResultLayout = DEFAULT_LAYOUT) -> dict:
+def task_for_image(
+    image_ref: str,
+    regions: list[SegmentLabel],
+    width: int,
+    height: int,
+    model_version: str,
+    *,
+    max_regions: int = 30,
+    layout: ResultLayout = DEFAULT_LAYOUT,
+) -> dict:
     """An importable Label Studio task with its prediction, for the recommended config.
 
     ``image_ref`` is what Label Studio should load (URL, ``/data/local-files/?d=...``).

@@ -4,6 +4,7 @@ The "Start Training" button posts ``{"action": "START_TRAINING", "project": {...
 ``annotation`` key (LABEL_STUDIO.md §4, mlb#874): the project id is read from ``project.id``.
 Recording is idempotent, so re-ingesting already known annotations adds nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,9 @@ def make_reingest(runtime, fetcher: MediaFetcher):
         pid = project_id(payload.get("project"))
         if not pid or not pid.isdigit():
             raise BackendRequestError("START_TRAINING payload has no project id")
-        client = LabelStudio(base_url=settings.label_studio_url.rstrip("/"),
-                             api_key=settings.label_studio_api_key)
+        client = LabelStudio(
+            base_url=settings.label_studio_url.rstrip("/"), api_key=settings.label_studio_api_key
+        )
         field = image_field_for(payload)
         report = CorrectionReport()
         for task in client.tasks.list(project=int(pid), fields="all", only_annotated=True):
@@ -50,10 +52,14 @@ def make_reingest(runtime, fetcher: MediaFetcher):
             if not anns:
                 continue
             embedder = RegionEmbedder(runtime, fetcher, task, field)
-            report.merge(record_annotation(
-                runtime.store, {**task, "project": pid, "annotations": anns},
-                embed_region=embedder, new_concept_status=settings.new_concept_status,
-            ))
+            report.merge(
+                record_annotation(
+                    runtime.store,
+                    {**task, "project": pid, "annotations": anns},
+                    embed_region=embedder,
+                    new_concept_status=settings.new_concept_status,
+                )
+            )
         logger.info("START_TRAINING project %s: %s", pid, report.summary())
         return report
 

@@ -7,6 +7,7 @@ temp name, fsynced, then renamed (atomic on POSIX). A file is claimed by renamin
 ``working/`` (only one process can win), so several gunicorn workers may share the spool.
 File names sort by due time, so retries with back-off wait their turn.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,9 @@ class WebhookSpool:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.pending, self.working, self.failed = (self.root / d for d in ("pending", "working", "failed"))
+        self.pending, self.working, self.failed = (
+            self.root / d for d in ("pending", "working", "failed")
+        )
         for d in (self.pending, self.working, self.failed):
             d.mkdir(parents=True, exist_ok=True)
 

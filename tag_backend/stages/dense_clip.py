@@ -190,8 +190,9 @@ def dense_clip_tokens(
     blocks = visual.transformer.resblocks
     _check_knobs(method, gem_depth, ss_attn_iter, ss_attn_temp, naclip_gaussian_std)
     if method == "gem" and gem_depth > len(blocks) + 1:
-        logger.warning("gem_depth=%d exceeds the %d-block model: every block gets the GEM path",
-                       gem_depth, len(blocks))
+        level = logging.WARNING if _warn_once(len(blocks)) else logging.DEBUG
+        logger.log(level, "gem_depth=%d exceeds the %d-block model: every block gets the GEM path",
+                   gem_depth, len(blocks))
         gem_depth = len(blocks) + 1
     weight = visual.conv1.weight
     with torch.no_grad():
@@ -216,6 +217,17 @@ def dense_clip_tokens(
             return DenseTokens(tokens=tokens, original=None, grid=grid)
         same = original is chosen
         return DenseTokens(tokens, tokens if same else _project(visual, original), grid)
+
+
+_warned_depths: set[int] = set()
+
+
+def _warn_once(n_blocks: int) -> bool:
+    """Log the gem_depth clamp once per model depth, not on every image."""
+    if n_blocks in _warned_depths:
+        return False
+    _warned_depths.add(n_blocks)
+    return True
 
 
 def dense_clip_features(

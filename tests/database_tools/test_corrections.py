@@ -69,10 +69,12 @@ def test_webhook_created_learns_concepts_aliases_exemplars(store):
 
 
 def test_replay_is_idempotent(store):
-    record_annotation(store, payload())
+    emb = Embedder()
+    record_annotation(store, payload(), embed_region=emb)
     version = store.db_version()
-    report = record_annotation(store, payload())
+    report = record_annotation(store, payload(), embed_region=emb)
     assert report.duplicates == 1 and report.recorded == 0
+    assert emb.calls == 3  # replays are detected before any region is embedded
     assert support(store, "sofa") == (1, "active") and store.db_version() == version
 
 

@@ -195,3 +195,24 @@ def test_exclusion_list_for_index_without_remove(store: Store, tmp_path: Path) -
     assert updated.manifest.excluded == 1 and updated.version != first.version
     texts = {h.text for h in updated.search(_vector(enc, "concept 5"), k=10)[0]}
     assert "concept 5" not in texts and len(texts) == 10
+
+
+def test_approximate_factory_through_the_store(store: Store, tmp_path: Path) -> None:
+    """Training sample, nprobe tuning, mmapped IVF search/reconstruct and removal in updates."""
+    enc = CountingHashEncoder()
+    store.add_entries("concept", [f"more {i}" for i in range(2700)], source="test")
+    index = build_index(store, enc, tmp_path / "idx", factory="IVF32_HNSW32,SQ8", progress=False)
+    manifest = index.manifest
+    assert manifest.factory == "IVF32_HNSW32,SQ8" and manifest.count == 3002
+    assert manifest.search_params["nprobe"] >= 1 and manifest.recall_at_10 >= 0.95
+    query = _vector(enc, "more 42")
+    hit = index.search(query, k=3, return_vectors=True)[0][0]
+    assert hit.text == "more 42"
+    assert float(hit.vector @ query[0]) > 0.99  # SQ8-decoded vector
+    from database_tools.curation import set_concept_status
+
+    set_concept_status(store, ["more 42"], "rejected")
+    updated = update_index(store, enc, tmp_path / "idx", progress=False)
+    assert updated.manifest.count == 3001 and updated.manifest.excluded == 0
+    assert updated.manifest.search_params == manifest.search_params
+    assert "more 42" not in {h.text for h in updated.search(query, k=5)[0]}

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_index import CountingHashEncoder  # same directory (pytest prepend import mode)
 
 from database_tools.bootstrap import DEFAULT_VOCABULARY, ensure_index
 from database_tools.index_files import encoder_root, list_versions
 from database_tools.store import Store
-
-from test_index import CountingHashEncoder  # same directory (pytest prepend import mode)
 
 VOCAB = [line for line in DEFAULT_VOCABULARY.read_text(encoding="utf-8").splitlines() if line]
 

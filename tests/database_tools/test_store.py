@@ -150,3 +150,22 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path):
             txn.seq()
             assert Store(s.url).db_version() == 1  # a reader sees the committed version at once
         assert s.db_version() == 2
+
+
+def test_concurrent_first_open_migrates_once(db_url):
+    errors: list[BaseException] = []
+
+    def open_store():
+        try:
+            Store(db_url).close()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with Store(db_url) as s:
+        assert s.db_version() == 0

@@ -1,4 +1,5 @@
 """Start a real Label Studio 1.23.2 (own virtualenv, temp data dir) and the backend, on loopback."""
+
 from __future__ import annotations
 
 import os
@@ -33,17 +34,24 @@ def ls_venv() -> Path:
             return venv
     CACHE.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"],
-                   check=True, timeout=1200)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"],
+        check=True,
+        timeout=1200,
+    )
     return venv
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None):
+def wait_http(
+    url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None
+):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up:\n{tail}")
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before {url} was up:\n{tail}"
+            )
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
@@ -59,20 +67,43 @@ def start_label_studio(root: Path) -> tuple[subprocess.Popen, str]:
     home = root / "home"
     home.mkdir(parents=True, exist_ok=True)
     env = {
-        "PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
         "LABEL_STUDIO_BASE_DATA_DIR": str(root / "ls-data"),
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
-        "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false", "ML_TIMEOUT_PREDICT": "900",
-        "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "", "COLLECT_ANALYTICS": "false",
+        "ML_BLOCK_LOCAL_IP": "false",
+        "SSRF_PROTECTION_ENABLED": "false",
+        "ML_TIMEOUT_PREDICT": "900",
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
+        "COLLECT_ANALYTICS": "false",
         "LATEST_VERSION_CHECK": "false",
     }
     log = root / "label-studio.log"
     proc = subprocess.Popen(
-        [str(venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1",
-         "--port", str(port), "--username", USER, "--password", PASSWORD, "--user-token", TOKEN,
-         "--enable-legacy-api-token"],
-        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=root)
+        [
+            str(venv / "bin" / "label-studio"),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--username",
+            USER,
+            "--password",
+            PASSWORD,
+            "--user-token",
+            TOKEN,
+            "--enable-legacy-api-token",
+        ],
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=root,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", 300, proc, log)
     return proc, url
@@ -82,9 +113,13 @@ def start_backend(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Pop
     port = free_port()
     env = {**os.environ, **env_extra}
     log = root / "backend.log"
-    proc = subprocess.Popen([sys.executable, "-m", "tag_backend", "serve", "--port", str(port)],
-                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tag_backend", "serve", "--port", str(port)],
+        env=env,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", 120, proc, log)
     return proc, url

@@ -5,6 +5,7 @@ API exactly as the UI does it, "Retrieve Predictions", an annotation that rename
 and a new prediction that uses the correction. Screenshots of the labeling page are kept in
 tests/artifacts/ (and copied to docs/img/ when TAG_E2E_DOCS_IMG=1).
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,13 +36,19 @@ def stack(tmp_path_factory, tiny_models_dir, tiny_runtime_session):
     _ = tiny_runtime_session.pipeline  # warm data dir (default index) copied for the backend
     shutil.copytree(tiny_runtime_session.settings.data_dir, root / "tag-data")
     ls_proc, ls_url = start_label_studio(root)
-    backend_env = {"TAG_DINO_MODEL": tiny_models_dir["dino"], "TAG_CLIP_MODEL": tiny_models_dir["clip"],
-                   "TAG_DATA_DIR": str(root / "tag-data"), "TAG_DEVICE": "cpu", "TAG_DTYPE": "float32",
-                   "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": TOKEN, "HF_HUB_OFFLINE": "1"}
+    backend_env = {
+        "TAG_DINO_MODEL": tiny_models_dir["dino"],
+        "TAG_CLIP_MODEL": tiny_models_dir["clip"],
+        "TAG_DATA_DIR": str(root / "tag-data"),
+        "TAG_DEVICE": "cpu",
+        "TAG_DTYPE": "float32",
+        "LABEL_STUDIO_URL": ls_url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "HF_HUB_OFFLINE": "1",
+    }
     be_proc, be_url = start_backend(root, backend_env)
     try:
-        yield {"root": root, "ls": ls_url, "backend": be_url,
-               "config": recommended_label_config()}
+        yield {"root": root, "ls": ls_url, "backend": be_url, "config": recommended_label_config()}
     finally:
         stop(be_proc)
         stop(ls_proc)
@@ -66,7 +73,9 @@ def _images(root: Path) -> list[Path]:
 
 def _upload(stack, project, path):
     with open(path, "rb") as fh:
-        return _api(stack, "POST", f"/api/projects/{project}/import", files={"file": (path.name, fh)})
+        return _api(
+            stack, "POST", f"/api/projects/{project}/import", files={"file": (path.name, fh)}
+        )
 
 
 def _tasks(stack, project):
@@ -74,8 +83,12 @@ def _tasks(stack, project):
 
 
 def _retrieve(stack, project):
-    return _api(stack, "POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
-                json={"selectedItems": {"all": True, "excluded": []}})
+    return _api(
+        stack,
+        "POST",
+        f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+        json={"selectedItems": {"all": True, "excluded": []}},
+    )
 
 
 def _names(prediction) -> list[str]:
@@ -83,11 +96,14 @@ def _names(prediction) -> list[str]:
 
 
 def test_predict_correct_and_learn(stack):
-    project = _api(stack, "POST", "/api/projects",
-                   json={"title": "TAG e2e", "label_config": stack["config"]})["id"]
+    project = _api(
+        stack, "POST", "/api/projects", json={"title": "TAG e2e", "label_config": stack["config"]}
+    )["id"]
     for path in _images(stack["root"]):
         _upload(stack, project, path)
-    _api(stack, "POST", "/api/ml", json={"url": stack["backend"], "project": project, "title": "TAG"})
+    _api(
+        stack, "POST", "/api/ml", json={"url": stack["backend"], "project": project, "title": "TAG"}
+    )
     _retrieve(stack, project)
     tasks = _tasks(stack, project)
     assert len(tasks) == 3
@@ -102,8 +118,9 @@ def test_predict_correct_and_learn(stack):
                 assert decode_rle(item["value"]["rle"]).reshape(h, w, 4)[:, :, 3].any()
     _screenshot(stack, project, tasks[0]["id"], "ls_predictions.png")
 
-    version0 = requests.post(stack["backend"] + "/setup", json={"project": f"{project}.1",
-                                                                "schema": stack["config"]}).json()
+    version0 = requests.post(
+        stack["backend"] + "/setup", json={"project": f"{project}.1", "schema": stack["config"]}
+    ).json()
     db_metric0 = _metric(stack, "tag_concept_db_version")
     task = tasks[0]
     pred = task["predictions"][-1]
@@ -112,18 +129,26 @@ def test_predict_correct_and_learn(stack):
     for item in result:
         if item["id"] == target and item["type"] == "textarea":
             item["value"]["text"] = ["zorblax widget"]
-    _api(stack, "POST", f"/api/tasks/{task['id']}/annotations",
-         json={"result": result, "parent_prediction": pred["id"], "lead_time": 3})
+    _api(
+        stack,
+        "POST",
+        f"/api/tasks/{task['id']}/annotations",
+        json={"result": result, "parent_prediction": pred["id"], "lead_time": 3},
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
-        version1 = requests.post(stack["backend"] + "/setup", json={
-            "project": f"{project}.1", "schema": stack["config"]}).json()
+        version1 = requests.post(
+            stack["backend"] + "/setup", json={"project": f"{project}.1", "schema": stack["config"]}
+        ).json()
         if version1["model_version"] != version0["model_version"]:
             break
         time.sleep(2)
     assert version1["model_version"] != version0["model_version"], "model_version did not change"
     assert _metric(stack, "tag_concept_db_version") > db_metric0
-    hist_sum, hist_count = _metric(stack, "tag_webhook_seconds_sum"), _metric(stack, "tag_webhook_seconds_count")
+    hist_sum, hist_count = (
+        _metric(stack, "tag_webhook_seconds_sum"),
+        _metric(stack, "tag_webhook_seconds_count"),
+    )
     assert hist_count >= 1 and hist_sum / hist_count < 0.5, "webhook acknowledged too slowly"
     _screenshot(stack, project, task["id"], "ls_correction.png")
 
@@ -160,9 +185,18 @@ def _screenshot(stack, project: int, task_id: int, name: str) -> None:
         return
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(stack["ls"] + "/user/login/")
         page.fill("input[name=email]", USER)

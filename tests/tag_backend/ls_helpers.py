@@ -1,4 +1,5 @@
 """Helpers shared by the Label Studio backend tests: a tiny HTTP server and app fixtures."""
+
 from __future__ import annotations
 
 import shutil
@@ -54,6 +55,9 @@ def copy_runtime(session_runtime, tmp_path: Path, **changes):
 
     _ = session_runtime.pipeline  # build the default index once per session
     data = tmp_path / "rt-data"
-    shutil.copytree(session_runtime.settings.data_dir, data,
-                    ignore=shutil.ignore_patterns("ls-media", "webhook-spool"))
+    shutil.copytree(
+        session_runtime.settings.data_dir,
+        data,
+        ignore=shutil.ignore_patterns("ls-media", "webhook-spool"),
+    )
     return Runtime(session_runtime.settings.replace(data_dir=str(data), **changes))

@@ -1,10 +1,10 @@
 """Flask test-client tests of every route and bad input (tiny models, no Label Studio)."""
+
 from __future__ import annotations
 
 import base64
 import time
 
-import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 
@@ -25,8 +25,9 @@ def images(tmp_path_factory):
 
 
 def make_app(runtime, tmp_path, images, **changes):
-    settings = runtime.settings.replace(data_dir=str(tmp_path / "srv"), allowed_local_roots=str(images),
-                                        **changes)
+    settings = runtime.settings.replace(
+        data_dir=str(tmp_path / "srv"), allowed_local_roots=str(images), **changes
+    )
     return create_app(settings, runtime, start_worker=False)
 
 
@@ -47,12 +48,21 @@ def test_health_metrics_versions_and_unknown_routes(client):
 
 
 def test_setup(client, tiny_runtime_session):
-    r = client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG,
-                                    "extra_params": {"a": 1}, "hostname": "http://x",
-                                    "access_token": "t"})
+    r = client.post(
+        "/setup",
+        json={
+            "project": "3.1700000000",
+            "schema": CONFIG,
+            "extra_params": {"a": 1},
+            "hostname": "http://x",
+            "access_token": "t",
+        },
+    )
     assert r.status_code == 200
     assert r.json["model_version"] == tiny_runtime_session.model_version()
-    r = client.post("/setup", json={"project": "3.1", "schema": "<View><Image name='i' value='$i'/></View>"})
+    r = client.post(
+        "/setup", json={"project": "3.1", "schema": "<View><Image name='i' value='$i'/></View>"}
+    )
     assert r.status_code == 400 and "BrushLabels" in r.json["detail"]
     r = client.post("/setup", data=b"{not json", content_type="application/json")
     assert r.status_code == 400 and "JSON" in r.json["detail"]
@@ -69,8 +79,15 @@ def test_predict_one_result_per_task_in_order(client, images, tiny_runtime_sessi
             {"id": 5, "data": {"image": str(images / "s0.png")}},
             "not a task",
         ]
-        r = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG, "project": "1.1",
-                                          "params": {"login": None, "password": None, "context": None}})
+        r = client.post(
+            "/predict",
+            json={
+                "tasks": tasks,
+                "label_config": CONFIG,
+                "project": "1.1",
+                "params": {"login": None, "password": None, "context": None},
+            },
+        )
     finally:
         server.close()
     assert r.status_code == 200
@@ -104,18 +121,34 @@ def test_predict_many_tasks_and_bad_payloads(client, images):
 
 
 def test_guided_mode_snaps_to_project_labels(tiny_runtime_session, tmp_path, images):
-    config = ('<View><Image name="img" value="$photo"/><BrushLabels name="b" toName="img">'
-              '<Label value="cat"/><Label value="dog"/><Label value="thing"/></BrushLabels></View>')
+    config = (
+        '<View><Image name="img" value="$photo"/><BrushLabels name="b" toName="img">'
+        '<Label value="cat"/><Label value="dog"/><Label value="thing"/></BrushLabels></View>'
+    )
     task = {"id": 1, "data": {"photo": str(images / "s2.png")}}
-    loose = make_app(tiny_runtime_session, tmp_path / "a", images, guided_threshold=-1.0).test_client()
-    items = loose.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][0]["result"]
+    loose = make_app(
+        tiny_runtime_session, tmp_path / "a", images, guided_threshold=-1.0
+    ).test_client()
+    items = loose.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][
+        0
+    ]["result"]
     assert items and all(i["value"]["brushlabels"][0] in ("cat", "dog", "thing") for i in items)
     assert all(i["from_name"] == "b" and i["to_name"] == "img" for i in items)
-    strict = make_app(tiny_runtime_session, tmp_path / "b", images, guided_threshold=1.0).test_client()
-    assert strict.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][0]["result"] == []
-    fallback = make_app(tiny_runtime_session, tmp_path / "c", images, guided_threshold=1.0,
-                        guided_fallback="thing").test_client()
-    items = fallback.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][0]["result"]
+    strict = make_app(
+        tiny_runtime_session, tmp_path / "b", images, guided_threshold=1.0
+    ).test_client()
+    assert (
+        strict.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][0][
+            "result"
+        ]
+        == []
+    )
+    fallback = make_app(
+        tiny_runtime_session, tmp_path / "c", images, guided_threshold=1.0, guided_fallback="thing"
+    ).test_client()
+    items = fallback.post("/predict", json={"tasks": [task], "label_config": config}).json[
+        "results"
+    ][0]["result"]
     assert items and {i["value"]["brushlabels"][0] for i in items} == {"thing"}
 
 
@@ -124,11 +157,23 @@ def _basic(user, pw):
 
 
 def test_basic_auth_and_webhook_secret(tiny_runtime_session, tmp_path, images):
-    app = make_app(tiny_runtime_session, tmp_path, images, basic_auth_user="u", basic_auth_pass="p",
-                   webhook_secret="s3cret")
+    app = make_app(
+        tiny_runtime_session,
+        tmp_path,
+        images,
+        basic_auth_user="u",
+        basic_auth_pass="p",
+        webhook_secret="s3cret",
+    )
     c = app.test_client()
-    for method, path in (("get", "/health"), ("get", "/metrics"), ("post", "/setup"),
-                         ("post", "/predict"), ("get", "/versions"), ("post", "/webhook")):
+    for method, path in (
+        ("get", "/health"),
+        ("get", "/metrics"),
+        ("post", "/setup"),
+        ("post", "/predict"),
+        ("get", "/versions"),
+        ("post", "/webhook"),
+    ):
         r = getattr(c, method)(path, json={})
         assert r.status_code == 401, path
         if path != "/webhook":
@@ -136,7 +181,10 @@ def test_basic_auth_and_webhook_secret(tiny_runtime_session, tmp_path, images):
     assert c.get("/health", headers=_basic("u", "wrong")).status_code == 401
     assert c.get("/health", headers=_basic("u", "p")).status_code == 200
     event = {"action": "PROJECT_UPDATED", "project": {"id": 1}}
-    assert c.post("/webhook", json=event, headers={"X-Tag-Webhook-Secret": "s3cret"}).status_code == 200
+    assert (
+        c.post("/webhook", json=event, headers={"X-Tag-Webhook-Secret": "s3cret"}).status_code
+        == 200
+    )
     assert c.post("/webhook?token=s3cret", json=event).status_code == 200
     assert c.post("/webhook?token=nope", json=event).status_code == 401
     assert c.post("/webhook", json=event, headers=_basic("u", "p")).status_code == 200
@@ -144,17 +192,30 @@ def test_basic_auth_and_webhook_secret(tiny_runtime_session, tmp_path, images):
 
 def test_webhook_acknowledges_fast_and_persists(client):
     backend = app_backend(client.application)
-    assert client.post("/webhook", json={"action": "TASKS_CREATED"}).json == {"status": "Unknown event"}
+    assert client.post("/webhook", json={"action": "TASKS_CREATED"}).json == {
+        "status": "Unknown event"
+    }
     assert client.post("/webhook", data=b"{{", content_type="application/json").status_code == 400
-    payload = {"action": "ANNOTATION_CREATED", "project": {"id": 99999},
-               "annotation": {"id": 7, "result": [], "updated_at": "2024-01-01T00:00:00Z"},
-               "task": {"id": 1, "data": {}}}
+    payload = {
+        "action": "ANNOTATION_CREATED",
+        "project": {"id": 99999},
+        "annotation": {"id": 7, "result": [], "updated_at": "2024-01-01T00:00:00Z"},
+        "task": {"id": 1, "data": {}},
+    }
     start = time.perf_counter()
     r = client.post("/webhook", json=payload)
     assert r.status_code == 201 and r.json["status"] == "ok"
     assert time.perf_counter() - start < 0.5
     client.post("/webhook", json=payload)  # delivered twice
     assert backend.spool.depth() == 1  # persisted before answering, once
-    for action in ("ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED", "ANNOTATION_DELETED",
-                   "ANNOTATION_UPDATED", "START_TRAINING"):
-        assert client.post("/webhook", json={"action": action, "project": {"id": 1}}).status_code == 201
+    for action in (
+        "ANNOTATIONS_CREATED",
+        "ANNOTATIONS_DELETED",
+        "ANNOTATION_DELETED",
+        "ANNOTATION_UPDATED",
+        "START_TRAINING",
+    ):
+        assert (
+            client.post("/webhook", json={"action": action, "project": {"id": 1}}).status_code
+            == 201
+        )

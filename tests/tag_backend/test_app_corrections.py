@@ -1,4 +1,5 @@
 """The correction loop through the app: webhook -> spool -> worker -> store/index -> predict."""
+
 from __future__ import annotations
 
 import copy
@@ -19,7 +20,9 @@ def loop(tiny_runtime_session, tmp_path):
     runtime = copy_runtime(tiny_runtime_session, tmp_path)
     img, _ = flat_shapes(120, seed=3)
     img.save(tmp_path / "a.png")
-    near = np.asarray(img).astype(np.int16) + np.random.default_rng(0).integers(-2, 3, (120, 120, 3))
+    near = np.asarray(img).astype(np.int16) + np.random.default_rng(0).integers(
+        -2, 3, (120, 120, 3)
+    )
     Image.fromarray(np.clip(near, 0, 255).astype(np.uint8)).save(tmp_path / "b.png")
     settings = runtime.settings.replace(allowed_local_roots=str(tmp_path))
     app = create_app(settings, runtime, start_worker=False)
@@ -27,8 +30,10 @@ def loop(tiny_runtime_session, tmp_path):
 
 
 def _predict(client, path):
-    r = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": str(path)}}],
-                                      "label_config": CONFIG})
+    r = client.post(
+        "/predict",
+        json={"tasks": [{"id": 1, "data": {"image": str(path)}}], "label_config": CONFIG},
+    )
     return r.json["results"][0]
 
 
@@ -49,11 +54,22 @@ def test_rename_is_learned_and_changes_model_version(loop):
     version0, db0 = before["model_version"], backend.runtime.store.db_version()
     result, region_id, old = _renamed(before, "zorblax widget")
     assert old != "zorblax widget"
-    payload = {"action": "ANNOTATION_CREATED", "project": {"id": 5},
-               "task": {"id": 1, "data": {"image": str(root / "a.png")},
-                        "predictions": [{"id": 11, "result": before["result"]}]},
-               "annotation": {"id": 21, "result": result, "updated_at": "2024-05-01T10:00:00Z",
-                              "parent_prediction": 11, "completed_by": 1}}
+    payload = {
+        "action": "ANNOTATION_CREATED",
+        "project": {"id": 5},
+        "task": {
+            "id": 1,
+            "data": {"image": str(root / "a.png")},
+            "predictions": [{"id": 11, "result": before["result"]}],
+        },
+        "annotation": {
+            "id": 21,
+            "result": result,
+            "updated_at": "2024-05-01T10:00:00Z",
+            "parent_prediction": 11,
+            "completed_by": 1,
+        },
+    }
     assert client.post("/webhook", json=payload).status_code == 201
     assert client.post("/webhook", json=payload).status_code == 201  # duplicate delivery
     assert backend.worker.run_once() is True
@@ -68,8 +84,10 @@ def test_rename_is_learned_and_changes_model_version(loop):
     assert "zorblax widget" in texts
     assert after["model_version"] == setup["model_version"]
     # Deleting the annotation undoes the exemplar.
-    client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 5},
-                                  "annotations": [{"id": 21}]})
+    client.post(
+        "/webhook",
+        json={"action": "ANNOTATIONS_DELETED", "project": {"id": 5}, "annotations": [{"id": 21}]},
+    )
     assert backend.worker.run_once() is True
     names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
     assert "zorblax widget" not in names
@@ -77,9 +95,12 @@ def test_rename_is_learned_and_changes_model_version(loop):
 
 def test_empty_annotation_and_unknown_project_are_recorded_quietly(loop):
     client, backend, root = loop
-    payload = {"action": "ANNOTATION_UPDATED", "project": {"id": 424242},
-               "task": {"id": 9, "data": {"image": str(root / "a.png")}},
-               "annotation": {"id": 77, "result": [], "updated_at": "2024-05-01T10:00:00Z"}}
+    payload = {
+        "action": "ANNOTATION_UPDATED",
+        "project": {"id": 424242},
+        "task": {"id": 9, "data": {"image": str(root / "a.png")}},
+        "annotation": {"id": 77, "result": [], "updated_at": "2024-05-01T10:00:00Z"},
+    }
     assert client.post("/webhook", json=payload).status_code == 201
     assert backend.worker.run_once() is True
     assert backend.spool.depth() == 0 and not list(backend.spool.failed.iterdir())
@@ -89,17 +110,45 @@ def test_database_unreachable_keeps_corrections_and_retries(tiny_runtime_session
     from tag_backend.runtime import Runtime
 
     settings = tiny_runtime_session.settings.replace(
-        data_dir=str(tmp_path / "d"), db_url="postgresql+psycopg://u:p@127.0.0.1:9/none")
+        data_dir=str(tmp_path / "d"), db_url="postgresql+psycopg://u:p@127.0.0.1:9/none"
+    )
     app = create_app(settings, Runtime(settings), start_worker=False)
     client, backend = app.test_client(), app_backend(app)
     assert client.get("/health").status_code == 200
     setup = client.post("/setup", json={"project": "1.1", "schema": CONFIG})
     assert setup.status_code == 200 and "db-unavailable" in setup.json["model_version"]
-    payload = {"action": "ANNOTATION_CREATED", "project": {"id": 1}, "task": {"id": 1, "data": {}},
-               "annotation": {"id": 5, "result": [], "updated_at": "2024-01-01T00:00:00Z"}}
+    payload = {
+        "action": "ANNOTATION_CREATED",
+        "project": {"id": 1},
+        "task": {"id": 1, "data": {}},
+        "annotation": {"id": 5, "result": [], "updated_at": "2024-01-01T00:00:00Z"},
+    }
     assert client.post("/webhook", json=payload).status_code == 201
     assert backend.worker.run_once() is True
     assert backend.spool.depth() == 1  # kept for a retry, not lost or failed
     assert not list(backend.spool.failed.glob("*.json"))
     item = next(backend.spool.pending.glob("*.json"))
     assert "-1-" in item.name  # one attempt recorded, due later
+
+
+def test_bulk_annotations_created_payload_shape(loop):
+    """LS 1.23 sends ANNOTATIONS_CREATED with lists under ``annotation`` and ``task``."""
+    client, backend, root = loop
+    pred = _predict(client, root / "a.png")
+    result, _, _ = _renamed(pred, "bulk gizmo")
+    tasks = [{"id": 1, "data": {"image": str(root / "a.png")}}, {"id": 2, "data": {}}]
+    anns = [
+        {"id": 31, "task": 1, "result": result, "updated_at": "2024-05-01T10:00:00Z"},
+        {"id": 32, "task": 2, "result": [], "updated_at": "2024-05-01T10:00:00Z"},
+    ]
+    payload = {
+        "action": "ANNOTATIONS_CREATED",
+        "project": {"id": 5},
+        "annotation": anns,
+        "task": tasks,
+    }
+    assert client.post("/webhook", json=payload).status_code == 201
+    assert backend.worker.run_once() is True
+    assert not list(backend.spool.failed.glob("*.json"))
+    names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
+    assert "bulk gizmo" in names

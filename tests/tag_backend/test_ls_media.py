@@ -1,4 +1,5 @@
 """Image fetching: URL policy, size cap, timeouts, token headers, caching."""
+
 from __future__ import annotations
 
 import io
@@ -40,12 +41,15 @@ def test_plain_http_download_cached(server, tmp_path):
     assert "Authorization" not in server.headers[0]
 
 
-@pytest.mark.parametrize("route,match", [
-    ((404, "text/plain", b"x", 0), "HTTP 404"),
-    ((403, "text/plain", b"x", 0), "HTTP 403.*API_KEY"),
-    ((200, "text/html", b"<html>hello</html>", 0), "not an image"),
-    ((200, "image/png", b"\x89PNG" + b"0" * 5000, 0), "image"),
-])
+@pytest.mark.parametrize(
+    "route,match",
+    [
+        ((404, "text/plain", b"x", 0), "HTTP 404"),
+        ((403, "text/plain", b"x", 0), "HTTP 403.*API_KEY"),
+        ((200, "text/html", b"<html>hello</html>", 0), "not an image"),
+        ((200, "image/png", b"\x89PNG" + b"0" * 5000, 0), "image"),
+    ],
+)
 def test_bad_http_images(server, tmp_path, route, match):
     server.routes["/b.png"] = route
     with pytest.raises(MediaError, match=match):
@@ -64,17 +68,27 @@ def test_size_cap_and_timeout(server, tmp_path):
 def test_huge_pixel_count_refused(tmp_path):
     path = tmp_path / "huge.png"
     Image.new("L", (5000, 5000)).save(path)
-    f = MediaFetcher(Settings(data_dir=str(tmp_path / "d"), allowed_local_roots=str(tmp_path),
-                              max_image_pixels=1_000_000))
+    f = MediaFetcher(
+        Settings(
+            data_dir=str(tmp_path / "d"),
+            allowed_local_roots=str(tmp_path),
+            max_image_pixels=1_000_000,
+        )
+    )
     with pytest.raises(MediaError, match="pixels"):
         f.fetch(str(path))
 
 
 def test_policy_refuses_local_files_and_schemes(tmp_path):
     f = _fetcher(tmp_path, allow_http_urls=False)
-    for url, match in [("/etc/passwd", "TAG_ALLOWED_LOCAL_ROOTS"), ("file:///etc/hosts", "ALLOWED"),
-                       ("ftp://x/y.png", "scheme"), ("http://x/y.png", "TAG_ALLOW_HTTP_URLS"),
-                       ("", "no image URL"), ("/data/upload/1/a.png", "LABEL_STUDIO_URL")]:
+    for url, match in [
+        ("/etc/passwd", "TAG_ALLOWED_LOCAL_ROOTS"),
+        ("file:///etc/hosts", "ALLOWED"),
+        ("ftp://x/y.png", "scheme"),
+        ("http://x/y.png", "TAG_ALLOW_HTTP_URLS"),
+        ("", "no image URL"),
+        ("/data/upload/1/a.png", "LABEL_STUDIO_URL"),
+    ]:
         with pytest.raises(MediaError, match=match):
             f.fetch(url)
     root = tmp_path / "imgs"

@@ -1,4 +1,5 @@
 """Masks -> brush RLE results, config parsing and guided snapping."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,10 @@ def test_clean_regions_caps_count_keeps_largest_in_order():
 
 def test_task_for_image_roundtrip_and_validates_against_config():
     h, w = 120, 160
-    regions = [SegmentLabel(mask=_disc(h, w, 60, 80, 40), name="golden retriever", score=0.31),
-               SegmentLabel(mask=_disc(h, w, 20, 20, 12), name="ball", score=0.2)]
+    regions = [
+        SegmentLabel(mask=_disc(h, w, 60, 80, 40), name="golden retriever", score=0.31),
+        SegmentLabel(mask=_disc(h, w, 20, 20, 12), name="ball", score=0.2),
+    ]
     task = task_for_image("/data/upload/1/x.png", regions, w, h, "v7")
     pred = task["predictions"][0]
     assert task["data"] == {"image": "/data/upload/1/x.png"}
@@ -58,16 +61,24 @@ def test_task_for_image_roundtrip_and_validates_against_config():
 
 def test_parse_config_modes_and_errors():
     open_mode = parse_label_config(CONFIG)
-    assert (open_mode.brush_name, open_mode.image_name, open_mode.text_name) == ("tag", "image", "name")
+    assert (open_mode.brush_name, open_mode.image_name, open_mode.text_name) == (
+        "tag",
+        "image",
+        "name",
+    )
     assert open_mode.guided_labels == ()
     guided = parse_label_config(
         '<View><Image name="img" value="$photo"/><BrushLabels name="b" toName="img">'
-        '<Label value="cat"/><Label value="dog"/></BrushLabels></View>')
+        '<Label value="cat"/><Label value="dog"/></BrushLabels></View>'
+    )
     assert guided.guided_labels == ("cat", "dog") and guided.image_field == "photo"
     assert guided.text_name is None
-    for bad, reason in [("", "empty"), ("<View><Text name='t' value='$t'/></View>", "Image"),
-                        ("<View><Image name='i' value='$i'/></View>", "BrushLabels"),
-                        ("<View><Image", "XML")]:
+    for bad, reason in [
+        ("", "empty"),
+        ("<View><Text name='t' value='$t'/></View>", "Image"),
+        ("<View><Image name='i' value='$i'/></View>", "BrushLabels"),
+        ("<View><Image", "XML"),
+    ]:
         with pytest.raises(LabelConfigError, match=reason):
             parse_label_config(bad)
 
@@ -82,4 +93,7 @@ def test_guided_snapping_with_real_clip(tiny_runtime_session):
     assert strict.snap(["zebra crossing"], ("cat", "dog"))[0].label is None
     loose = LabelSnapper(clip.encode_text, threshold=-1.0, fallback=None)
     sims = clip.encode_text(["zebra crossing"]) @ clip.encode_text(["cat", "dog"]).T
-    assert loose.snap(["zebra crossing"], ("cat", "dog"))[0].label == ("cat", "dog")[int(sims.argmax())]
+    assert (
+        loose.snap(["zebra crossing"], ("cat", "dog"))[0].label
+        == ("cat", "dog")[int(sims.argmax())]
+    )

@@ -1,0 +1,207 @@
+"""``/predict`` within a time budget: answer what fits, queue the rest as a background job.
+
+Label Studio sends every selected task in one ``/predict`` and gives up after
+``ML_TIMEOUT_PREDICT`` (100 s), while TAG needs seconds per image on CPU. So:
+
+1. tasks whose prediction for the current ``model_version`` (and labeling config) is already
+   stored are answered from the store at once;
+2. the others are computed in order while the next one is expected to finish within
+   ``Settings.predict_budget_seconds`` (the per-task cost is a running average of this process);
+3. the rest become a job; their item in the reply is an **empty list** — Label Studio accepts a
+   list of predictions per task (LS 1.23 ``ml/models.py::_get_predictions_from_ml_backend``) and
+   stores nothing for an empty one, so the reply keeps one item per task, in order, and no empty
+   placeholder prediction blocks the real one. The job worker pushes each prediction to Label
+   Studio through the SDK as it finishes; a later "Retrieve Predictions" is answered from the
+   store.
+
+While the models are not loaded yet (first request after start), they are loaded in the
+background and the request waits for them at most half the budget; if they are still loading,
+everything not stored is queued (loading alone could exceed Label Studio's timeout).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine import cache_key
+from .queue import JobQueue, task_payload
+
+logger = logging.getLogger(__name__)
+
+#: Share of the budget kept free for answering (JSON encoding, network): compute stops earlier.
+SAFETY_MARGIN = 0.1
+
+
+class CostEstimate:
+    """Running average of seconds per task (exponential, thread-safe); None until measured."""
+
+    def __init__(self, alpha: float = 0.3, initial: float | None = None) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.alpha = alpha
+        self.value = initial
+        self._lock = threading.Lock()
+
+    def update(self, seconds: float) -> None:
+        with self._lock:
+            self.value = seconds if self.value is None else (
+                self.alpha * seconds + (1 - self.alpha) * self.value)
+
+
+@dataclass
+class BudgetOutcome:
+    """What happened to each task of one request."""
+
+    items: list[Any]
+    cached: list[int] = field(default_factory=list)
+    computed: list[int] = field(default_factory=list)
+    queued: list[int] = field(default_factory=list)
+    job_id: int | None = None
+
+
+def compute_within_budget(tasks: Sequence[Any], indices: Sequence[int], budget: float,
+                          predict_one: Callable[[Any], dict], estimate: CostEstimate,
+                          clock: Callable[[], float] = time.monotonic
+                          ) -> tuple[dict[int, dict], list[int]]:
+    """Compute ``tasks[i]`` for ``i`` in order while the next one should end within ``budget``.
+
+    An unknown cost (nothing measured yet) lets the first task run. Returns the items by index
+    and the indices left over.
+    """
+    start = clock()
+    usable = budget * (1 - SAFETY_MARGIN)
+    done: dict[int, dict] = {}
+    for n, i in enumerate(indices):
+        expected = estimate.value or 0.0
+        if clock() - start + expected > usable:
+            return done, list(indices[n:])
+        t0 = clock()
+        done[i] = predict_one(tasks[i])
+        estimate.update(clock() - t0)
+    return done, []
+
+
+_ESTIMATE = CostEstimate()
+
+
+def predict_with_budget(queue: JobQueue, tasks: Sequence[Any], *, label_config: str,
+                        model_version: str, budget: float, predict_one: Callable[[Any], dict],
+                        project_id: int | None, push: bool, engine_ready: bool,
+                        estimate: CostEstimate = _ESTIMATE,
+                        clock: Callable[[], float] = time.monotonic) -> BudgetOutcome:
+    """The ``/predict`` items of ``tasks`` (see the module docstring); queues a job if needed."""
+    keys = [cache_key(model_version, label_config, t) if _has_id(t) else "" for t in tasks]
+    stored = queue.cached(keys)
+    items: list[Any] = [None] * len(tasks)
+    outcome = BudgetOutcome(items)
+    todo = []
+    for i, key in enumerate(keys):
+        if key and key in stored:
+            items[i] = stored[key]
+            outcome.cached.append(i)
+        else:
+            todo.append(i)
+    if engine_ready:
+        done, todo = compute_within_budget(tasks, todo, budget, predict_one, estimate, clock)
+    else:
+        done = {}
+    for i, item in done.items():
+        items[i] = item
+        outcome.computed.append(i)
+    outcome.job_id = _queue_rest(queue, tasks, keys, todo, outcome, label_config=label_config,
+                                 model_version=model_version, project_id=project_id, push=push)
+    return outcome
+
+
+def _has_id(task: Any) -> bool:
+    return isinstance(task, Mapping) and isinstance(task.get("id"), int)
+
+
+def _queue_rest(queue: JobQueue, tasks, keys, todo: list[int], outcome: BudgetOutcome, *,
+                label_config: str, model_version: str, project_id: int | None,
+                push: bool) -> int | None:
+    """Queue the tasks left over (not those already queued); their items are ``[]``."""
+    new = []
+    already = queue.pending_keys(keys[i] for i in todo)
+    for i in todo:
+        if not _has_id(tasks[i]):
+            outcome.items[i] = {"result": [], "score": 0.0, "model_version": model_version}
+            continue
+        outcome.items[i] = []
+        outcome.queued.append(i)
+        if keys[i] not in already:
+            new.append(i)
+    if not new:
+        return None
+    job_id = queue.create_job("predict", [task_payload(tasks[i]) for i in new],
+                              label_config=label_config, model_version=model_version,
+                              project_id=project_id, push=push,
+                              keys=[keys[i] for i in new], created_by="/predict")
+    logger.info("/predict: %d task(s) queued as job %s (budget exhausted)", len(new), job_id,
+                extra={"job_id": job_id, "tasks": len(new)})
+    return job_id
+
+
+_loading: dict[int, threading.Event] = {}
+_loading_lock = threading.Lock()
+
+
+def wait_for_engine(runtime, timeout: float) -> bool:
+    """Whether the models are loaded, loading them in the background and waiting ``timeout``."""
+    if "pipeline" in runtime.__dict__:
+        return True
+    with _loading_lock:
+        event = _loading.get(id(runtime))
+        if event is None:
+            event = _loading[id(runtime)] = threading.Event()
+
+            def load() -> None:
+                try:
+                    _ = runtime.pipeline
+                except Exception:  # noqa: BLE001 - reported by the next use of the pipeline
+                    logger.exception("loading the engine failed")
+                finally:
+                    event.set()
+                    with _loading_lock:
+                        _loading.pop(id(runtime), None)
+
+            threading.Thread(target=load, name="tag-engine-load", daemon=True).start()
+    event.wait(timeout)
+    return "pipeline" in runtime.__dict__
+
+
+def predict_request(backend, req, context) -> list[Any]:
+    """Entry point for the server's ``/predict`` handler: the reply's ``results`` list.
+
+    ``backend`` is the app's Backend (runtime, settings, fetcher); ``req`` the parsed request;
+    ``context`` the request's PredictContext. Interactive calls (``req.context``) are computed
+    directly: Label Studio waits for them and they concern one task.
+    """
+    from ..ls.predictor import predict_task
+    from .service import ensure_worker, queue_for
+
+    runtime = backend.runtime
+    predict_one = lambda task: predict_task(runtime, task, context)  # noqa: E731
+    if req.context is not None:
+        return [predict_one(task) for task in req.tasks]
+    settings = backend.settings
+    started = time.monotonic()
+    ready = wait_for_engine(runtime, settings.predict_budget_seconds / 2)
+    budget = max(0.0, settings.predict_budget_seconds - (time.monotonic() - started))
+    project = int(req.project) if req.project and str(req.project).isdigit() else None
+    push = bool(settings.label_studio_url and settings.label_studio_api_key)
+    outcome = predict_with_budget(
+        queue_for(runtime), req.tasks, label_config=req.label_config or "",
+        model_version=context.model_version, budget=budget,
+        predict_one=predict_one, project_id=project, push=push, engine_ready=ready)
+    if outcome.queued:
+        ensure_worker(runtime, backend.fetcher)
+        if not push:
+            logger.warning("%d task(s) queued but LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are not "
+                           "set: their predictions are stored and returned by the next "
+                           "'Retrieve Predictions' instead of being pushed", len(outcome.queued))
+    return outcome.items

@@ -1,0 +1,169 @@
+"""``tag-backend prelabel`` and ``tag-backend jobs list|show|cancel|work`` (thin: parse, call, print)."""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from ..cli_common import configure_logging, engine_options, handle_errors, settings_with
+
+
+def _runtime(flags: dict):
+    from ..runtime import get_runtime
+
+    settings = settings_with(**flags)
+    configure_logging(settings.log_level, settings.log_format)
+    return get_runtime(settings)
+
+
+def _options(batch_size: int):
+    from .worker import WorkerOptions
+
+    return WorkerOptions(batch_size=batch_size, prefetch=max(2 * batch_size, 2))
+
+
+@click.command()
+@click.option("--project", "project_id", required=True, type=int, help="Label Studio project id.")
+@click.option("--filter", "task_filter", type=click.Choice(["unlabeled", "all"]),
+              default="unlabeled", show_default=True,
+              help="unlabeled: skip tasks with annotations; all: every task.")
+@click.option("--limit", type=click.IntRange(min=1), help="Queue at most N tasks this run.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Images per engine call.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@engine_options
+@handle_errors
+def prelabel(project_id, task_filter, limit, batch_size, quiet, **flags) -> None:
+    """Pre-label a whole Label Studio project (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY).
+
+    Skips tasks that already have a prediction of the current model version, pushes each
+    prediction as it finishes, and can be stopped with Ctrl-C: run it again to resume.
+    A second run on a project whose job is still active joins that job.
+    """
+    from .prelabel import PrelabelInterrupted, prelabel_project
+
+    runtime = _runtime(flags)
+    try:
+        plan, final = prelabel_project(runtime, project_id, filter=task_filter, limit=limit,
+                                       progress=not quiet, options=_options(batch_size))
+    except PrelabelInterrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(130)
+    click.echo(f"project {project_id}: {plan.seen} task(s) seen, {plan.already_predicted} "
+               f"already predicted ({plan.model_version}), {plan.labeled} labeled, "
+               f"{plan.queued} queued" + (f" (joined job {plan.job_id})" if plan.joined else ""))
+    if final is None:
+        click.echo("nothing to do")
+        return
+    click.echo(f"job {final.job_id}: {final.done} done, {final.failed} failed, {final.pushed} "
+               f"pushed, {final.push_gone} gone (task deleted), {final.push_failed} refused")
+    _print_failures(runtime, final.job_id)
+    if final.failed or final.push_failed:
+        sys.exit(1)
+
+
+def _print_failures(runtime, job_id: int) -> None:
+    from .queue import JobQueue
+
+    for task_id, reason in JobQueue.from_store(runtime.store).failures(job_id):
+        click.echo(f"FAILED task {task_id}: {reason}", err=True)
+
+
+@click.group()
+def jobs() -> None:
+    """Inspect and manage the pre-labelling job queue."""
+
+
+def _queue(flags: dict):
+    from database_tools.store import Store
+
+    from .queue import JobQueue
+
+    settings = settings_with(**flags)
+    configure_logging(settings.log_level, settings.log_format)
+    return JobQueue.from_store(Store(settings.resolved_db_url))
+
+
+def _db_option(fn):
+    return click.option("--db", "db_url", metavar="URL", help="Concept database URL [TAG_DB_URL].")(fn)
+
+
+@jobs.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@_db_option
+@handle_errors
+def list_jobs(limit, **flags) -> None:
+    """Recent jobs with their progress."""
+    queue = _queue(flags)
+    click.echo(f"{'id':>5} {'kind':9} {'project':>7} {'status':9} {'done':>6} {'failed':>6} "
+               f"{'total':>6} {'pushed':>6}  created")
+    for job in queue.list_jobs(limit):
+        p = queue.progress(job.id)
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
+        click.echo(f"{job.id:>5} {job.kind:9} {job.project_id or '-':>7} {job.status:9} "
+                   f"{p.done:>6} {p.failed:>6} {p.total:>6} {p.pushed:>6}  {created}")
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@_db_option
+@handle_errors
+def show_job(job_id, **flags) -> None:
+    """One job's counts and its failures."""
+    from .queue import JobError
+
+    queue = _queue(flags)
+    try:
+        job, p = queue.get_job(job_id), queue.progress(job_id)
+    except JobError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"job {job.id} ({job.kind}, project {job.project_id}, {job.status}), "
+               f"model_version {job.model_version}")
+    click.echo(f"tasks: {p.total} total, {p.queued} queued, {p.running} running, {p.done} done, "
+               f"{p.failed} failed, {p.cancelled} cancelled")
+    click.echo(f"pushes: {p.pushed} pushed, {p.push_pending} pending, {p.push_gone} gone, "
+               f"{p.push_failed} refused")
+    for task_id, reason in queue.failures(job_id):
+        click.echo(f"  task {task_id}: {reason}")
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@_db_option
+@handle_errors
+def cancel_job(job_id, **flags) -> None:
+    """Cancel a job: queued tasks are dropped, finished results are kept."""
+    from .queue import JobError
+
+    try:
+        dropped = _queue(flags).cancel(job_id)
+    except JobError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"job {job_id} cancelled ({dropped} queued task(s) dropped)")
+
+
+@jobs.command("work")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 64))
+@engine_options
+@handle_errors
+def work(batch_size, **flags) -> None:
+    """Run a worker on the shared queue until Ctrl-C (extra capacity for any replica's jobs)."""
+    from .engine import TaskEngine
+    from .push import LabelStudioPusher
+    from .queue import JobQueue
+    from .worker import Worker
+
+    runtime = _runtime(flags)
+    worker = Worker(JobQueue.from_store(runtime.store), TaskEngine(runtime),
+                    LabelStudioPusher.from_settings(runtime.settings), _options(batch_size))
+    worker.start()
+    click.echo(f"worker {worker.worker_id} running; Ctrl-C to stop")
+    try:
+        while worker.running:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    worker.stop()
+    click.echo(f"stopped: {worker.stats.done} done, {worker.stats.failed} failed, "
+               f"{worker.stats.pushed} pushed")

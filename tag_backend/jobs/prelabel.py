@@ -1,0 +1,195 @@
+"""Pre-label a whole Label Studio project through the job engine (``tag-backend prelabel``).
+
+1. **plan**: read the project (label config) and page through its tasks with the SDK, skipping
+   tasks that already hold a prediction of the current ``model_version`` (and, with
+   ``filter="unlabeled"``, tasks with annotations); up to ``limit`` tasks are queued.
+2. **join or create**: a project has at most one active ``prelabel`` job. A second run on the
+   same project — a resume after Ctrl-C or a kill, or a concurrent run — adds its new tasks to
+   that job and works on it too; claims are leased, so two runs never compute or push the same
+   task twice.
+3. **run**: a worker (prefetch, batched engine, pushes) processes the queue while a progress bar
+   shows tasks/s, ETA and failures, until the job has nothing left to compute or push.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import TagError
+from .engine import TaskEngine, cache_key
+from .push import LabelStudioAccessError, LabelStudioPusher, classify
+from .queue import JobProgress, JobQueue, task_payload
+from .worker import Worker, WorkerOptions
+
+logger = logging.getLogger(__name__)
+
+FILTERS = ("unlabeled", "all")
+
+
+class PrelabelError(TagError):
+    """The project cannot be pre-labelled (not found, unreachable, bad config)."""
+
+
+class PrelabelInterrupted(TagError):
+    """Stopped by the user; finished work is kept and the next run resumes."""
+
+    def __init__(self, progress: JobProgress) -> None:
+        super().__init__(f"stopped: {progress.done}/{progress.total} done, {progress.failed} "
+                         "failed. Run the same command again to resume.")
+        self.progress = progress
+
+
+@dataclass(frozen=True)
+class PrelabelPlan:
+    """What a run found and queued."""
+
+    project_id: int
+    model_version: str
+    job_id: int | None
+    joined: bool
+    seen: int
+    already_predicted: int
+    labeled: int
+    queued: int
+
+
+def _as_dict(task: Any) -> dict:
+    if isinstance(task, Mapping):
+        return dict(task)
+    if hasattr(task, "model_dump"):
+        return task.model_dump()
+    return dict(task.dict())
+
+
+def has_version(task: Mapping[str, Any], model_version: str) -> bool:
+    """Whether a Label Studio task already holds a prediction of ``model_version``."""
+    for prediction in task.get("predictions") or []:
+        version = prediction.get("model_version") if isinstance(prediction, Mapping) else \
+            getattr(prediction, "model_version", None)
+        if version == model_version:
+            return True
+    versions = task.get("predictions_model_versions")
+    if isinstance(versions, str) and versions:
+        return model_version in {v.strip() for v in versions.split(",")}
+    return False
+
+
+def is_labeled(task: Mapping[str, Any]) -> bool:
+    return bool(task.get("is_labeled") or (task.get("total_annotations") or 0) > 0
+                or task.get("annotations"))
+
+
+def _ls_call(what: str, fn, *args, **kwargs):
+    """Run an SDK call, turning HTTP failures into clear errors."""
+    try:
+        return fn(*args, **kwargs)
+    except TagError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SDK raises ApiError and httpx errors
+        outcome = classify(exc)
+        if outcome.outcome == "auth":
+            raise LabelStudioAccessError(f"{what}: {outcome.detail}") from None
+        if outcome.outcome == "gone":
+            raise PrelabelError(f"{what}: not found in Label Studio") from None
+        raise PrelabelError(f"{what}: {outcome.detail}") from None
+
+
+def iter_tasks(client, project_id: int, page_size: int = 100) -> Iterator[dict]:
+    """Every task of the project as a dict (pages fetched lazily by the SDK pager)."""
+    pager = _ls_call(f"listing the tasks of project {project_id}", client.tasks.list,
+                     project=project_id, fields="all", page_size=page_size)
+    iterator = iter(pager)
+    while True:
+        task = _ls_call(f"listing the tasks of project {project_id}", next, iterator, None)
+        if task is None:
+            return
+        yield _as_dict(task)
+
+
+def plan_prelabel(runtime, queue: JobQueue, pusher: LabelStudioPusher, project_id: int, *,
+                  filter: str = "unlabeled", limit: int | None = None) -> PrelabelPlan:
+    """Queue the project's tasks that need a prediction (joining an active job if any)."""
+    if filter not in FILTERS:
+        raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
+    if limit is not None and limit < 1:
+        raise ValueError("limit must be >= 1")
+    client = pusher.client()
+    project = _ls_call(f"project {project_id}", client.projects.get, id=project_id)
+    label_config = getattr(project, "label_config", None) or ""
+    TaskEngine.check_config(label_config)
+    version = runtime.model_version()
+    selected, seen, predicted, labeled = [], 0, 0, 0
+    for task in iter_tasks(client, project_id):
+        seen += 1
+        if has_version(task, version):
+            predicted += 1
+        elif filter == "unlabeled" and is_labeled(task):
+            labeled += 1
+        else:
+            selected.append(task_payload(task))
+            if limit is not None and len(selected) >= limit:
+                break
+    keys = [cache_key(version, label_config, t) for t in selected]
+    job_id = queue.find_active_job(project_id, "prelabel")
+    joined = job_id is not None
+    if joined:
+        added = queue.add_tasks(job_id, selected, keys=keys)
+    elif selected:
+        job_id = queue.create_job("prelabel", selected, label_config=label_config,
+                                  model_version=version, project_id=project_id, push=True,
+                                  keys=keys, created_by="cli")
+        added = len(selected)
+    else:
+        added = 0
+    return PrelabelPlan(project_id, version, job_id, joined, seen, predicted, labeled, added)
+
+
+def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = True,
+            poll: float = 0.5) -> JobProgress:
+    """Work on ``job_id`` until it has nothing left to compute or push; Ctrl-C stops cleanly."""
+    from tqdm import tqdm
+
+    state = queue.progress(job_id)
+    bar = tqdm(total=state.total, initial=state.finished, unit="task", disable=not progress,
+               dynamic_ncols=True, desc=f"job {job_id}")
+    worker.start()
+    try:
+        while True:
+            state = queue.progress(job_id)
+            bar.total = state.total
+            bar.update(state.finished - bar.n)
+            bar.set_postfix(failed=state.failed, pushed=state.pushed, refresh=False)
+            if worker.stats.auth_error:
+                raise LabelStudioAccessError(worker.stats.auth_error)
+            if state.settled or state.status == "cancelled":
+                break
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        worker.stop(release=True)
+        raise PrelabelInterrupted(queue.progress(job_id)) from None
+    finally:
+        bar.close()
+    worker.stop(release=True)
+    queue.finish_settled_jobs()
+    return queue.progress(job_id)
+
+
+def prelabel_project(runtime, project_id: int, *, filter: str = "unlabeled",
+                     limit: int | None = None, progress: bool = True,
+                     options: WorkerOptions = WorkerOptions()
+                     ) -> tuple[PrelabelPlan, JobProgress | None]:
+    """Plan and run a project's pre-labelling; returns the plan and the final job progress."""
+    pusher = LabelStudioPusher.from_settings(runtime.settings)
+    queue = JobQueue.from_store(runtime.store)
+    plan = plan_prelabel(runtime, queue, pusher, project_id, filter=filter, limit=limit)
+    logger.info("project %s: %d tasks seen, %d already predicted, %d labeled, %d queued "
+                "(job %s%s)", project_id, plan.seen, plan.already_predicted, plan.labeled,
+                plan.queued, plan.job_id, ", joined" if plan.joined else "",
+                extra={"job_id": plan.job_id, "project_id": project_id})
+    if plan.job_id is None:
+        return plan, None
+    worker = Worker(queue, TaskEngine(runtime), pusher, options)
+    return plan, run_job(queue, worker, plan.job_id, progress=progress)

@@ -1,0 +1,129 @@
+"""Push finished predictions to Label Studio with label-studio-sdk, classifying failures.
+
+``LabelStudio(base_url, api_key).predictions.create(task=, result=, score=, model_version=)``.
+Outcomes drive the queue: ``pushed``; ``gone`` (404: task or project deleted — recorded, never
+retried); ``retry`` (Label Studio unreachable or 5xx/429 — the result stays stored and is pushed
+later with back-off); ``failed`` (400: Label Studio refuses the result — recorded); ``auth``
+(401/403 — the token lacks permission: retried later, and the CLI stops with a clear message).
+
+A push interrupted between Label Studio's answer and our bookkeeping (a kill) is retried; the
+retry first looks for a prediction of the same ``model_version`` on the task, so no task gets
+two identical predictions.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import metrics
+from ..errors import TagError
+
+logger = logging.getLogger(__name__)
+
+PUSHED, GONE, RETRY, FAILED, AUTH = "pushed", "gone", "retry", "failed", "auth"
+
+
+class LabelStudioAccessError(TagError):
+    """Label Studio refused the token (401/403) or is not configured."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    outcome: str
+    detail: str = ""
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return int(status) if isinstance(status, int) else None
+
+
+def classify(exc: BaseException) -> PushResult:
+    """Map an SDK/HTTP exception to a push outcome."""
+    status = _status_of(exc)
+    body = str(getattr(exc, "body", "") or "")[:300]
+    if status == 404:
+        return PushResult(GONE, "task or project not found in Label Studio (deleted?)")
+    if status in (401, 403):
+        return PushResult(AUTH, f"Label Studio refused the token (HTTP {status}): "
+                                "LABEL_STUDIO_API_KEY needs access to this project")
+    if status is not None and (status >= 500 or status in (408, 409, 429)):
+        return PushResult(RETRY, f"Label Studio answered HTTP {status}")
+    if status is not None:
+        return PushResult(FAILED, f"Label Studio refused the prediction (HTTP {status}): {body}")
+    return PushResult(RETRY, f"Label Studio unreachable: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+
+
+class LabelStudioPusher:
+    """A lazily built SDK client for ``Settings.label_studio_url`` / ``label_studio_api_key``."""
+
+    def __init__(self, url: str | None, api_key: str | None, timeout: float = 30.0) -> None:
+        self.url = (url or "").rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self._client = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings) -> "LabelStudioPusher":
+        return cls(settings.label_studio_url, settings.label_studio_api_key)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url and self.api_key)
+
+    def client(self):
+        """The SDK client (a PAT is exchanged for an access token by the SDK itself)."""
+        if not self.configured:
+            raise LabelStudioAccessError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY so "
+                                         "predictions can be pushed to Label Studio")
+        with self._lock:
+            if self._client is None:
+                from label_studio_sdk import LabelStudio
+
+                self._client = LabelStudio(base_url=self.url, api_key=self.api_key,
+                                           timeout=self.timeout)
+            return self._client
+
+    def reset(self) -> None:
+        """Drop the client (e.g. after an auth failure, so a new token exchange happens)."""
+        with self._lock:
+            self._client = None
+
+    def has_version(self, ls_task_id: int, model_version: str) -> bool:
+        """Whether the task already holds a prediction of ``model_version``."""
+        for prediction in self.client().predictions.list(task=ls_task_id):
+            if getattr(prediction, "model_version", None) == model_version:
+                return True
+        return False
+
+    def push(self, ls_task_id: int, item: Mapping[str, Any], *, check_existing: bool = False
+             ) -> PushResult:
+        """Create the prediction of one task; never raises (the outcome says what happened)."""
+        start = time.perf_counter()
+        version = str(item.get("model_version", ""))
+        try:
+            if check_existing and self.has_version(ls_task_id, version):
+                outcome = PushResult(PUSHED, "already present")
+            else:
+                self.client().predictions.create(
+                    task=int(ls_task_id), result=list(item.get("result") or []),
+                    score=float(item.get("score") or 0.0), model_version=version)
+                outcome = PushResult(PUSHED)
+        except LabelStudioAccessError as exc:
+            outcome = PushResult(AUTH, str(exc))
+        except Exception as exc:  # noqa: BLE001 - classified below; a push never kills a worker
+            outcome = classify(exc)
+            if outcome.outcome == AUTH:
+                self.reset()
+        metrics.STAGE_SECONDS.labels(stage="push").observe(time.perf_counter() - start)
+        metrics.JOB_PUSHES.labels(outcome=outcome.outcome).inc()
+        if outcome.outcome != PUSHED:
+            logger.warning("task %s: push %s: %s", ls_task_id, outcome.outcome, outcome.detail,
+                           extra={"task_id": ls_task_id, "push_outcome": outcome.outcome})
+        return outcome

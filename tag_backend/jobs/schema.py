@@ -1,0 +1,109 @@
+"""Tables of the pre-labelling job queue, kept in the concept store's database.
+
+They live in the same database as the concepts (SQLite by default, PostgreSQL when
+``TAG_DB_URL`` says so) so every backend replica sees one queue. They have their own
+``MetaData`` (not the store's Alembic-managed one) and are created with ``create_all`` on first
+use; the DDL is documented in docs/readme/jobs.md so the lead can fold it into a migration.
+
+Times are float Unix seconds: leases and back-off compare them with ``time.time()`` on every
+dialect without timezone surprises.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Job states. A job is "active" while queued or running.
+JOB_STATES = ("queued", "running", "done", "cancelled")
+ACTIVE_JOB_STATES = ("queued", "running")
+#: Task states: queued -> running (leased) -> done | failed | cancelled.
+TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
+#: Push states of a finished task: pending -> pushed | gone (task deleted) | failed | skipped.
+PUSH_STATES = ("pending", "pushed", "gone", "failed", "skipped")
+
+
+class JobsBase(DeclarativeBase):
+    """Declarative base of the job tables (separate from the concept store's schema)."""
+
+
+class Job(JobsBase):
+    """One pre-labelling job: a set of Label Studio tasks of one project."""
+
+    __tablename__ = "prelabel_jobs"
+    __table_args__ = (Index("ix_prelabel_jobs_project_status", "project_id", "status"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # "prelabel" | "predict"
+    project_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    model_version: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    label_config: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    push: Mapped[int] = mapped_column(Integer, nullable=False, default=1)  # 1: push to LS
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+    created_by: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    note: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+class JobTask(JobsBase):
+    """One Label Studio task inside a job, with its lease, attempts, result and push state."""
+
+    __tablename__ = "prelabel_tasks"
+    __table_args__ = (
+        UniqueConstraint("job_id", "ls_task_id", name="uq_prelabel_tasks_job_task"),
+        Index("ix_prelabel_tasks_claim", "status", "next_at"),
+        Index("ix_prelabel_tasks_push", "push_status", "push_next_at"),
+        Index("ix_prelabel_tasks_owner", "lease_owner"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("prelabel_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    ls_task_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    position: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    task_json: Mapped[str] = mapped_column(Text, nullable=False)
+    cache_key: Mapped[str] = mapped_column(String(64), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_at: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    model_version: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    push_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    push_attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    push_next_at: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    push_error: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+class CachedPrediction(JobsBase):
+    """A finished prediction, found again by ``/predict`` for the same task, config and version."""
+
+    __tablename__ = "prelabel_predictions"
+    cache_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ls_task_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    model_version: Mapped[str] = mapped_column(Text, nullable=False)
+    result_json: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+def create_tables(engine) -> None:
+    """Create the job tables if missing (idempotent; safe when several processes race)."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        JobsBase.metadata.create_all(engine)
+    except DBAPIError:
+        # Another process created them between the existence check and CREATE: re-check.
+        JobsBase.metadata.create_all(engine)

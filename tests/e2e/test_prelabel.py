@@ -1,0 +1,210 @@
+"""Whole-project pre-labelling against a real Label Studio 1.23.2 (slow; CI runs it).
+
+* "Retrieve Predictions" on 40 tasks with a /predict budget too small for them: the backend
+  answers what fits, queues the rest, and pushes every prediction with the right model_version.
+* ``tag-backend prelabel`` killed with SIGKILL mid-job and run again: the job finishes, no task
+  is computed or pushed twice.
+* ``prelabel`` on a finished project does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from ls_server import TOKEN, start_backend, start_label_studio, stop
+
+pytestmark = pytest.mark.slow
+HEADERS = {"Authorization": f"Token {TOKEN}"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ls_stack(tmp_path_factory, tiny_models_dir, tiny_runtime_session):
+    from tag_backend.ls import recommended_label_config
+
+    root = tmp_path_factory.mktemp("e2e-prelabel")
+    _ = tiny_runtime_session.pipeline  # warm data dir (default index), copied per process
+    ls_proc, ls_url = start_label_studio(root)
+    env = {
+        "TAG_DINO_MODEL": tiny_models_dir["dino"],
+        "TAG_CLIP_MODEL": tiny_models_dir["clip"],
+        "TAG_DEVICE": "cpu",
+        "TAG_DTYPE": "float32",
+        "LABEL_STUDIO_URL": ls_url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "HF_HUB_OFFLINE": "1",
+    }
+    try:
+        yield {
+            "root": root,
+            "ls": ls_url,
+            "env": env,
+            "config": recommended_label_config(),
+            "warm": tiny_runtime_session.settings.data_dir,
+        }
+    finally:
+        stop(ls_proc)
+
+
+def _data_dir(stack, name: str) -> str:
+    target = stack["root"] / name
+    if not target.exists():
+        shutil.copytree(stack["warm"], target)
+    return str(target)
+
+
+def _api(stack, method, path, **kw):
+    r = requests.request(method, stack["ls"] + path, headers=HEADERS, timeout=900, **kw)
+    assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text[:500]}"
+    return r.json() if r.content else None
+
+
+def _project(stack, title: str, n: int) -> int:
+    from scenes import flat_shapes
+
+    project = _api(
+        stack, "POST", "/api/projects", json={"title": title, "label_config": stack["config"]}
+    )["id"]
+    images = stack["root"] / f"images-{project}"
+    images.mkdir()
+    files = []
+    for i in range(n):
+        path = images / f"t{i}.png"
+        flat_shapes(64, seed=i)[0].save(path)
+        files.append(("file", (path.name, path.read_bytes(), "image/png")))
+    for start in range(0, n, 20):
+        _api(stack, "POST", f"/api/projects/{project}/import", files=files[start : start + 20])
+    assert len(_tasks(stack, project)) == n
+    return project
+
+
+def _tasks(stack, project):
+    return _api(stack, "GET", f"/api/tasks?project={project}&fields=all&page_size=1000")["tasks"]
+
+
+def _versions_per_task(stack, project) -> dict[int, list[str]]:
+    out = {}
+    for task in _tasks(stack, project):
+        preds = _api(stack, "GET", f"/api/predictions/?task={task['id']}")
+        out[task["id"]] = [p["model_version"] for p in preds]
+    return out
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_retrieve_predictions_beyond_the_budget_pushes_all(ls_stack):
+    project = _project(ls_stack, "budget", 40)
+    data = _data_dir(ls_stack, "backend-data")
+    be_proc, be_url = start_backend(
+        ls_stack["root"], {**ls_stack["env"], "TAG_DATA_DIR": data, "TAG_PREDICT_BUDGET": "3"}
+    )
+    try:
+        _api(ls_stack, "POST", "/api/ml", json={"url": be_url, "project": project, "title": "tag"})
+        version = requests.get(be_url + "/versions", timeout=30).json()["versions"][0]
+        started = time.time()
+        _api(
+            ls_stack,
+            "POST",
+            f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+            json={"selectedItems": {"all": True, "excluded": []}},
+        )
+        assert time.time() - started < 60  # answered within the budget, not after 40 images
+        _wait(
+            lambda: all(_versions_per_task(ls_stack, project).values()), 3600, "all 40 predictions"
+        )
+        per_task = _versions_per_task(ls_stack, project)
+        assert len(per_task) == 40
+        assert all(v == [version] for v in per_task.values()), per_task  # one each, right version
+        metrics = requests.get(be_url + "/metrics", timeout=30).text
+        assert "tag_job_tasks_total" in metrics and "tag_queue_depth" in metrics
+    finally:
+        stop(be_proc)
+
+
+def _prelabel(stack, project: int, data: str, **popen):
+    env = {**os.environ, **stack["env"], "TAG_DATA_DIR": data}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tag_backend",
+            "prelabel",
+            "--project",
+            str(project),
+            "--quiet",
+            "--batch-size",
+            "2",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
+def _done_rows(data: str) -> dict[int, tuple]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{data}/concepts.db")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT ls_task_id, finished_by, finished_at FROM prelabel_tasks "
+                "WHERE status = 'done'"
+            )
+        ).all()
+    engine.dispose()
+    return {int(r[0]): (r[1], r[2]) for r in rows}
+
+
+def test_prelabel_killed_and_resumed_then_idempotent(ls_stack):
+    project = _project(ls_stack, "prelabel", 10)
+    data = _data_dir(ls_stack, "cli-data")
+    first = _prelabel(ls_stack, project, data)
+    try:
+        _wait(
+            lambda: first.poll() is None and len(_done_rows(data)) >= 3,
+            1800,
+            "3 finished tasks before the kill",
+        )
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    before = _done_rows(data)
+    assert 3 <= len(before) < 10
+
+    second = _prelabel(ls_stack, project, data)
+    out, _ = second.communicate(timeout=3600)
+    assert second.returncode == 0, out
+    assert "joined job" in out
+    after = _done_rows(data)
+    assert sorted(after) == sorted(t["id"] for t in _tasks(ls_stack, project))
+    for task_id, row in before.items():
+        assert after[task_id] == row  # finished before the kill: not computed again
+    per_task = _versions_per_task(ls_stack, project)
+    versions = {v for vs in per_task.values() for v in vs}
+    assert len(versions) == 1 and all(len(v) == 1 for v in per_task.values()), per_task
+
+    third = _prelabel(ls_stack, project, data)
+    out, _ = third.communicate(timeout=600)
+    assert third.returncode == 0, out
+    assert "nothing to do" in out and "10 already predicted" in out
+    assert _versions_per_task(ls_stack, project) == per_task

@@ -1,0 +1,109 @@
+"""The worker end to end on the tiny real engine, pushing through the real SDK to a local
+HTTP server that speaks Label Studio's predictions API and misbehaves on purpose."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from flask import Flask, jsonify, request
+from werkzeug.serving import make_server
+
+from tag_backend.jobs.engine import TaskEngine
+from tag_backend.jobs.push import LabelStudioPusher
+from tag_backend.jobs.queue import JobQueue, QueuePolicy
+from tag_backend.jobs.worker import Worker, WorkerOptions
+from tag_backend.ls import recommended_label_config
+
+TOKEN = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeLabelStudio:
+    """POST/GET /api/predictions/: task 404 is deleted, task 500 fails once, 401 without token."""
+
+    def __init__(self) -> None:
+        self.created: list[dict] = []
+        self.flaky_left = 1
+        app = Flask("fake-ls")
+
+        @app.post("/api/predictions/")
+        def create():
+            if request.headers.get("Authorization") != f"Token {TOKEN}":
+                return jsonify({"detail": "no"}), 401
+            body = request.get_json()
+            if body["task"] == 404:
+                return jsonify({"detail": "Not found."}), 404
+            if body["task"] == 500 and self.flaky_left:
+                self.flaky_left -= 1
+                return jsonify({"detail": "boom"}), 500
+            self.created.append(body)
+            return jsonify({"id": len(self.created), **body}), 201
+
+        @app.get("/api/predictions/")
+        def list_():
+            task = int(request.args["task"])
+            return jsonify([{"id": i + 1, **p} for i, p in enumerate(self.created)
+                            if p["task"] == task])
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture()
+def fake_ls():
+    ls = FakeLabelStudio()
+    yield ls
+    ls.server.shutdown()
+
+
+def _images(root):
+    from scenes import flat_shapes
+
+    good = []
+    for i in range(3):
+        path = root / f"img{i}.png"
+        flat_shapes(96, seed=i)[0].save(path)
+        good.append(str(path))
+    broken = root / "broken.png"
+    broken.write_bytes(b"not a png")
+    return good, str(broken)
+
+
+def test_worker_computes_retries_and_pushes(tiny_settings, tmp_path, fake_ls):
+    from tag_backend.runtime import Runtime
+
+    good, broken = _images(tmp_path)
+    settings = tiny_settings.replace(allowed_local_roots=str(tmp_path),
+                                     label_studio_url=fake_ls.url, label_studio_api_key=TOKEN)
+    runtime = Runtime(settings)
+    queue = JobQueue.from_store(runtime.store, QueuePolicy(lease_seconds=30, max_attempts=2,
+                                                           backoff_base=0.2))
+    tasks = [{"id": 1, "data": {"image": good[0]}}, {"id": 404, "data": {"image": good[1]}},
+             {"id": 500, "data": {"image": good[2]}}, {"id": 7, "data": {"image": broken}},
+             {"id": 8, "data": {"text": "no image"}}]
+    config = recommended_label_config()
+    job = queue.create_job("prelabel", tasks, label_config=config, model_version="x",
+                           project_id=1)
+    worker = Worker(queue, TaskEngine(runtime), LabelStudioPusher.from_settings(settings),
+                    WorkerOptions(batch_size=4, prefetch=4, poll_seconds=0.2)).start()
+    try:
+        deadline = time.time() + 900
+        while not queue.progress(job).settled and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        worker.stop()
+    p = queue.progress(job)
+    assert (p.done, p.failed, p.queued, p.running) == (3, 2, 0, 0)
+    assert (p.pushed, p.push_gone, p.push_pending) == (2, 1, 0)
+    failures = dict(queue.failures(job))
+    assert "no 'image' image URL" in failures[8]
+    assert failures[7] and failures[404].startswith("task or project not found")
+    version = runtime.model_version()
+    assert sorted(c["task"] for c in fake_ls.created) == [1, 500]  # once each, 500 after retry
+    for created in fake_ls.created:
+        assert created["model_version"] == version
+        kinds = {r["type"] for r in created["result"]}
+        assert kinds <= {"brushlabels", "textarea"} and created["result"]
+    assert worker.stats.retried == 1 and worker.stats.done == 3
+    assert queue.finish_settled_jobs() == [job]
