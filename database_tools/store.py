@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .errors import StoreUnavailable
 from .migrate import READONLY_OPTION, migrate_to_head
 from .normalize import display_text, normalize_text
-from .schema import Entry, Exemplar, IndexVersion, Meta, utcnow
+from .schema import Alias, Entry, Exemplar, IndexVersion, Meta, utcnow
 from .sql import upsert_entries
 
 logger = logging.getLogger(__name__)
@@ -299,6 +299,21 @@ class Store:
             raise ValueError(f"exemplars of encoder {encoder_id!r} have mixed dims {sorted(dims)}")
         vectors = np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
         return [r[0] for r in rows], vectors.astype(np.float32, copy=False)
+
+    def load_aliases(self, min_count: int = 1) -> dict[str, tuple[str, int]]:
+        """Predicted-name (normalised) -> (corrected active concept, count), the most frequent
+        correction per predicted name, only those corrected at least ``min_count`` times."""
+        with self.read() as session:
+            rows = session.execute(
+                select(Alias.norm, Entry.text, Alias.count)
+                .join(Entry, Entry.id == Alias.entry_id)
+                .where(Entry.status == "active", Alias.count >= min_count)
+                .order_by(Alias.count.desc(), Alias.id)
+            ).all()
+        aliases: dict[str, tuple[str, int]] = {}
+        for norm, text, count in rows:
+            aliases.setdefault(norm, (text, int(count)))
+        return aliases
 
     # -- index versions -------------------------------------------------------------------
     def record_index_version(

@@ -65,7 +65,9 @@ class Settings:
     db_url: str | None = None
     index_dir: str | None = None
     new_concept_status: str = "active"
+    default_vocabulary: str | None = None
     exemplar_threshold: float = 0.90
+    alias_min_count: int = 3
     # Label Studio backend
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
@@ -110,8 +112,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live."),
     EnvVar("TAG_DB_URL", "db_url", "Concept database URL: `sqlite:///path.db` or `postgresql+psycopg://user:pass@host/db`.", str, True),
     EnvVar("TAG_INDEX_DIR", "index_dir", "Directory of the versioned FAISS concept indexes."),
+    EnvVar("TAG_DEFAULT_VOCABULARY", "default_vocabulary", "Concept list imported on first use (one name per line); `none` = only what you import. Default: the shipped vocabulary."),
     EnvVar("TAG_NEW_CONCEPT_STATUS", "new_concept_status", "Status of concepts first seen in a correction: `active` or `pending`."),
     EnvVar("TAG_EXEMPLAR_THRESHOLD", "exemplar_threshold", "Cosine above which a segment takes the name of a corrected exemplar.", float),
+    EnvVar("TAG_ALIAS_MIN_COUNT", "alias_min_count", "Corrections of a predicted name to the same new name before every later prediction of it is renamed.", int),
     EnvVar("LABEL_STUDIO_URL", "label_studio_url", "Label Studio base URL the backend fetches images from and pushes predictions to."),
     EnvVar("LABEL_STUDIO_API_KEY", "label_studio_api_key", "Label Studio personal access token or legacy token.", str, True),
     EnvVar("BASIC_AUTH_USER", "basic_auth_user", "HTTP Basic user required on every endpoint when set."),

@@ -28,3 +28,20 @@ class ExemplarMemory:
         best = sims.argmax(1)
         return [(self.names[j], float(sims[i, j])) if sims[i, j] >= threshold else None
                 for i, j in enumerate(best)]
+
+
+@dataclass
+class AliasMap:
+    """Names annotators keep correcting: predicted name -> the name they want instead.
+
+    ``mapping`` is keyed by the concept database's normalised text; ``normalize`` is that
+    normalisation. Only aliases corrected at least ``TAG_ALIAS_MIN_COUNT`` times are loaded, so one
+    odd correction does not rename every future region.
+    """
+
+    mapping: dict[str, str] = field(default_factory=dict)
+    normalize: object = staticmethod(lambda s: s.strip().casefold())
+
+    def lookup(self, name: str) -> str | None:
+        target = self.mapping.get(self.normalize(name))
+        return target if target and target != name else None

@@ -206,14 +206,42 @@ class LoadedClip:
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """(n, embed_dim) float32 L2-normalised text embeddings, no prompt template (TAG)."""
+        """(n, embed_dim) float32 L2-normalised text embeddings, no prompt template (TAG).
+
+        Texts are batched by token length and each batch is cut after its longest text: with
+        CLIP's causal text mask the end-of-text embedding does not depend on later positions,
+        so this equals open_clip's full 77-token forward at a fraction of the cost for names.
+        """
         out = np.zeros((len(texts), self.embed_dim), dtype=np.float32)
+        if not len(texts):
+            return out
+        tokens = self.tokenizer(list(texts))
+        lengths = (tokens != 0).sum(1)
+        order = torch.argsort(lengths, stable=True)
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
-            emb = self.model.encode_text(tokens).float()
-            emb = torch.nn.functional.normalize(emb, dim=-1)
-            out[start:start + len(emb)] = emb.cpu().numpy()
+            idx = order[start:start + batch_size]
+            emb = self._text_forward(tokens[idx].to(self.device)).float()
+            out[idx.numpy()] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
         return out
+
+    def _text_forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        mask = getattr(model, "attn_mask", None)
+        if mask is None or getattr(model, "text_pool_type", "argmax") not in ("argmax", "eos") \
+                or not hasattr(model, "token_embedding"):
+            return model.encode_text(tokens)  # not a causal CLIP text tower: no truncation
+        from open_clip.transformer import text_global_pool
+
+        n = max(1, int((tokens != 0).sum(1).max()))
+        tokens = tokens[:, :n]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
+        x = model.ln_final(model.transformer(x, attn_mask=mask[:n, :n]))
+        x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+        proj = model.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
     def text_encoder(self) -> "ClipTextEncoder":
         return ClipTextEncoder(self)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .exemplars import ExemplarMemory
+from .exemplars import AliasMap, ExemplarMemory
 from .image_io import DEFAULT_MAX_PIXELS, open_image
 from .models import LoadedClip, LoadedDino
 from .stages import crf as crf_stage
@@ -34,6 +34,8 @@ class TagPipeline:
       text_encoder: ``TextEncoder`` for candidate names (cached); defaults to the CLIP text tower.
       exemplars: corrected-region memory; a segment within ``exemplar_threshold`` cosine of an
         exemplar takes its name.
+      aliases: names annotators repeatedly corrected (predicted -> wanted); applied to the best
+        retrieved name when no exemplar matched.
       image_size (448): model input side in pixels; cost grows with its square.
       resize_mode ("squash"): paper squashes to a square; "keep_aspect" keeps the aspect ratio.
       n_segments (15): k of the per-image k-means (upper bound on segments before merging).
@@ -54,7 +56,8 @@ class TagPipeline:
     """
 
     def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *, text_encoder=None,
-                 exemplars: ExemplarMemory | None = None, image_size: int = 448,
+                 exemplars: ExemplarMemory | None = None, aliases: AliasMap | None = None,
+                 image_size: int = 448,
                  resize_mode: str = "squash", n_segments: int = 15, kmeans_init: str = "k-means++",
                  kmeans_restarts: int = 8, kmeans_max_iter: int = 100, kmeans_tol: float = 1e-4,
                  seed: int = 123, assignment: str = "nearest", use_crf: bool = True,
@@ -72,6 +75,7 @@ class TagPipeline:
         self.dino, self.clip, self.index = dino, clip, index
         self.text_encoder = text_encoder or clip.text_encoder()
         self.exemplars = exemplars or ExemplarMemory()
+        self.aliases = aliases or AliasMap()
         self.image_size, self.resize_mode, self.n_segments = image_size, resize_mode, n_segments
         self.kmeans_kwargs = dict(n_init=kmeans_restarts, max_iter=kmeans_max_iter, tol=kmeans_tol,
                                   init=kmeans_init, seed=seed)
@@ -170,6 +174,13 @@ class TagPipeline:
                 rest = [c for c in seg.candidates if c.name != name]
                 seg.candidates = [NameCandidate(name, score)] + rest
                 seg.sources = ["exemplar:" + name] + seg.sources
+                continue
+            best = seg.candidates[0]
+            wanted = self.aliases.lookup(best.name)
+            if wanted is not None:
+                rest = [c for c in seg.candidates if c.name != wanted]
+                seg.candidates = [NameCandidate(wanted, best.score)] + rest
+                seg.sources = [f"alias:{best.name}->{wanted}"] + seg.sources
         return names
 
     def _regions(self, prep: PreparedImage, labels: np.ndarray, logits: torch.Tensor,
@@ -196,8 +207,16 @@ class TagPipeline:
         return SegmentLabel(
             mask=np.isin(full, segs), name=best.name, score=score,
             alternatives=names[main].candidates[1:], area=int(weights.sum()), sources=sources,
-            embedding=emb, origin="exemplar" if sources and sources[0].startswith("exemplar:") else "retrieval",
+            embedding=emb, origin=_origin(sources),
         )
+
+
+def _origin(sources: list[str]) -> str:
+    if sources and sources[0].startswith("exemplar:"):
+        return "exemplar"
+    if sources and sources[0].startswith("alias:"):
+        return "alias"
+    return "retrieval"
 
 
 @contextmanager

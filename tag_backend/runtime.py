@@ -11,7 +11,7 @@ from functools import cached_property
 
 from . import __version__
 from .config import Settings
-from .exemplars import ExemplarMemory
+from .exemplars import AliasMap, ExemplarMemory
 from .models import load_clip, load_dino, resolve_device, resolve_dtype
 from .pipeline import TagPipeline
 from .presets import get_preset
@@ -74,9 +74,15 @@ class Runtime:
         return MemoryCachedEncoder(CachedTextEncoder(self.store, self.clip.text_encoder()))
 
     def _load_index(self):
-        from database_tools.bootstrap import ensure_index
+        from database_tools.bootstrap import DEFAULT_VOCABULARY, ensure_index
 
-        return ensure_index(self.store, self.text_encoder, self.settings.resolved_index_dir)
+        vocabulary = self.settings.default_vocabulary
+        if vocabulary is None:
+            vocabulary = DEFAULT_VOCABULARY
+        elif vocabulary.strip().lower() == "none":
+            vocabulary = None
+        return ensure_index(self.store, self.text_encoder, self.settings.resolved_index_dir,
+                            vocabulary=vocabulary)
 
     # --------------------------------------------------------------- pipeline
     @cached_property
@@ -85,7 +91,8 @@ class Runtime:
             s, p = self.settings, self.preset
             pipeline = TagPipeline(
                 self.dino, self.clip, self._load_index(), text_encoder=self.text_encoder,
-                exemplars=self._load_exemplars(), image_size=p.image_size, n_segments=p.n_segments,
+                exemplars=self._load_exemplars(), aliases=self._load_aliases(),
+                image_size=p.image_size, n_segments=p.n_segments,
                 use_crf=p.use_crf, dense_method=s.dense_method or p.dense_method,
                 exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels,
             )
@@ -95,6 +102,13 @@ class Runtime:
     def _load_exemplars(self) -> ExemplarMemory:
         names, embeddings = self.store.load_exemplars(self.clip.encoder_id)
         return ExemplarMemory(names=list(names), embeddings=embeddings)
+
+    def _load_aliases(self) -> AliasMap:
+        from database_tools.normalize import normalize_text
+
+        raw = self.store.load_aliases(min_count=self.settings.alias_min_count)
+        return AliasMap({norm: target for norm, (target, _) in raw.items()},
+                        normalize=lambda s: normalize_text(s, "concept"))
 
     def refresh(self) -> bool:
         """Pick up database changes (new concepts, corrections) made by this or another process.
@@ -110,6 +124,7 @@ class Runtime:
                 return False
             pipeline.index = self._load_index()
             pipeline.exemplars = self._load_exemplars()
+            pipeline.aliases = self._load_aliases()
             self._seen_db_version = version
             logger.info("concept database changed (version %s): index and exemplars reloaded", version)
             return True

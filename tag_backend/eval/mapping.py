@@ -52,6 +52,7 @@ class SentenceTransformerEncoder:
         try:
             self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as exc:  # the library raises many types for a broken directory
+            logger.debug("sentence-transformers load failed", exc_info=True)
             raise MappingError(f"{path}: cannot load sentence-transformers model ({exc})") from None
         self.encoder_id = f"sentence-transformers:{path.name}"
         self.dim = int(self.model.get_sentence_embedding_dimension() or 0)

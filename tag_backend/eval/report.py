@@ -61,27 +61,28 @@ def markdown(summary: dict, failures: list[tuple[str, str]]) -> str:
     """The human report (percentages; "–" = undefined)."""
     ds, protos, mq = summary["dataset"], summary["protocols"], summary["mask_quality"]
     lines = [f"# Evaluation: {ds['name']} ({ds['split']})", "",
-             f"- images scored: {summary['images']} of {ds['images_listed']} listed; "
-             f"failures: {len(failures)}",
-             f"- model: `{summary['model_version']}`; encoder `{summary['encoder_id']}`; "
-             f"pipeline {summary['pipeline']}",
+             (f"- images scored: {summary['images']} of {ds['images_listed']} listed; "
+              f"failures: {len(failures)}"),
+             (f"- model: `{summary['model_version']}`; encoder `{summary['encoder_id']}`; "
+              f"pipeline {summary['pipeline']}"),
              f"- name->class mapping encoder: `{summary['mapping_encoder']}`",
-             f"- device: {summary['environment']['device']}; seconds/image (uncached): "
-             f"{_seconds(summary['seconds_per_image'])}", "",
+             (f"- device: {summary['environment']['device']}; seconds/image (uncached): "
+              f"{_seconds(summary['seconds_per_image'])}"), "",
              "| protocol | mIoU | pixel acc. | region names right | regions | classes |",
              "|---|---|---|---|---|---|"]
     for name, p in protos.items():
         lines.append(f"| {name} | {_fmt(p['miou'])} | {_fmt(p['pixel_accuracy'])} | "
                      f"{_fmt(p['region_name_accuracy'])} | {p['regions_scored']} | {p['classes_scored']} |")
-    lines += ["", *[f"- **{n}**: {p['description']}" for n, p in protos.items()], "",
-              f"Mask quality (names ignored): Hungarian-matched mIoU **{_fmt(mq['hungarian_miou'])}** "
-              f"over {mq['gt_segments']} ground-truth segments; "
-              f"{mq['mean_regions_per_image']:.1f} regions per image." if summary["images"] else
-              "No image could be scored.", ""]
+    mask_line = "No image could be scored."
+    if summary["images"]:
+        mask_line = (f"Mask quality (names ignored): Hungarian-matched mIoU "
+                     f"**{_fmt(mq['hungarian_miou'])}** over {mq['gt_segments']} ground-truth "
+                     f"segments; {mq['mean_regions_per_image']:.1f} regions per image.")
+    lines += ["", *[f"- **{n}**: {p['description']}" for n, p in protos.items()], "", mask_line, ""]
     if "corrections" in summary:
         lines += ["## Quality vs. number of corrections (remaining images)", "",
-                  "| corrected images | corrected regions | TAG mIoU | strict mIoU | TAG names right "
-                  "| strict names right | mask mIoU |", "|---|---|---|---|---|---|---|"]
+                  ("| corrected images | corrected regions | TAG mIoU | strict mIoU | TAG names right "
+                   "| strict names right | mask mIoU |"), "|---|---|---|---|---|---|---|"]
         for r in summary["corrections"]["curve"]:
             lines.append(f"| {r['corrected_images']} | {r['corrected_regions']} | {_fmt(r['tag_miou'])} | "
                          f"{_fmt(r['strict_miou'])} | {_fmt(r['tag_region_accuracy'])} | "

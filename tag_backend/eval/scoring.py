@@ -8,8 +8,14 @@ import numpy as np
 
 from .datasets import Dataset
 from .mapping import NameMapper
-from .metrics import (Confusion, Protocol, hungarian_ious, predicted_classes, region_majorities,
-                      scores)
+from .metrics import (
+    Confusion,
+    Protocol,
+    hungarian_ious,
+    predicted_classes,
+    region_majorities,
+    scores,
+)
 from .predict import Prediction
 
 

@@ -82,7 +82,7 @@ def _random_box(rng: np.random.Generator, size: int, lo: float, hi: float) -> tu
 
 
 def _paint(img: np.ndarray, gt: np.ndarray, cls: int, mask: np.ndarray, rng: np.random.Generator) -> None:
-    name, kind, colours = CLASSES[cls]
+    _name, kind, colours = CLASSES[cls]
     tex = _fill(kind, colours, img.shape[0], rng)
     img[mask] = tex[mask]
     gt[mask] = cls

@@ -143,6 +143,7 @@ def _queue_rest(queue: JobQueue, tasks, keys, todo: list[int], outcome: BudgetOu
                               keys=[keys[i] for i in new], created_by="/predict")
     logger.info("/predict: %d task(s) queued as job %s (budget exhausted)", len(new), job_id,
                 extra={"job_id": job_id, "tasks": len(new)})
+    queue.depth()
     return job_id
 
 
@@ -200,7 +201,7 @@ def predict_request(backend, req, context) -> list[Any]:
         predict_one=predict_one, project_id=project, push=push, engine_ready=ready)
     if outcome.queued:
         ensure_worker(runtime, backend.fetcher)
-        if not push:
+        if not push and outcome.job_id is not None:
             logger.warning("%d task(s) queued but LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are not "
                            "set: their predictions are stored and returned by the next "
                            "'Retrieve Predictions' instead of being pushed", len(outcome.queued))

@@ -166,6 +166,7 @@ class Worker:
                 except queue_mod.Empty:
                     break
             self._process(batch)
+            self._gauges()
             self._maybe_refresh()
 
     def _process(self, batch: list[tuple[ClaimedTask, FetchedTask]]) -> None:
@@ -213,7 +214,21 @@ class Worker:
                        "given up" if status == "failed" else "will retry",
                        extra={"task_id": claim.ls_task_id, "job_id": claim.job_id})
 
+    def _gauges(self) -> None:
+        """Queue depth, concept-database version and index size for ``/metrics``."""
+        runtime = self.engine.runtime
+        try:
+            self.queue.depth()
+            metrics.DB_VERSION.set(runtime.store.db_version())
+            if "pipeline" in runtime.__dict__:
+                manifest = getattr(runtime.pipeline.index, "manifest", None)
+                if manifest is not None:
+                    metrics.INDEX_SIZE.set(int(getattr(manifest, "count", 0)))
+        except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
+            logger.debug("cannot update gauges: %s", exc)
+
     def _maybe_refresh(self) -> None:
+        """Pick up corrections (new exemplars, index) now and then, between batches."""
         now = time.monotonic()
         if now - self._last_refresh < self.options.refresh_seconds:
             return
@@ -222,10 +237,6 @@ class Worker:
         try:
             if "pipeline" in runtime.__dict__:  # only once models are loaded
                 runtime.refresh()
-                manifest = getattr(runtime.pipeline.index, "manifest", None)
-                if manifest is not None:
-                    metrics.INDEX_SIZE.set(int(getattr(manifest, "count", 0)))
-            metrics.DB_VERSION.set(runtime.store.db_version())
         except Exception as exc:  # noqa: BLE001 - predicting with the loaded state is fine
             logger.warning("cannot refresh from the concept database: %s", exc)
 

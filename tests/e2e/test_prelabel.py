@@ -80,7 +80,7 @@ def _project(stack, title: str, n: int) -> int:
     for i in range(n):
         path = images / f"t{i}.png"
         flat_shapes(64, seed=i)[0].save(path)
-        files.append(("file", (path.name, path.read_bytes(), "image/png")))
+        files.append((f"file{i}", (path.name, path.read_bytes(), "image/png")))
     for start in range(0, n, 20):
         _api(stack, "POST", f"/api/projects/{project}/import", files=files[start : start + 20])
     assert len(_tasks(stack, project)) == n

@@ -107,3 +107,36 @@ def test_worker_computes_retries_and_pushes(tiny_settings, tmp_path, fake_ls):
         assert kinds <= {"brushlabels", "textarea"} and created["result"]
     assert worker.stats.retried == 1 and worker.stats.done == 3
     assert queue.finish_settled_jobs() == [job]
+
+
+def test_predict_over_budget_queues_then_answers_from_the_store(tiny_settings, tmp_path):
+    """/predict with a zero budget: items are [] (queued, in order), the in-process worker
+    computes them, and the same request is then answered from the store."""
+    from tag_backend.app import create_app
+    from tag_backend.jobs.service import stop_workers
+    from tag_backend.runtime import Runtime
+
+    good, _ = _images(tmp_path)
+    settings = tiny_settings.replace(allowed_local_roots=str(tmp_path))
+    settings = type(settings)(**{**settings.__dict__, "predict_budget_seconds": 0.0})
+    runtime = Runtime(settings)
+    client = create_app(settings, runtime, start_worker=False).test_client()
+    body = {"tasks": [{"id": 11, "data": {"image": good[0]}}, {"id": 12, "data": {"image": good[1]}}],
+            "label_config": recommended_label_config(), "project": "3.1700000000"}
+    try:
+        first = client.post("/predict", json=body)
+        assert first.status_code == 200 and first.json["results"] == [[], []]
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            results = client.post("/predict", json=body).json["results"]
+            if all(isinstance(r, dict) for r in results):
+                break
+            time.sleep(1)
+        assert [bool(r["result"]) for r in results] == [True, True]
+        assert all(r["model_version"] == runtime.model_version() for r in results)
+        metrics = client.get("/metrics").data.decode()
+        assert 'tag_job_tasks_total{outcome="done"}' in metrics
+        assert 'tag_queue_depth{queue="prelabel"} 0.0' in metrics
+        assert "tag_index_entries" in metrics and "tag_concept_db_version" in metrics
+    finally:
+        stop_workers()

@@ -113,3 +113,12 @@ def test_settings_from_env_reads_every_flag_and_rejects_bad_values():
         "paper", "/m/dino", "local-dir:/m/clip", "openai", "sqlite:///x.db", "/i", "cpu", 7, False)
     with pytest.raises(ConfigError, match="TAG_MAX_REGIONS"):
         settings_from_env({"TAG_MAX_REGIONS": "many"})
+
+
+def test_truncated_text_forward_equals_open_clip_encode_text(tiny_clip_dir):
+    clip = models.load_clip(tiny_clip_dir, None, CPU, torch.float32)
+    texts = ["a", "dog", "golden retriever puppy on a sofa", "leaning tower of pisa", ""]
+    ours = clip.encode_text(texts, batch_size=2)
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(clip.model.encode_text(clip.tokenizer(texts)).float(), dim=-1)
+    assert torch.allclose(torch.from_numpy(ours), ref, atol=1e-5)

@@ -1,0 +1,153 @@
+"""Job-engine benchmark: end-to-end tasks/s through the queue vs the engine alone, peak RSS.
+
+``python -m tag_backend.jobs.bench --jobs 200`` (the lead's ``python -m tag_backend.bench --jobs N``
+dispatches here). Images are synthetic PNG files read through the normal media path (local
+files under ``TAG_ALLOWED_LOCAL_ROOTS``); the queue is a fresh SQLite store; pushes are off (no
+Label Studio), so the number is "queue + fetch/decode + engine + masks/RLE + record".
+Models come from the environment (``TAG_*``); without ``TAG_DINO_MODEL``/``TAG_CLIP_MODEL``
+random-weight tiny models of the real architectures are built in a temp dir.
+Target: end-to-end >= 0.9x the engine's own throughput (prefetch overlaps fetching with model
+work; the engine is batched the same way in both runs).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..config import Settings, settings_from_env
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobsBenchResult:
+    n_jobs: int
+    batch_size: int
+    engine_tasks_per_s: float
+    end_to_end_tasks_per_s: float
+    peak_rss_mb: float
+
+    @property
+    def ratio(self) -> float:
+        return self.end_to_end_tasks_per_s / self.engine_tasks_per_s
+
+
+def _images(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw = ImageDraw.Draw(image)
+        for _ in range(4):
+            x0, y0 = rng.integers(0, size[0] // 2), rng.integers(0, size[1] // 2)
+            box = (x0, y0, x0 + rng.integers(20, size[0] // 2), y0 + rng.integers(20, size[1] // 2))
+            draw.ellipse(box, fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        path = root / f"bench{i:05d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def _settings(root: Path) -> Settings:
+    settings = settings_from_env()
+    changes: dict = {"data_dir": str(root / "data"), "allowed_local_roots": str(root / "images"),
+                     "label_studio_url": None, "label_studio_api_key": None, "db_url": None}
+    if not (settings.dino_model and settings.clip_model):
+        from ..random_models import save_random_clip, save_random_dino
+
+        save_random_dino(root / "dino")
+        changes.update(dino_model=str(root / "dino"), clip_model=save_random_clip(root / "clip"),
+                       device=settings.device or "cpu", dtype=settings.dtype or "float32")
+        print("models: random-weight tiny models (set TAG_DINO_MODEL/TAG_CLIP_MODEL for real ones)")
+    import dataclasses
+
+    return dataclasses.replace(settings, **{k: v for k, v in changes.items()})
+
+
+def _engine_alone(runtime, paths: list[Path], batch_size: int) -> float:
+    from ..image_io import open_image
+
+    images = [open_image(p) for p in paths]  # decoded up front: pure model throughput
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        runtime.pipeline.generate_batch(images[i:i + batch_size])
+    return len(images) / (time.perf_counter() - start)
+
+
+def _end_to_end(runtime, paths: list[Path], batch_size: int) -> float:
+    from ..ls import recommended_label_config
+    from .engine import TaskEngine
+    from .queue import JobQueue
+    from .worker import Worker, WorkerOptions
+
+    queue = JobQueue.from_store(runtime.store)
+    tasks = [{"id": i + 1, "data": {"image": str(p)}} for i, p in enumerate(paths)]
+    job = queue.create_job("prelabel", tasks, label_config=recommended_label_config(),
+                           model_version=runtime.model_version(), push=False)
+    worker = Worker(queue, TaskEngine(runtime), None,
+                    WorkerOptions(batch_size=batch_size, prefetch=2 * batch_size,
+                                  poll_seconds=0.05, push=False))
+    start = time.perf_counter()
+    worker.start()
+    try:
+        while True:
+            progress = queue.progress(job)
+            if progress.queued == 0 and progress.running == 0:
+                break
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    elapsed = time.perf_counter() - start
+    if progress.failed:
+        print(f"warning: {progress.failed} task(s) failed")
+    return progress.done / elapsed
+
+
+def run_jobs_bench(n_jobs: int, batch_size: int = 4, image_size: tuple[int, int] = (640, 480)
+                   ) -> JobsBenchResult:
+    """Run both measurements on ``n_jobs`` synthetic images and print the numbers."""
+    if n_jobs < 1:
+        raise ValueError("n_jobs must be >= 1")
+    from ..runtime import Runtime
+
+    with tempfile.TemporaryDirectory(prefix="tag-jobs-bench-") as tmp:
+        root = Path(tmp)
+        (root / "images").mkdir()
+        paths = _images(root / "images", n_jobs, image_size)
+        runtime = Runtime(_settings(root))
+        warm = [Image.open(paths[0]).convert("RGB")] * min(batch_size, n_jobs)
+        runtime.pipeline.generate_batch(warm)  # load models and warm caches outside the clocks
+        engine = _engine_alone(runtime, paths, batch_size)
+        end_to_end = _end_to_end(runtime, paths, batch_size)
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = JobsBenchResult(n_jobs, batch_size, engine, end_to_end, rss_mb)
+        runtime.store.close()
+    print(f"jobs: {n_jobs} tasks of {image_size[0]}x{image_size[1]}, batch {batch_size}")
+    print(f"engine alone:  {result.engine_tasks_per_s:.3f} tasks/s")
+    print(f"end to end:    {result.end_to_end_tasks_per_s:.3f} tasks/s "
+          f"({result.ratio:.2f}x the engine; target >= 0.90x)")
+    print(f"peak RSS:      {result.peak_rss_mb:.0f} MB")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=200, help="number of tasks")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    run_jobs_bench(args.jobs, args.batch_size, (args.width, args.height))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""`tag-backend prelabel` / `jobs` through click, and push-failure classification."""
+from __future__ import annotations
+
+import socket
+import threading
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from flask import Flask, jsonify, request
+from label_studio_sdk.core.api_error import ApiError
+from werkzeug.serving import make_server
+
+from tag_backend.cli import main
+from tag_backend.jobs.prelabel import has_version, is_labeled
+from tag_backend.jobs.push import AUTH, FAILED, GONE, RETRY, classify
+
+TOKEN = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture()
+def fake_ls():
+    """Projects API: project 1 exists, others are 404; a wrong token gets 401."""
+    app = Flask("fake-ls")
+
+    @app.get("/api/projects/<int:pid>/")
+    def project(pid):
+        if request.headers.get("Authorization") != f"Token {TOKEN}":
+            return jsonify({"detail": "Invalid token."}), 401
+        if pid != 1:
+            return jsonify({"detail": "Not found."}), 404
+        return jsonify({"id": 1, "title": "p", "label_config": "<View></View>"})
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def _run(args, tmp_path, **env):
+    base = {"TAG_DATA_DIR": str(tmp_path / "data"), "TAG_LOG_LEVEL": "WARNING"}
+    return CliRunner().invoke(main, args, env={**base, **env})
+
+
+def test_prelabel_reports_token_project_and_connection_problems(tmp_path, fake_ls):
+    bad = _run(["prelabel", "--project", "1"], tmp_path, LABEL_STUDIO_URL=fake_ls,
+               LABEL_STUDIO_API_KEY="f" * 40)
+    assert bad.exit_code == 1 and "refused the token (HTTP 401)" in bad.output
+    missing = _run(["prelabel", "--project", "9"], tmp_path, LABEL_STUDIO_URL=fake_ls,
+                   LABEL_STUDIO_API_KEY=TOKEN)
+    assert missing.exit_code == 1 and "project 9: not found in Label Studio" in missing.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    down = _run(["prelabel", "--project", "1"], tmp_path,
+                LABEL_STUDIO_URL=f"http://127.0.0.1:{closed}", LABEL_STUDIO_API_KEY=TOKEN)
+    assert down.exit_code == 1 and "Label Studio unreachable" in down.output
+    unset = _run(["prelabel", "--project", "1"], tmp_path, LABEL_STUDIO_URL="",
+                 LABEL_STUDIO_API_KEY="")
+    assert unset.exit_code == 1 and "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY" in unset.output
+    config = _run(["prelabel", "--project", "1"], tmp_path, LABEL_STUDIO_URL=fake_ls,
+                  LABEL_STUDIO_API_KEY=TOKEN)
+    assert config.exit_code == 1 and "<Image>" in config.output  # config TAG cannot fill
+
+
+def test_jobs_list_show_cancel(tmp_path):
+    from database_tools.store import Store
+
+    from tag_backend.jobs.queue import JobQueue
+
+    store = Store(f"sqlite:///{tmp_path / 'data' / 'concepts.db'}")
+    queue = JobQueue.from_store(store)
+    job = queue.create_job("prelabel", [{"id": 5, "data": {}}, {"id": 6, "data": {}}],
+                           label_config="<View/>", model_version="v9", project_id=4)
+    (claim, _) = queue.claim("w", 2)
+    queue.fail(claim, "w", "HTTP 404 on image", retry=False)
+    store.close()
+    listed = _run(["jobs", "list"], tmp_path)
+    assert listed.exit_code == 0 and f"{job:>5} prelabel" in listed.output
+    shown = _run(["jobs", "show", str(job)], tmp_path)
+    assert shown.exit_code == 0 and "model_version v9" in shown.output
+    assert "task 5: HTTP 404 on image" in shown.output
+    cancelled = _run(["jobs", "cancel", str(job)], tmp_path)
+    assert cancelled.exit_code == 0 and "cancelled (0 queued task(s) dropped)" in cancelled.output
+    unknown = _run(["jobs", "show", "77"], tmp_path)
+    assert unknown.exit_code == 1 and "no job 77" in unknown.output
+
+
+@pytest.mark.parametrize("exc,outcome", [
+    (ApiError(status_code=404, body={"detail": "Not found."}), GONE),
+    (ApiError(status_code=403, body={}), AUTH),
+    (ApiError(status_code=401, body={}), AUTH),
+    (ApiError(status_code=503, body="down"), RETRY),
+    (ApiError(status_code=429, body=""), RETRY),
+    (ApiError(status_code=400, body={"result": ["bad"]}), FAILED),
+    (httpx.ConnectError("connection refused"), RETRY),
+    (httpx.ReadTimeout("timed out"), RETRY),
+])
+def test_push_failures_are_classified(exc, outcome):
+    assert classify(exc).outcome == outcome
+
+
+def test_prediction_version_and_labeled_checks():
+    task = {"predictions": [{"model_version": "a"}, {"model_version": "b"}], "total_annotations": 0}
+    assert has_version(task, "b") and not has_version(task, "c")
+    assert has_version({"predictions_model_versions": "x, y"}, "y")
+    assert not is_labeled(task)
+    assert is_labeled({"total_annotations": 2}) and is_labeled({"annotations": [{"id": 1}]})

@@ -1,0 +1,63 @@
+"""The engine learns from corrections without retraining: exemplars and repeated aliases."""
+from __future__ import annotations
+
+import pytest
+
+from scenes import flat_shapes
+from tag_backend.config import Settings
+from tag_backend.runtime import Runtime
+
+
+@pytest.fixture()
+def one_concept_runtime(tiny_models_dir, tmp_path):
+    """A runtime whose database knows only 'thing' (so every region is predicted as 'thing')."""
+    from database_tools.store import Store
+
+    settings = Settings(dino_model=tiny_models_dir["dino"], clip_model=tiny_models_dir["clip"], device="cpu",
+                        dtype="float32", data_dir=str(tmp_path), default_vocabulary="none")
+    Store(settings.resolved_db_url).add_entries("concept", ["thing"])
+    runtime = Runtime(settings)
+    runtime.pipeline.n_segments = 3
+    return runtime
+
+
+def _annotation(ann_id: int, predicted: str, final: str) -> tuple[dict, dict]:
+    region = {"id": f"r{ann_id}", "type": "brushlabels", "from_name": "tag", "to_name": "image",
+              "value": {"format": "rle", "rle": [0], "brushlabels": ["object"]}}
+    text = {"id": f"r{ann_id}", "type": "textarea", "from_name": "name", "to_name": "image"}
+    prediction = {"result": [region, {**text, "value": {"text": [predicted]}}]}
+    annotation = {"action": "ANNOTATION_CREATED", "project": {"id": 1}, "task": {"id": ann_id},
+                  "annotation": {"id": ann_id, "updated_at": "2026-11-22T00:00:00Z", "task": ann_id,
+                                 "project": 1, "result": [region, {**text, "value": {"text": [final]}}]}}
+    return annotation, prediction
+
+
+def test_aliases_rename_after_repeated_corrections(one_concept_runtime):
+    from database_tools.corrections import record_annotation
+
+    runtime = one_concept_runtime
+    image, _ = flat_shapes(seed=0)
+    assert {r.name for r in runtime.pipeline.generate(image)} == {"thing"}
+    version = runtime.model_version()
+    for i in range(1, runtime.settings.alias_min_count):
+        record_annotation(runtime.store, *_annotation(i, "thing", "gizmo"))
+    runtime.refresh()
+    assert {r.name for r in runtime.pipeline.generate(image)} == {"thing"}, "below the alias threshold"
+    record_annotation(runtime.store, *_annotation(99, "thing", "gizmo"))
+    assert runtime.refresh() and runtime.model_version() != version
+    regions = runtime.pipeline.generate(image)
+    assert {r.name for r in regions} == {"gizmo"} and regions[0].origin == "alias"
+
+
+def test_exemplar_from_a_corrected_region_names_the_same_region_again(one_concept_runtime):
+    runtime = one_concept_runtime
+    image, gt = flat_shapes(seed=1)
+    pipeline = runtime.pipeline
+    pipeline.merge_same_name = False
+    disc = gt == 2
+    embedding = pipeline.embed_regions(image, [disc])[0]
+    runtime.store.add_exemplar(runtime.clip.encoder_id, "frisbee", embedding, {"source": "test"})
+    runtime.refresh()
+    regions = pipeline.generate(image)
+    best = max(regions, key=lambda r: (r.mask & disc).sum() / (r.mask | disc).sum())
+    assert best.name == "frisbee" and best.origin == "exemplar" and best.score >= runtime.settings.exemplar_threshold
