@@ -4,8 +4,9 @@ Shared by :mod:`database_tools.index` and the benchmark :mod:`database_tools.ben
 benchmark measures exactly what ``build_index`` would build. Policy (docs/readme/index.md):
 
 * fewer than :data:`EXACT_LIMIT` entries: exact search, ``IDMap2,Flat`` (inner product on
-  L2-normalised vectors = cosine). 1M x 768 float32 is 3 GB, memory-mapped, ~0.1 s per batched
-  query on 2 cores: still fine for a labelling backend and recall is 1.0.
+  L2-normalised vectors = cosine), recall 1.0. Its cost is a full pass over the vectors per query
+  batch (1M x 768 float32 = 3 GB, memory-mapped); see the benchmark table in
+  docs/readme/index.md before raising the limit.
 * from :data:`EXACT_LIMIT` on: ``IVF<nlist>_HNSW32,SQ8`` — an inverted file whose coarse
   quantizer is an HNSW graph (adding 10M vectors to a flat quantizer costs n x nlist x d),
   vectors stored as 8-bit scalars (1 byte/dim: 7.7 GB at 10M x 768 instead of 30 GB) and

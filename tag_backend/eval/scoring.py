@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .datasets import Dataset
+from .datasets import Dataset, DatasetError
 from .mapping import NameMapper
 from .metrics import (
     Confusion,
@@ -24,7 +24,7 @@ def default_protocols(dataset: Dataset, strict_threshold: float) -> list[Protoco
     all_ids = list(range(len(dataset.classes)))
     foreground = [i for i in all_ids if i not in dataset.background_ids]
     if not foreground:
-        raise ValueError(f"{dataset.name}: no non-background class to score")
+        raise DatasetError(f"{dataset.name}: no non-background class to score")
     return [
         Protocol("tag", foreground, None,
                  "TAG: every name mapped to the nearest class (threshold -1), background ignored"),

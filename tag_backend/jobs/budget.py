@@ -85,13 +85,14 @@ def compute_within_budget(tasks: Sequence[Any], indices: Sequence[int], budget: 
     return done, []
 
 
-_ESTIMATE = CostEstimate()
+#: Seconds per task measured by this process (inline /predict work and the job worker's batches).
+SHARED_ESTIMATE = CostEstimate()
 
 
 def predict_with_budget(queue: JobQueue, tasks: Sequence[Any], *, label_config: str,
                         model_version: str, budget: float, predict_one: Callable[[Any], dict],
                         project_id: int | None, push: bool, engine_ready: bool,
-                        estimate: CostEstimate = _ESTIMATE,
+                        estimate: CostEstimate = SHARED_ESTIMATE,
                         clock: Callable[[], float] = time.monotonic) -> BudgetOutcome:
     """The ``/predict`` items of ``tasks`` (see the module docstring); queues a job if needed."""
     keys = [cache_key(model_version, label_config, t) if _has_id(t) else "" for t in tasks]

@@ -1,4 +1,4 @@
-"""``tag-backend prelabel`` and ``tag-backend jobs list|show|cancel|work`` (thin: parse, call, print)."""
+"""``tag-backend prelabel`` and ``tag-backend jobs list|show|cancel|work`` (thin CLI)."""
 from __future__ import annotations
 
 import sys
@@ -86,7 +86,8 @@ def _queue(flags: dict):
 
 
 def _db_option(fn):
-    return click.option("--db", "db_url", metavar="URL", help="Concept database URL [TAG_DB_URL].")(fn)
+    return click.option("--db", "db_url", metavar="URL",
+                        help="Concept database URL [TAG_DB_URL].")(fn)
 
 
 @jobs.command("list")

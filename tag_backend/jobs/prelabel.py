@@ -98,15 +98,31 @@ def _ls_call(what: str, fn, *args, **kwargs):
 
 
 def iter_tasks(client, project_id: int, page_size: int = 100) -> Iterator[dict]:
-    """Every task of the project as a dict (pages fetched lazily by the SDK pager)."""
-    pager = _ls_call(f"listing the tasks of project {project_id}", client.tasks.list,
-                     project=project_id, fields="all", page_size=page_size)
-    iterator = iter(pager)
+    """Every task of the project as a dict, one page in memory at a time.
+
+    Pages are requested explicitly: the SDK pager asks for the page after the last one, which
+    Label Studio answers with 404 (DRF pagination), so it cannot be iterated to the end.
+    """
+    what = f"listing the tasks of project {project_id}"
+    page = 1
     while True:
-        task = _ls_call(f"listing the tasks of project {project_id}", next, iterator, None)
-        if task is None:
+        try:
+            pager = client.tasks.list(project=project_id, fields="all", page=page,
+                                      page_size=page_size)
+        except Exception as exc:  # noqa: BLE001 - classified by _ls_call below
+            if page > 1 and getattr(exc, "status_code", None) == 404:
+                return  # past the last page
+            _ls_call(what, _raise, exc)
+        items = list(pager.items or [])
+        for task in items:
+            yield _as_dict(task)
+        if len(items) < page_size:
             return
-        yield _as_dict(task)
+        page += 1
+
+
+def _raise(exc: BaseException):
+    raise exc
 
 
 def plan_prelabel(runtime, queue: JobQueue, pusher: LabelStudioPusher, project_id: int, *,
@@ -161,7 +177,8 @@ def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = Tr
             state = queue.progress(job_id)
             bar.total = state.total
             bar.update(state.finished - bar.n)
-            bar.set_postfix(failed=state.failed, pushed=state.pushed, refresh=False)
+            bar.set_postfix(failed=state.failed, pushed=state.pushed,
+                            push_waiting=state.push_pending, refresh=False)
             if worker.stats.auth_error:
                 raise LabelStudioAccessError(worker.stats.auth_error)
             if state.settled or state.status == "cancelled":

@@ -151,7 +151,8 @@ class JobQueue:
                 if payload["id"] in seen:
                     continue
                 seen.add(payload["id"])
-                rows.append(dict(job_id=job_id, ls_task_id=payload["id"], position=start + len(rows),
+                rows.append(dict(job_id=job_id, ls_task_id=payload["id"],
+                                 position=start + len(rows),
                                  task_json=json.dumps(payload), status="queued", attempts=0,
                                  cache_key=keys[i] if keys is not None else "", next_at=0.0,
                                  error="", model_version="", push_attempts=0, push_next_at=0.0,
@@ -198,7 +199,7 @@ class JobQueue:
 
     # ------------------------------------------------------------------ claims
     def expire_leases(self) -> int:
-        """Give back tasks whose worker stopped renewing (killed); fail them at the attempt limit."""
+        """Re-queue tasks whose worker stopped renewing (killed); fail them at the limit."""
         now = _now()
         with self.engine.begin() as conn:
             failed = conn.execute(update(JobTask).where(

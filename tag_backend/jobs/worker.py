@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from .. import metrics
+from .budget import SHARED_ESTIMATE
 from .engine import FetchedTask, TaskEngine, cache_key
 from .push import AUTH, PUSHED, LabelStudioPusher
 from .push_queue import claim_pushes, mark_push
@@ -181,7 +182,9 @@ class Worker:
         try:
             _ = self.engine.runtime.pipeline  # load first: building the index bumps db_version
             version = self.engine.runtime.model_version()
+            started = time.perf_counter()
             items = self._predict(good, version)
+            SHARED_ESTIMATE.update((time.perf_counter() - started) / len(good))
         except Exception as exc:  # noqa: BLE001 - isolate the bad image: retry one by one
             if len(good) == 1:
                 self._failed(good[0][0], f"engine failed: {type(exc).__name__}: {exc}", True)

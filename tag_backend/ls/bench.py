@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--memory-runs", type=int, default=1000)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--no-crf", action="store_true",
+                        help="Disable the dense CRF (pydensecrf2 holds the GIL while it runs).")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="tag-ls-bench-"))
     settings = settings_from_env().replace(
@@ -131,12 +133,15 @@ def main() -> None:
         dtype="float32",
         data_dir=args.data_dir or str(root / "data"),
         allowed_local_roots=str(root),
+        predict_budget_seconds=1e9,  # measure computing every task, not the job queue
     )
     app = create_app(settings, start_worker=False)
     client = app.test_client()
     config = recommended_label_config()
     paths = _images(root, args.tasks, args.size)
     runtime = app.extensions["tag_backend"].runtime
+    if args.no_crf:
+        runtime.pipeline.use_crf = False
     print("overhead:", bench_overhead(client, runtime, config, paths), flush=True)
     print("webhook:", bench_webhook(client, config, paths[:20]), flush=True)
     print("memory:", bench_memory(client, config, paths[0], args.memory_runs), flush=True)

@@ -32,6 +32,9 @@ class CrfParams:
     # boundary pixels (small gaps) uncertain, so colour edges decide there. None = TAG's raw
     # unary. Measured on synthetic flat shapes (tiny models, k=3): matched mIoU 0.92 -> 0.998.
     unary_gain: float | None = 1.0
+    # Resolution of the CRF relative to the model input (spatial sigmas scale with it). 1.0 is
+    # the paper; 0.5 costs ~4x less and the soft result is upsampled back (the `fast` preset).
+    scale: float = 1.0
 
 
 def crf_available() -> bool:
@@ -57,6 +60,8 @@ def dense_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch
         return None
     k, h, w = logits.shape
     logits = logits.float()
+    if params.scale != 1.0:
+        return _scaled_crf(rgb, logits, params)
     if params.unary_gain is not None and k > 1:
         top2 = logits.topk(2, dim=0).values
         gap = (top2[0] - top2[1]).median().clamp_min(1e-6)
@@ -69,3 +74,24 @@ def dense_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch
                              rgbim=np.array(rgb, dtype=np.uint8, order="C", copy=True), compat=params.bilateral_compat)
     q = np.array(crf.inference(params.iterations), dtype=np.float32).reshape(k, h, w)
     return torch.from_numpy(q)
+
+
+def _scaled_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch.Tensor | None:
+    """Run the CRF at ``params.scale`` of the input size and upsample the probabilities back."""
+    import dataclasses
+
+    import cv2
+    import torch.nn.functional as F
+
+    if not 0 < params.scale <= 1:
+        raise ValueError(f"CRF scale must be in (0, 1], got {params.scale}")
+    k, h, w = logits.shape
+    sh, sw = max(1, round(h * params.scale)), max(1, round(w * params.scale))
+    small_rgb = cv2.resize(np.ascontiguousarray(rgb), (sw, sh), interpolation=cv2.INTER_AREA)
+    small_logits = F.interpolate(logits[None], size=(sh, sw), mode="bilinear", align_corners=False)[0]
+    small = dataclasses.replace(params, scale=1.0, gaussian_sxy=max(0.5, params.gaussian_sxy * params.scale),
+                                bilateral_sxy=params.bilateral_sxy * params.scale)
+    q = dense_crf(small_rgb, small_logits, small)
+    if q is None:
+        return None
+    return F.interpolate(q[None], size=(h, w), mode="bilinear", align_corners=False)[0]

@@ -1,8 +1,9 @@
 """Seeded k-means in torch (CPU or GPU) with restarts, one image at a time.
 
 TAG used torch-kmeans with random init, 8 restarts, 100 iterations, tol 1e-4, seed 123. This
-implementation keeps those defaults but uses k-means++ seeding by default (fewer bad restarts)
-and never materialises an (N, K, D) tensor: distances come from one matmul.
+implementation keeps those defaults but uses k-means++ seeding by default (fewer bad restarts),
+runs all restarts as one batched computation (one matmul per iteration for all of them) and
+never materialises an (N, K, D) tensor.
 """
 from __future__ import annotations
 
@@ -21,46 +22,53 @@ class KMeansResult:
 
 
 def _sq_distances(x: torch.Tensor, x_sq: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    return (x_sq[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(1)[None, :]).clamp_min_(0)
+    """(R, N, K) squared distances of the N rows of x to R sets of K centres (R, K, D)."""
+    c_sq = (centers * centers).sum(-1)[:, None, :]
+    return torch.baddbmm(x_sq[None, :, None] + c_sq, x.expand(centers.shape[0], -1, -1),
+                         centers.transpose(1, 2), alpha=-2.0).clamp_min_(0)
 
 
-def _init_centers(x: torch.Tensor, x_sq: torch.Tensor, k: int, method: str,
+def _init_centers(x: torch.Tensor, x_sq: torch.Tensor, k: int, restarts: int, method: str,
                   gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     if method == "random":
-        idx = torch.randperm(n, generator=gen, device="cpu")[:k].to(x.device)
-        return x[idx].clone()
+        idx = torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(restarts)])
+        return x[idx.to(x.device)].clone()
     if method != "k-means++":
         raise ValueError(f"kmeans init must be 'k-means++' or 'random', got {method!r}")
-    centers = [x[int(torch.randint(n, (1,), generator=gen))]]
-    dist = _sq_distances(x, x_sq, centers[0][None]).squeeze(1)
+    first = torch.randint(n, (restarts,), generator=gen).to(x.device)
+    centers = [x[first]]  # each (R, D)
+    dist = _sq_distances(x, x_sq, centers[0][:, None, :])[..., 0]  # (R, N)
     for _ in range(1, k):
-        probs = dist / dist.sum() if float(dist.sum()) > 0 else torch.full_like(dist, 1.0 / n)
-        idx = int(torch.multinomial(probs.cpu(), 1, generator=gen))
+        total = dist.sum(1, keepdim=True)
+        probs = torch.where(total > 0, dist / total.clamp_min(1e-30), torch.full_like(dist, 1.0 / n))
+        idx = torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(x.device)
         centers.append(x[idx])
-        dist = torch.minimum(dist, _sq_distances(x, x_sq, x[idx][None]).squeeze(1))
-    return torch.stack(centers)
+        dist = torch.minimum(dist, _sq_distances(x, x_sq, x[idx][:, None, :])[..., 0])
+    return torch.stack(centers, dim=1)  # (R, K, D)
 
 
 def _lloyd(x, x_sq, centers, max_iter: int, tol: float):
-    k = centers.shape[0]
+    restarts, k, _ = centers.shape
+    n = x.shape[0]
+    active = torch.ones(restarts, dtype=torch.bool, device=x.device)
+    arange = torch.arange(n, device=x.device)
     for _ in range(max_iter):
-        labels = _sq_distances(x, x_sq, centers).argmin(1)
-        # One-hot matmul: much faster than index_add_ on CPU for these sizes.
-        one_hot = torch.zeros(k, x.shape[0], dtype=x.dtype, device=x.device)
-        one_hot[labels, torch.arange(x.shape[0], device=x.device)] = 1.0
-        sums = one_hot @ x
-        counts = one_hot.sum(1)
-        empty = counts == 0
-        new = sums / counts.clamp_min(1)[:, None]
-        new[empty] = centers[empty]  # an empty cluster keeps its centre (dropped later)
-        shift = float(((new - centers) ** 2).sum(1).max())
+        labels = _sq_distances(x, x_sq, centers).argmin(2)  # (R, N)
+        one_hot = torch.zeros(restarts, k, n, dtype=x.dtype, device=x.device)
+        one_hot[torch.arange(restarts, device=x.device)[:, None], labels, arange[None, :]] = 1.0
+        counts = one_hot.sum(2)  # (R, K)
+        new = (one_hot @ x) / counts.clamp_min(1)[..., None]
+        new = torch.where((counts == 0)[..., None], centers, new)  # empty cluster keeps its centre
+        new = torch.where(active[:, None, None], new, centers)     # converged restarts stay put
+        shift = ((new - centers) ** 2).sum(-1).amax(1)
         centers = new
-        if shift <= tol:
+        active &= shift > tol
+        if not bool(active.any()):
             break
     d = _sq_distances(x, x_sq, centers)
-    inertia, labels = d.min(1)
-    return centers, labels, float(inertia.sum())
+    inertia, labels = d.min(2)
+    return centers, labels, inertia.sum(1)
 
 
 def kmeans(x: torch.Tensor, k: int, *, n_init: int = 8, max_iter: int = 100, tol: float = 1e-4,
@@ -77,11 +85,7 @@ def kmeans(x: torch.Tensor, k: int, *, n_init: int = 8, max_iter: int = 100, tol
     k = min(k, x.shape[0])
     x_sq = (x * x).sum(1)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    best: KMeansResult | None = None
-    for _ in range(n_init):
-        centers = _init_centers(x, x_sq, k, init, gen)
-        centers, labels, inertia = _lloyd(x, x_sq, centers, max_iter, tol)
-        if best is None or inertia < best.inertia:
-            best = KMeansResult(centers=centers, labels=labels, inertia=inertia)
-    assert best is not None
-    return best
+    centers = _init_centers(x, x_sq, k, n_init, init, gen)
+    centers, labels, inertia = _lloyd(x, x_sq, centers, max_iter, tol)
+    best = int(inertia.argmin())
+    return KMeansResult(centers=centers[best], labels=labels[best], inertia=float(inertia[best]))

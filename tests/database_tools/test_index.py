@@ -216,3 +216,21 @@ def test_approximate_factory_through_the_store(store: Store, tmp_path: Path) -> 
     assert updated.manifest.count == 3001 and updated.manifest.excluded == 0
     assert updated.manifest.search_params == manifest.search_params
     assert "more 42" not in {h.text for h in updated.search(query, k=5)[0]}
+
+
+def test_encoder_failure_mid_add_keeps_previous_version(store: Store, tmp_path: Path) -> None:
+    enc = CountingHashEncoder()
+    first = build_index(store, enc, tmp_path / "idx", progress=False)
+    store.add_entries("caption", [f"new caption {i}" for i in range(50)], source="test")
+
+    class Dying(CountingHashEncoder):
+        def encode(self, texts: Sequence[str]) -> np.ndarray:
+            if any(t.startswith("new caption") for t in texts):
+                raise KeyboardInterrupt  # like a kill while adding
+            return super().encode(texts)
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(store, Dying(), tmp_path / "idx", progress=False)
+    root = encoder_root(tmp_path / "idx", enc.encoder_id)
+    assert list_versions(root) == [first.version] and not list(root.glob("versions/.tmp-*"))
+    assert ConceptIndex.open(tmp_path / "idx", enc.encoder_id).version == first.version

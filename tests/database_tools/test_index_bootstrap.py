@@ -82,7 +82,6 @@ def test_two_processes_at_once(tmp_path: Path) -> None:
     store.close()
 
 
-@pytest.mark.slow
 def test_default_vocabulary_with_tiny_clip(tiny_clip_dir: str, tmp_path: Path) -> None:
     """The real loading path: tiny random-weight open_clip text tower, whole vocabulary."""
     import torch
@@ -100,4 +99,17 @@ def test_default_vocabulary_with_tiny_clip(tiny_clip_dir: str, tmp_path: Path) -
     assert [h[0].text for h in hits] == ["traffic light", "sky"]
     assert hits[0][0].score == pytest.approx(1.0, abs=1e-4)
     np.testing.assert_allclose(hits[1][0].vector, query[1], atol=1e-5)
+    store.close()
+
+
+def test_corrupt_current_version_is_rebuilt(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("sky\nroad\ngrass\n", encoding="utf-8")
+    enc = CountingHashEncoder()
+    first = ensure_index(store, enc, tmp_path / "idx", vocabulary=vocab)
+    (first.path / "index.faiss").write_bytes(b"garbage")
+    second = ensure_index(store, enc, tmp_path / "idx", vocabulary=vocab)
+    assert second.version != first.version and second.manifest.count == 3
+    assert len(enc.encoded) == 3  # the rebuild used the embedding cache
     store.close()

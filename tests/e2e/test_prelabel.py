@@ -161,17 +161,17 @@ def _prelabel(stack, project: int, data: str, **popen):
 
 
 def _done_rows(data: str) -> dict[int, tuple]:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, inspect, text
 
     engine = create_engine(f"sqlite:///{data}/concepts.db")
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT ls_task_id, finished_by, finished_at FROM prelabel_tasks "
-                "WHERE status = 'done'"
-            )
-        ).all()
-    engine.dispose()
+    try:
+        if not inspect(engine).has_table("prelabel_tasks"):
+            return {}  # the CLI has not created its queue yet
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT ls_task_id, finished_by, finished_at FROM "
+                                     "prelabel_tasks WHERE status = 'done'")).all()
+    finally:
+        engine.dispose()
     return {int(r[0]): (r[1], r[2]) for r in rows}
 
 

@@ -43,4 +43,5 @@ def make_queue(store, **policy):
 
 
 def tasks(n: int, start: int = 1) -> list[dict]:
-    return [{"id": i, "data": {"image": f"/data/upload/1/img{i}.png"}} for i in range(start, start + n)]
+    return [{"id": i, "data": {"image": f"/data/upload/1/img{i}.png"}}
+            for i in range(start, start + n)]

@@ -106,3 +106,60 @@ def test_prediction_version_and_labeled_checks():
     assert has_version({"predictions_model_versions": "x, y"}, "y")
     assert not is_labeled(task)
     assert is_labeled({"total_annotations": 2}) and is_labeled({"annotations": [{"id": 1}]})
+
+
+@pytest.fixture()
+def paged_ls():
+    """Projects + paginated tasks API (404 past the last page, like DRF in Label Studio)."""
+    from tag_backend.ls import recommended_label_config
+
+    state = {"version": None, "tasks": []}
+    app = Flask("fake-ls-tasks")
+
+    @app.get("/api/projects/<int:pid>/")
+    def project(pid):
+        return jsonify({"id": pid, "title": "p", "label_config": recommended_label_config()})
+
+    @app.get("/api/tasks/")
+    def list_tasks():
+        page, size = int(request.args["page"]), int(request.args["page_size"])
+        chunk = state["tasks"][(page - 1) * size: page * size]
+        if page > 1 and not chunk:
+            return jsonify({"detail": "Invalid page."}), 404
+        return jsonify({"tasks": chunk, "total": len(state["tasks"]), "total_annotations": 0,
+                        "total_predictions": 0})
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state["url"] = f"http://127.0.0.1:{server.server_port}"
+    yield state
+    server.shutdown()
+
+
+def test_plan_skips_predicted_and_labeled_tasks_and_joins_the_active_job(tiny_settings, paged_ls):
+    from tag_backend.jobs.prelabel import plan_prelabel
+    from tag_backend.jobs.push import LabelStudioPusher
+    from tag_backend.jobs.queue import JobQueue
+    from tag_backend.runtime import Runtime
+
+    runtime = Runtime(tiny_settings)
+    version = runtime.model_version()
+    paged_ls["tasks"] = [
+        {"id": i, "data": {"image": f"/data/upload/1/{i}.png"},
+         "predictions": [{"model_version": version if i % 5 == 0 else "old", "result": []}],
+         "total_annotations": 1 if i % 7 == 0 else 0, "is_labeled": i % 7 == 0}
+        for i in range(1, 251)]
+    queue = JobQueue.from_store(runtime.store)
+    pusher = LabelStudioPusher(paged_ls["url"], TOKEN)
+    plan = plan_prelabel(runtime, queue, pusher, 1, filter="unlabeled")
+    predicted = {i for i in range(1, 251) if i % 5 == 0}
+    labeled = {i for i in range(1, 251) if i % 7 == 0} - predicted
+    assert (plan.seen, plan.already_predicted, plan.labeled) == (250, len(predicted), len(labeled))
+    assert plan.queued == 250 - len(predicted) - len(labeled) and not plan.joined
+    again = plan_prelabel(runtime, queue, pusher, 1, filter="all")  # a second run joins
+    assert again.joined and again.job_id == plan.job_id and again.queued == len(labeled)
+    assert queue.progress(plan.job_id).total == 250 - len(predicted)
+    limited = plan_prelabel(runtime, queue, pusher, 2, filter="all", limit=10)
+    assert limited.queued == 10 and limited.seen == 12 and limited.job_id != plan.job_id
+    with pytest.raises(ValueError):
+        plan_prelabel(runtime, queue, pusher, 1, filter="some")

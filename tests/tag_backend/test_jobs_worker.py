@@ -121,7 +121,8 @@ def test_predict_over_budget_queues_then_answers_from_the_store(tiny_settings, t
     settings = type(settings)(**{**settings.__dict__, "predict_budget_seconds": 0.0})
     runtime = Runtime(settings)
     client = create_app(settings, runtime, start_worker=False).test_client()
-    body = {"tasks": [{"id": 11, "data": {"image": good[0]}}, {"id": 12, "data": {"image": good[1]}}],
+    body = {"tasks": [{"id": 11, "data": {"image": good[0]}},
+                      {"id": 12, "data": {"image": good[1]}}],
             "label_config": recommended_label_config(), "project": "3.1700000000"}
     try:
         first = client.post("/predict", json=body)

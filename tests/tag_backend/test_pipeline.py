@@ -96,7 +96,10 @@ def test_same_name_segments_are_merged(runtime, tmp_path):
 
 def test_crf_off_and_dot_assignment_still_partition(runtime):
     image, gt = flat_shapes(seed=5)
-    for knobs in (dict(use_crf=False), dict(assignment="dot"), dict(dense_method="naclip")):
+    from tag_backend.stages.crf import CrfParams
+
+    for knobs in (dict(use_crf=False), dict(assignment="dot"), dict(dense_method="naclip"),
+                  dict(crf_params=CrfParams(scale=0.5, iterations=5))):
         regions = _pipeline(runtime, merge_same_name=False, **knobs).generate(image)
         cover = np.sum([r.mask.astype(np.int32) for r in regions], axis=0)
         assert (cover == 1).all()
