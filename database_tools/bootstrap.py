@@ -55,7 +55,7 @@ def _open_fresh(store: Store, encoder: TextEncoder, index_dir: str | Path) -> Co
 
 def ensure_index(store: Store, encoder: TextEncoder, index_dir: str | Path, *,
                  progress: bool = False,
-                 vocabulary: str | Path = DEFAULT_VOCABULARY) -> ConceptIndex:
+                 vocabulary: str | Path | None = DEFAULT_VOCABULARY) -> ConceptIndex:
     """The current concept index of ``encoder``, created or brought up to date as needed.
 
     :raises IndexMismatch: the directory holds an index of the same encoder id but another
@@ -65,7 +65,8 @@ def ensure_index(store: Store, encoder: TextEncoder, index_dir: str | Path, *,
     if index is not None:
         return index
     with build_lock(index_dir, encoder.encoder_id) as root:
-        import_default_vocabulary(store, Path(vocabulary))
+        if vocabulary is not None:  # None: only the store's own entries
+            import_default_vocabulary(store, Path(vocabulary))
         index = _open_fresh(store, encoder, index_dir)  # another process may have built it
         if index is not None:
             return index

@@ -253,6 +253,8 @@ POLICY = """
   as `pottedplant`); `background`, `unlabeled`, `other`, `void`, `ego vehicle`, `car mount`
   are dropped.
 - No singularisation: `glasses`, `pants`, `shelves` stay as the datasets name them.
+- Per-source files drop duplicates within the source (ImageNet-1k's clean names repeat
+  `missile` and `sunglasses`, hence 998).
 """
 
 

@@ -25,7 +25,7 @@ from .ls.corrections import CorrectionWorker
 from .ls.errors import BackendRequestError
 from .ls.guided import LabelSnapper
 from .ls.media import MediaFetcher
-from .ls.predictor import PredictContext, predict_task
+from .ls.predictor import PredictContext
 from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, parse_setup
 from .ls.training import make_reingest
 from .ls.webhook_queue import WebhookSpool

@@ -282,7 +282,8 @@ class JobQueue:
         text = json.dumps(item, separators=(",", ":"))
         version = str(item.get("model_version", ""))
         with self.engine.begin() as conn:
-            push = conn.scalar(select(Job.push).where(Job.id == claim.job_id))
+            job = conn.execute(select(Job.push, Job.status).where(Job.id == claim.job_id)).first()
+            push = job is not None and job.push and job.status != "cancelled"
             done = conn.execute(update(JobTask).where(
                 JobTask.id == claim.row_id, JobTask.lease_owner == worker_id,
                 JobTask.status == "running",

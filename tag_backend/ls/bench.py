@@ -122,8 +122,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--memory-runs", type=int, default=1000)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--no-crf", action="store_true",
-                        help="Disable the dense CRF (pydensecrf2 holds the GIL while it runs).")
+    parser.add_argument(
+        "--parts",
+        default="overhead,webhook,memory",
+        help="Comma-separated subset of: overhead, webhook, memory.",
+    )
+    parser.add_argument(
+        "--no-crf",
+        action="store_true",
+        help="Disable the dense CRF (pydensecrf2 holds the GIL while it runs).",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="tag-ls-bench-"))
     settings = settings_from_env().replace(
@@ -142,9 +150,13 @@ def main() -> None:
     runtime = app.extensions["tag_backend"].runtime
     if args.no_crf:
         runtime.pipeline.use_crf = False
-    print("overhead:", bench_overhead(client, runtime, config, paths), flush=True)
-    print("webhook:", bench_webhook(client, config, paths[:20]), flush=True)
-    print("memory:", bench_memory(client, config, paths[0], args.memory_runs), flush=True)
+    parts = set(args.parts.split(","))
+    if "overhead" in parts:
+        print("overhead:", bench_overhead(client, runtime, config, paths), flush=True)
+    if "webhook" in parts:
+        print("webhook:", bench_webhook(client, config, paths[:20]), flush=True)
+    if "memory" in parts:
+        print("memory:", bench_memory(client, config, paths[0], args.memory_runs), flush=True)
 
 
 if __name__ == "__main__":

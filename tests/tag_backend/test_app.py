@@ -25,6 +25,9 @@ def images(tmp_path_factory):
 
 
 def make_app(runtime, tmp_path, images, **changes):
+    """An app on the shared runtime; /predict computes every task (no job-queue budget: the
+    budget path is tested with the jobs engine)."""
+    changes.setdefault("predict_budget_seconds", 1e9)
     settings = runtime.settings.replace(
         data_dir=str(tmp_path / "srv"), allowed_local_roots=str(images), **changes
     )

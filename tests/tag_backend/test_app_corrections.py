@@ -24,7 +24,9 @@ def loop(tiny_runtime_session, tmp_path):
         -2, 3, (120, 120, 3)
     )
     Image.fromarray(np.clip(near, 0, 255).astype(np.uint8)).save(tmp_path / "b.png")
-    settings = runtime.settings.replace(allowed_local_roots=str(tmp_path))
+    settings = runtime.settings.replace(
+        allowed_local_roots=str(tmp_path), predict_budget_seconds=1e9
+    )
     app = create_app(settings, runtime, start_worker=False)
     return app.test_client(), app_backend(app), tmp_path
 

@@ -137,10 +137,13 @@ def test_add_tasks_is_idempotent_and_jobs_finish(jobs_store):
 def test_cancel_drops_queued_tasks(jobs_store):
     queue = make_queue(jobs_store)
     job = _job(queue, 4)
-    queue.claim("w", 1)
+    (running,) = queue.claim("w", 1)
     assert queue.cancel(job) == 3
     assert queue.claim("w", 10) == []
     assert queue.get_job(job).status == "cancelled"
+    assert queue.complete(running, "w", ITEM, "k")  # the batch in flight still finishes...
+    p = queue.progress(job)
+    assert (p.done, p.cancelled, p.push_pending) == (1, 3, 0)  # ...but is not pushed
     with pytest.raises(JobError):
         queue.cancel(999)
 

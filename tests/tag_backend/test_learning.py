@@ -42,11 +42,12 @@ def test_aliases_rename_after_repeated_corrections(one_concept_runtime):
     for i in range(1, runtime.settings.alias_min_count):
         record_annotation(runtime.store, *_annotation(i, "thing", "gizmo"))
     runtime.refresh()
-    assert {r.name for r in runtime.pipeline.generate(image)} == {"thing"}, "below the alias threshold"
+    # 'gizmo' is now a concept of its own (retrievable), but no alias applies yet
+    assert all(r.origin != "alias" for r in runtime.pipeline.generate(image)), "below the alias threshold"
     record_annotation(runtime.store, *_annotation(99, "thing", "gizmo"))
     assert runtime.refresh() and runtime.model_version() != version
     regions = runtime.pipeline.generate(image)
-    assert {r.name for r in regions} == {"gizmo"} and regions[0].origin == "alias"
+    assert {r.name for r in regions} == {"gizmo"} and any(r.origin == "alias" for r in regions)
 
 
 def test_exemplar_from_a_corrected_region_names_the_same_region_again(one_concept_runtime):
