@@ -86,6 +86,8 @@ class TagPipeline:
                                   max_alternatives=max_alternatives)
         self.merge_same_name, self.exemplar_threshold = merge_same_name, exemplar_threshold
         self.max_image_pixels = max_image_pixels
+        if use_crf:
+            crf_stage.start_helper()
 
     # ------------------------------------------------------------------ public API
     def generate(self, image, timings: dict[str, float] | None = None) -> list[SegmentLabel]:

@@ -23,6 +23,7 @@ from ..ls.errors import MediaError
 from ..ls.media import MediaFetcher
 from ..ls.predictor import ENGINE_LOCK, PredictContext, place
 from ..ls.results import ResultLayout, prediction_for
+from ..types import SegmentLabel
 
 logger = logging.getLogger(__name__)
 
@@ -102,19 +103,27 @@ class TaskEngine:
                                          self.settings.guided_fallback)
         return self._snapper
 
-    def predict(self, images: Sequence[Image.Image], layouts: Sequence[ResultLayout],
-                model_version: str) -> list[dict]:
-        """Label Studio items for decoded images (one engine call for the whole batch)."""
+    def run(self, images: Sequence[Image.Image]) -> list[list[SegmentLabel]]:
+        """TAG regions of decoded images: one batched engine call (shared engine lock)."""
         timings: dict[str, float] = {}
         with ENGINE_LOCK:
             batches = self.runtime.pipeline.generate_batch(list(images), timings)
         metrics.observe_timings(timings)
-        items = []
+        return batches
+
+    def item(self, image: Image.Image, regions: list[SegmentLabel], layout: ResultLayout,
+             model_version: str) -> dict:
+        """The Label Studio item of one image: cleaned masks, labels, brush RLE."""
         start = time.perf_counter()
-        for image, regions, layout in zip(images, batches, layouts):
-            context = self.context(layout, model_version)
-            placed = place(regions, context)
-            width, height = image.size
-            items.append(prediction_for(placed, width, height, model_version, layout))
+        placed = place(regions, self.context(layout, model_version))
+        width, height = image.size
+        item = prediction_for(placed, width, height, model_version, layout)
         metrics.STAGE_SECONDS.labels(stage="results").observe(time.perf_counter() - start)
-        return items
+        return item
+
+    def predict(self, images: Sequence[Image.Image], layouts: Sequence[ResultLayout],
+                model_version: str) -> list[dict]:
+        """Label Studio items for decoded images (one engine call for the whole batch)."""
+        batches = self.run(images)
+        return [self.item(image, regions, layout, model_version)
+                for image, regions, layout in zip(images, batches, layouts)]

@@ -1,10 +1,12 @@
-"""One job worker per process: prefetch -> batched engine -> record -> push, on four threads.
+"""One job worker per process: prefetch -> batched engine -> results -> push, on five threads.
 
 * **fetch** claims tasks (leased) and downloads/decodes their images into a bounded queue, so
   network and decoding overlap with model work while memory stays bounded (at most
   ``prefetch`` decoded images wait);
-* **compute** takes up to ``batch_size`` ready images, runs one batched engine call, and records
-  each task's result (or a failure with back-off) — a result is recorded once, under its lease;
+* **compute** takes up to ``batch_size`` ready images and runs one batched engine call;
+* **finish** turns the regions into Label Studio items (mask cleaning, brush RLE) and records
+  each task's result while the engine already runs the next batch (at most two batches wait);
+  a result is recorded once, under its lease; failures are re-queued with back-off;
 * **push** sends finished predictions to Label Studio (leased too), keeping them when it is
   unreachable;
 * **heartbeat** renews this worker's leases, gives back expired ones of dead workers, marks
@@ -73,6 +75,8 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.stats = WorkerStats()
         self._ready: queue_mod.Queue = queue_mod.Queue(maxsize=options.prefetch)
+        # Engine output waiting for masks/RLE/recording: at most two batches (bounded memory).
+        self._post: queue_mod.Queue = queue_mod.Queue(maxsize=2)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -81,7 +85,7 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Worker":
         loops = [("fetch", self._fetch_loop), ("compute", self._compute_loop),
-                 ("heartbeat", self._heartbeat_loop)]
+                 ("finish", self._finish_loop), ("heartbeat", self._heartbeat_loop)]
         if self.options.push and self.pusher is not None and self.pusher.configured:
             loops.append(("push", self._push_loop))
         for name, target in loops:
@@ -108,8 +112,9 @@ class Worker:
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
         if release:
-            while not self._ready.empty():
-                self._ready.get_nowait()
+            for pending in (self._ready, self._post):
+                while not pending.empty():
+                    pending.get_nowait()
             released = self.queue.release(self.worker_id)
             if released:
                 logger.info("worker %s gave back %d unfinished task(s)", self.worker_id, released)
@@ -167,10 +172,10 @@ class Worker:
                 except queue_mod.Empty:
                     break
             self._process(batch)
-            self._gauges()
             self._maybe_refresh()
 
     def _process(self, batch: list[tuple[ClaimedTask, FetchedTask]]) -> None:
+        """Run the engine on a batch and hand the regions to the finishing thread."""
         good = []
         for claim, fetched in batch:
             if fetched.image is None:
@@ -183,7 +188,7 @@ class Worker:
             _ = self.engine.runtime.pipeline  # load first: building the index bumps db_version
             version = self.engine.runtime.model_version()
             started = time.perf_counter()
-            items = self._predict(good, version)
+            regions = self.engine.run([f.image for _, f in good])
             SHARED_ESTIMATE.update((time.perf_counter() - started) / len(good))
         except Exception as exc:  # noqa: BLE001 - isolate the bad image: retry one by one
             if len(good) == 1:
@@ -193,17 +198,40 @@ class Worker:
             for pair in good:
                 self._process([pair])
             return
-        for (claim, _), item in zip(good, items):
+        while not self._stop.is_set():
+            try:
+                self._post.put((good, regions, version), timeout=0.5)
+                return
+            except queue_mod.Full:
+                continue
+
+    def _finish_loop(self) -> None:
+        """Masks -> Label Studio items -> recorded results, overlapping the next engine batch."""
+        while not self._stop.is_set():
+            try:
+                good, regions, version = self._post.get(timeout=0.5)
+            except queue_mod.Empty:
+                continue
+            self._finish(good, regions, version)
+            self._gauges()
+
+    def _finish(self, good, regions, version: str) -> None:
+        started = time.perf_counter()
+        for (claim, fetched), found in zip(good, regions):
+            try:
+                layout = self.engine.layout(claim.label_config)
+                item = self.engine.item(fetched.image, found, layout, version)
+            except Exception as exc:  # noqa: BLE001 - one bad result never stops the others
+                self._failed(claim, f"building the result failed: {type(exc).__name__}: {exc}",
+                             True)
+                continue
             key = cache_key(item["model_version"], claim.label_config, claim.task)
             if self.queue.complete(claim, self.worker_id, item, key):
                 self.stats.done += 1
                 self.stats.done_tasks.append(claim.ls_task_id)
                 metrics.JOB_TASKS.labels(outcome="done").inc()
                 self._wake.set()
-
-    def _predict(self, good, version: str) -> list[dict]:
-        layouts = [self.engine.layout(c.label_config) for c, _ in good]
-        return self.engine.predict([f.image for _, f in good], layouts, version)
+        metrics.STAGE_SECONDS.labels(stage="record").observe(time.perf_counter() - started)
 
     def _failed(self, claim: ClaimedTask, error: str, retry: bool) -> None:
         status = self.queue.fail(claim, self.worker_id, error, retry=retry)

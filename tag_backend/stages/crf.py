@@ -8,11 +8,16 @@ and continues without CRF.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .crf_worker import crf_inference, ping
 
 logger = logging.getLogger(__name__)
 _warned = threading.Event()
@@ -49,11 +54,10 @@ def dense_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch
     """Refined (K, h, w) probabilities, or ``None`` when pydensecrf is not installed.
 
     rgb: (h, w, 3) uint8; logits: (K, h, w) float (softmax gives the unary, as in TAG).
+    The inference runs in a helper process (see :mod:`.crf_worker`) so it never holds this
+    process's GIL.
     """
-    try:
-        import pydensecrf.densecrf as dcrf
-        from pydensecrf.utils import unary_from_softmax
-    except ImportError:
+    if not crf_available():
         if not _warned.is_set():
             _warned.set()
             logger.warning("dense CRF disabled: pydensecrf2 is not installed (pip install pydensecrf2==1.1)")
@@ -67,13 +71,42 @@ def dense_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch
         gap = (top2[0] - top2[1]).median().clamp_min(1e-6)
         logits = logits * (params.unary_gain / gap)
     probs = torch.softmax(logits, dim=0).cpu().numpy()
-    crf = dcrf.DenseCRF2D(w, h, k)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.array(rgb, dtype=np.uint8, order="C", copy=True), compat=params.bilateral_compat)
-    q = np.array(crf.inference(params.iterations), dtype=np.float32).reshape(k, h, w)
-    return torch.from_numpy(q)
+    args = (np.ascontiguousarray(rgb, dtype=np.uint8), probs, params.iterations, params.gaussian_sxy,
+            params.gaussian_compat, params.bilateral_sxy, params.bilateral_srgb, params.bilateral_compat)
+    return torch.from_numpy(_run_isolated(crf_inference, *args))
+
+
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def start_helper() -> None:
+    """Start the CRF helper process in the background (first images then pay no start-up)."""
+    global _pool
+    if not crf_available():
+        return
+    with _pool_lock:
+        if _pool is None:
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        _pool.submit(ping)
+
+
+def _run_isolated(fn, *args):
+    """Run ``fn`` in the helper process (spawned: safe with CUDA and threads); retry once if it died."""
+    global _pool
+    for attempt in (1, 2):
+        with _pool_lock:
+            if _pool is None:
+                _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            pool = _pool
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            logger.warning("CRF helper process died; starting a new one (attempt %d)", attempt)
+            with _pool_lock:
+                if _pool is pool:
+                    _pool = None
+    return fn(*args)  # the helper keeps dying: run here rather than lose the image
 
 
 def _scaled_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch.Tensor | None:

@@ -20,8 +20,9 @@ from database_tools.index_policy import (
 def test_policy_by_size() -> None:
     assert plan_index(EXACT_LIMIT - 1, 768).factory == "IDMap2,Flat"
     big = plan_index(EXACT_LIMIT, 768)
-    assert big.factory == "IVF4096_HNSW32,SQ8" and big.train_size == 64 * 4096
-    assert plan_index(10_000_000, 768).factory == "IVF16384_HNSW32,SQ8"
+    assert big.factory == "IVF2048_HNSW32,PQ384x4fs,Refine(SQ8)" and big.train_size == 64 * 2048
+    assert plan_index(10_000_000, 768).factory == "IVF16384_HNSW32,PQ384x4fs,Refine(SQ8)"
+    assert plan_index(10_000_000, 512).factory == "IVF16384_HNSW32,PQ256x4fs,Refine(SQ8)"
     assert plan_index(500, 16, "HNSW32").exact is False
 
 

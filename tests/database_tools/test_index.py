@@ -234,3 +234,26 @@ def test_encoder_failure_mid_add_keeps_previous_version(store: Store, tmp_path: 
     root = encoder_root(tmp_path / "idx", enc.encoder_id)
     assert list_versions(root) == [first.version] and not list(root.glob("versions/.tmp-*"))
     assert ConceptIndex.open(tmp_path / "idx", enc.encoder_id).version == first.version
+
+
+def test_policy_index_for_large_stores_through_the_store(store: Store, tmp_path: Path) -> None:
+    """The >= EXACT_LIMIT policy (IVF + 4-bit fast-scan PQ + SQ8 re-ranking, IDMap2) end to end."""
+    enc = CountingHashEncoder()
+    factory = f"IVF32_HNSW32,PQ{enc.dim // 2}x4fs,Refine(SQ8)"
+    store.add_entries("concept", [f"more {i}" for i in range(2700)], source="test")
+    index = build_index(store, enc, tmp_path / "idx", factory=factory, progress=False)
+    manifest = index.manifest
+    assert manifest.count == 3002 and manifest.recall_at_10 >= 0.95
+    assert manifest.search_params["k_factor"] in (10, 20, 40)
+    reopened = ConceptIndex.open(tmp_path / "idx", enc.encoder_id)
+    query = _vector(enc, "more 42")
+    hit = reopened.search(query, k=3, return_vectors=True)[0][0]
+    assert hit.text == "more 42" and float(hit.vector @ query[0]) > 0.99
+    from database_tools.curation import set_concept_status
+
+    set_concept_status(store, ["more 42"], "rejected")
+    store.add_entries("concept", ["brand new concept"], source="test")
+    updated = update_index(store, enc, tmp_path / "idx", progress=False)
+    assert "more 42" not in {h.text for h in updated.search(query, k=5)[0]}
+    new = updated.search(_vector(enc, "brand new concept"), k=1)[0][0]
+    assert new.text == "brand new concept"

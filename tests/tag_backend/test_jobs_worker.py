@@ -135,7 +135,11 @@ def test_predict_over_budget_queues_then_answers_from_the_store(tiny_settings, t
             time.sleep(1)
         assert [bool(r["result"]) for r in results] == [True, True]
         assert all(r["model_version"] == runtime.model_version() for r in results)
-        metrics = client.get("/metrics").data.decode()
+        for _ in range(20):  # gauges are set right after the last result is recorded
+            metrics = client.get("/metrics").data.decode()
+            if 'tag_queue_depth{queue="prelabel"} 0.0' in metrics:
+                break
+            time.sleep(0.5)
         assert 'tag_job_tasks_total{outcome="done"}' in metrics
         assert 'tag_queue_depth{queue="prelabel"} 0.0' in metrics
         assert "tag_index_entries" in metrics and "tag_concept_db_version" in metrics
