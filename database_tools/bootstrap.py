@@ -17,7 +17,7 @@ from .embedding import TextEncoder
 from .importers import ImportReport, import_file
 from .index import ConceptIndex
 from .index_build import KINDS, build_lock, build_locked, update_locked
-from .index_errors import IndexCorrupt, IndexNotFound
+from .errors import IndexCorrupt, IndexNotFound
 from .index_files import KEEP_VERSIONS
 
 if TYPE_CHECKING:

@@ -32,3 +32,11 @@ class IndexNotFound(DatabaseToolsError):
 
 class IndexMismatch(DatabaseToolsError):
     """The concept index on disk was built with another encoder or is inconsistent."""
+
+
+class IndexCorrupt(DatabaseToolsError):
+    """An index version on disk is truncated, fails its checksum or cannot be read by faiss."""
+
+
+class IndexBuildError(DatabaseToolsError):
+    """An index cannot be built from the store (no entries, bad vectors, bad factory string)."""

@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from .index_errors import IndexCorrupt, IndexMismatch, IndexNotFound
+from .errors import IndexCorrupt, IndexMismatch, IndexNotFound
 from .index_files import (
     ENTRIES_FILE,
     EXCLUDED_FILE,

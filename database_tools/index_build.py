@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .embedding import CachedTextEncoder, TextEncoder
 from .index import ConceptIndex
-from .index_errors import IndexBuildError, IndexNotFound
+from .errors import IndexBuildError, IndexNotFound
 from .index_files import (
     ENTRIES_FILE,
     EXCLUDED_FILE,

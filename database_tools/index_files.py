@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from .index_errors import IndexCorrupt, IndexNotFound
+from .errors import IndexCorrupt, IndexNotFound
 
 logger = logging.getLogger(__name__)
 

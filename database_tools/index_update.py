@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .embedding import CachedTextEncoder
-from .index_errors import IndexCorrupt
+from .errors import IndexCorrupt
 from .index_files import ENTRY_SCHEMA, INDEX_FILE
 
 if TYPE_CHECKING:

@@ -103,13 +103,17 @@ class TagPipeline:
             prepared = [self._prepare(img) for img in images]
         with _timed(t, "dino"):
             patches = self._batched(dino_patch_features, self.dino, [p.dino_pixels for p in prepared])
+        # Segment candidates: k-means on DINOv2 tokens and pixel scores; the CRF starts in its
+        # helper process and runs while the dense-CLIP forward below uses this process.
+        with _timed(t, "kmeans"):
+            pending = [self._start_segment(prep, patch) for prep, patch in zip(prepared, patches)]
         with _timed(t, "dense_clip"):
             dense = self._batched(self._dense, None, [p.clip_pixels for p in prepared])
         results = []
-        for prep, patch, feats in zip(prepared, patches, dense):
-            # Segment candidates: k-means on DINOv2 tokens, pixel assignment, CRF, small ones dropped.
-            with _timed(t, "segment"):
-                labels, logits = self._segment(prep, patch)
+        for prep, segmenting, feats in zip(prepared, pending, dense):
+            # CRF result (or the raw scores), then segments below min_segment_area absorbed.
+            with _timed(t, "crf"):
+                labels, logits = self._finish_segment(segmenting)
             # One embedding per segment: dense CLIP features mean-pooled over the segment.
             with _timed(t, "pool"):
                 embeddings = pool_segments(build_segments(labels, feats.grid, feats.features.device)
@@ -155,17 +159,20 @@ class TagPipeline:
     def _dense(self, _model, pixels: torch.Tensor):
         return dense_clip_features(self.clip.model.visual, pixels, self.dense_method, gem_depth=self.gem_depth)
 
-    def _segment(self, prep: PreparedImage, patch) -> tuple[np.ndarray, torch.Tensor]:
+    def _start_segment(self, prep: PreparedImage, patch):
         result = kmeans(patch.tokens, self.n_segments, **self.kmeans_kwargs)
         logits = pixel_logits(patch.tokens, patch.grid, result.centers, prep.input_size,
                               self.assignment).cpu()
-        if self.use_crf:
-            refined = crf_stage.dense_crf(prep.model_rgb, logits, self.crf_params)
-            if refined is not None:
-                logits = refined
+        refine = crf_stage.submit_crf(prep.model_rgb, logits, self.crf_params) if self.use_crf else None
+        return logits, refine
+
+    def _finish_segment(self, pending) -> tuple[np.ndarray, torch.Tensor]:
+        logits, refine = pending
+        refined = refine() if refine is not None else None
+        if refined is not None:
+            logits = refined
         labels = logits.argmax(0).numpy()
-        min_pixels = int(self.min_segment_area * labels.size)
-        labels = drop_small_segments(labels, logits, min_pixels)
+        labels = drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
         return labels, logits
 
     def _name(self, embeddings: np.ndarray) -> list[SegmentNames]:

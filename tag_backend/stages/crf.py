@@ -7,15 +7,18 @@ and continues without CRF.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .crf_worker import crf_inference, ping
 
@@ -54,77 +57,107 @@ def dense_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch
     """Refined (K, h, w) probabilities, or ``None`` when pydensecrf is not installed.
 
     rgb: (h, w, 3) uint8; logits: (K, h, w) float (softmax gives the unary, as in TAG).
-    The inference runs in a helper process (see :mod:`.crf_worker`) so it never holds this
-    process's GIL.
+    """
+    return submit_crf(rgb, logits, params)()
+
+
+def submit_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> Callable[[], torch.Tensor | None]:
+    """Start the CRF in the helper process and return a function that waits for its result.
+
+    The inference runs in a spawned helper process (:mod:`.crf_worker`): it never holds this
+    process's GIL, and the pipeline overlaps it with the dense-CLIP forward.
     """
     if not crf_available():
         if not _warned.is_set():
             _warned.set()
             logger.warning("dense CRF disabled: pydensecrf2 is not installed (pip install pydensecrf2==1.1)")
-        return None
+        return lambda: None
+    if not 0 < params.scale <= 1:
+        raise ValueError(f"CRF scale must be in (0, 1], got {params.scale}")
     k, h, w = logits.shape
     logits = logits.float()
-    if params.scale != 1.0:
-        return _scaled_crf(rgb, logits, params)
+    rgb, logits, run = _at_scale(rgb, logits, params)
     if params.unary_gain is not None and k > 1:
         top2 = logits.topk(2, dim=0).values
         gap = (top2[0] - top2[1]).median().clamp_min(1e-6)
         logits = logits * (params.unary_gain / gap)
     probs = torch.softmax(logits, dim=0).cpu().numpy()
-    args = (np.ascontiguousarray(rgb, dtype=np.uint8), probs, params.iterations, params.gaussian_sxy,
-            params.gaussian_compat, params.bilateral_sxy, params.bilateral_srgb, params.bilateral_compat)
-    return torch.from_numpy(_run_isolated(crf_inference, *args))
+    args = (np.ascontiguousarray(rgb, dtype=np.uint8), probs, run.iterations, run.gaussian_sxy,
+            run.gaussian_compat, run.bilateral_sxy, run.bilateral_srgb, run.bilateral_compat)
+    future = _submit(crf_inference, *args)
+
+    def result() -> torch.Tensor:
+        q = torch.from_numpy(_result(future, crf_inference, args))
+        if q.shape[1:] != (h, w):
+            q = F.interpolate(q[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        return q
+
+    return result
 
 
-_pool: ProcessPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def start_helper() -> None:
-    """Start the CRF helper process in the background (first images then pay no start-up)."""
-    global _pool
-    if not crf_available():
-        return
-    with _pool_lock:
-        if _pool is None:
-            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        _pool.submit(ping)
-
-
-def _run_isolated(fn, *args):
-    """Run ``fn`` in the helper process (spawned: safe with CUDA and threads); retry once if it died."""
-    global _pool
-    for attempt in (1, 2):
-        with _pool_lock:
-            if _pool is None:
-                _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            pool = _pool
-        try:
-            return pool.submit(fn, *args).result()
-        except BrokenProcessPool:
-            logger.warning("CRF helper process died; starting a new one (attempt %d)", attempt)
-            with _pool_lock:
-                if _pool is pool:
-                    _pool = None
-    return fn(*args)  # the helper keeps dying: run here rather than lose the image
-
-
-def _scaled_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch.Tensor | None:
-    """Run the CRF at ``params.scale`` of the input size and upsample the probabilities back."""
-    import dataclasses
-
+def _at_scale(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams):
+    """Inputs and parameters at ``params.scale`` (spatial sigmas scale with the image)."""
+    if params.scale == 1.0:
+        return rgb, logits, params
     import cv2
-    import torch.nn.functional as F
 
-    if not 0 < params.scale <= 1:
-        raise ValueError(f"CRF scale must be in (0, 1], got {params.scale}")
     k, h, w = logits.shape
     sh, sw = max(1, round(h * params.scale)), max(1, round(w * params.scale))
     small_rgb = cv2.resize(np.ascontiguousarray(rgb), (sw, sh), interpolation=cv2.INTER_AREA)
     small_logits = F.interpolate(logits[None], size=(sh, sw), mode="bilinear", align_corners=False)[0]
     small = dataclasses.replace(params, scale=1.0, gaussian_sxy=max(0.5, params.gaussian_sxy * params.scale),
                                 bilateral_sxy=params.bilateral_sxy * params.scale)
-    q = dense_crf(small_rgb, small_logits, small)
-    if q is None:
+    return small_rgb, small_logits, small
+
+
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ProcessPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return _pool
+
+
+def start_helper() -> None:
+    """Start the CRF helper process in the background (first images then pay no start-up)."""
+    if crf_available():
+        _submit(ping)
+
+
+def _submit(fn, *args) -> Future | None:
+    pool = _executor()
+    try:
+        return pool.submit(fn, *args)
+    except BrokenProcessPool:
+        _drop(pool)
         return None
-    return F.interpolate(q[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
+def _drop(pool: ProcessPoolExecutor) -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is pool:
+            _pool = None
+
+
+def _result(future: Future | None, fn, args):
+    """The helper's result; if the helper died, retry once in a new one, then run here."""
+    for attempt in (1, 2):
+        if future is not None:
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                logger.warning("CRF helper process died; starting a new one (attempt %d)", attempt)
+                if _pool is not None:
+                    _drop(_pool)
+        future = _submit(fn, *args) if attempt == 1 else None
+    return fn(*args)  # the helper keeps dying: run here rather than lose the image
+
+
+def _run_isolated(fn, *args):
+    """Run ``fn`` in the helper process and wait (used by tests and warm-up)."""
+    return _result(_submit(fn, *args), fn, args)
