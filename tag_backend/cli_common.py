@@ -20,6 +20,8 @@ def engine_options(fn):
         click.option("--db", "db_url", metavar="URL", help="Concept database URL [TAG_DB_URL]."),
         click.option("--index-dir", metavar="DIR", help="Concept index directory [TAG_INDEX_DIR]."),
         click.option("--device", help="cpu, cuda or cuda:N [TAG_DEVICE]."),
+        click.option("--dense-method", type=click.Choice(["gem", "naclip", "plain"]),
+                     help="Dense CLIP features: gem (paper), naclip, plain [TAG_DENSE_METHOD]."),
     ]
     for option in reversed(options):
         fn = option(fn)

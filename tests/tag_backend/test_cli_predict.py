@@ -96,3 +96,15 @@ def test_models_command_lists_presets():
     result = CliRunner().invoke(main, ["models"])
     assert result.exit_code == 0
     assert "paper" in result.output and "ViT-L-14-quickgelu" in result.output and "TAG_DINO_MODEL" in result.output
+
+
+def test_dense_method_is_selectable_from_the_cli(env, tmp_path):
+    from tag_backend import runtime as rt
+
+    flat_shapes()[0].save(tmp_path / "ok.png")
+    result = CliRunner().invoke(main, ["predict", str(tmp_path / "ok.png"), "--out", str(tmp_path / "t.json"),
+                                       "--quiet", "--dense-method", "naclip"], env=env)
+    assert result.exit_code == 0, result.output
+    used = [r for s, r in rt._runtimes.items() if s.dense_method == "naclip"]
+    assert used and used[0].pipeline.dense_method == "naclip"
+    assert CliRunner().invoke(main, ["predict", "x", "--out", "y", "--dense-method", "maskclip"]).exit_code == 2
