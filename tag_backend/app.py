@@ -57,6 +57,12 @@ class Backend:
         self._last_version: str | None = None
         if start_worker:
             self.worker.start()
+            try:  # resume queued pre-labelling jobs right after a restart, not at the next /predict
+                from .jobs.service import ensure_worker
+
+                ensure_worker(self.runtime, self.fetcher)
+            except Exception:
+                logger.exception("job worker not started (it starts on the next /predict)")
 
     @property
     def snapper(self) -> LabelSnapper:
