@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from pg_server import db_url, new_pg_database, postgres_server, store  # noqa: F401  (fixtures)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

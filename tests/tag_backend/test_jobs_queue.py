@@ -5,7 +5,7 @@ import threading
 import time
 
 import pytest
-from jobs_fixtures import jobs_db_url, jobs_store, make_queue, postgres_server, tasks  # noqa: F401
+from jobs_fixtures import jobs_db_url, jobs_store, make_queue, tasks  # noqa: F401
 
 from tag_backend.jobs.push import GONE, PUSHED, RETRY
 from tag_backend.jobs.push_queue import claim_pushes, mark_push
