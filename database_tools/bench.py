@@ -156,7 +156,7 @@ def _timed(fn) -> float:
 
 
 def format_table(results: list[BenchResult]) -> str:
-    """Markdown table of results (pasted into docs/readme/index.md)."""
+    """Markdown table of results (pasted into README.md ("Concept index"))."""
     head = ("| n | dim | index | search params | build (train+add) | peak RSS | batched / query "
             "| single query | recall@10 |\n|---|---|---|---|---|---|---|---|---|")
     rows = [f"| {r.n:,} | {r.dim} | `{r.factory}` | {r.search_params or '-'} | {r.build_s:.0f} s "

@@ -1,12 +1,12 @@
 """Which faiss index to build for a given size, and how to tune its search parameters.
 
 Shared by :mod:`database_tools.index` and the benchmark :mod:`database_tools.bench`, so the
-benchmark measures exactly what ``build_index`` would build. Policy (docs/readme/index.md):
+benchmark measures exactly what ``build_index`` would build. Policy (README.md ("Concept index")):
 
 * fewer than :data:`EXACT_LIMIT` entries: exact search, ``IDMap2,Flat`` (inner product on
   L2-normalised vectors = cosine), recall 1.0. Its cost is a full pass over the vectors per query
   batch (1M x 768 float32 = 3 GB, memory-mapped); see the benchmark table in
-  docs/readme/index.md before raising the limit.
+  README.md ("Concept index") before raising the limit.
 * from :data:`EXACT_LIMIT` on: ``IVF<nlist>_HNSW32,PQ<d/2>x4fs,Refine(SQ8)`` wrapped in an
   ``IDMap2`` — an inverted file whose coarse quantizer is an HNSW graph (adding 10M vectors to a
   flat quantizer costs n x nlist x d), candidates scored with 4-bit fast-scan product

@@ -1,9 +1,10 @@
 """Tables of the pre-labelling job queue, kept in the concept store's database.
 
 They live in the same database as the concepts (SQLite by default, PostgreSQL when
-``TAG_DB_URL`` says so) so every backend replica sees one queue. They have their own
-``MetaData`` (not the store's Alembic-managed one) and are created with ``create_all`` on first
-use; the DDL is documented in docs/readme/jobs.md so the lead can fold it into a migration.
+``TAG_DB_URL`` says so) so every backend replica sees one queue. They are created by
+the store's Alembic migration ``0002_prelabel_jobs`` (database_tools/migrations), which runs
+when a ``Store`` is opened; ``create_tables`` stays as an idempotent guard for databases opened
+read-only by an older store.
 
 Times are float Unix seconds: leases and back-off compare them with ``time.time()`` on every
 dialect without timezone surprises.

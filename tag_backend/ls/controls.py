@@ -1,6 +1,6 @@
 """Read a project's labeling config: where masks and names go, and whether guided mode is on.
 
-Rules (docs/readme/label_studio.md "The labeling config"):
+Rules (README.md "The labeling config"):
 
 * The config needs an ``<Image>`` and a ``<BrushLabels>`` whose ``toName`` is that image.
 * A ``<TextArea perRegion="true">`` on the same image receives each region's free-form name
