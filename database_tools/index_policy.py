@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 EXACT_LIMIT = 250_000
 REFINE_K_FACTOR = 10
-REFINE_K_FACTORS = (10, 20, 40)
+REFINE_K_FACTORS = (10, 20, 50, 100, 200)
 TRAIN_PER_LIST = 64
 TARGET_RECALL = 0.95
 #: nprobe is tuned to this recall on the tuning sample, leaving a margin above TARGET_RECALL
