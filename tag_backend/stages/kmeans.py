@@ -49,10 +49,13 @@ def _init_centers(x: torch.Tensor, x_sq: torch.Tensor, k: int, restarts: int, me
 
 
 def _lloyd(x, x_sq, centers, max_iter: int, tol: float):
+    """Lloyd iterations of all restarts at once; a restart stops when its centres move less than
+    ``tol`` x the mean per-feature variance of ``x`` (scikit-learn's relative tolerance)."""
     restarts, k, _ = centers.shape
     n = x.shape[0]
     active = torch.ones(restarts, dtype=torch.bool, device=x.device)
     arange = torch.arange(n, device=x.device)
+    tol = tol * float(x.var(0).mean()) if n > 1 else 0.0
     for _ in range(max_iter):
         labels = _sq_distances(x, x_sq, centers).argmin(2)  # (R, N)
         one_hot = torch.zeros(restarts, k, n, dtype=x.dtype, device=x.device)
@@ -61,7 +64,7 @@ def _lloyd(x, x_sq, centers, max_iter: int, tol: float):
         new = (one_hot @ x) / counts.clamp_min(1)[..., None]
         new = torch.where((counts == 0)[..., None], centers, new)  # empty cluster keeps its centre
         new = torch.where(active[:, None, None], new, centers)     # converged restarts stay put
-        shift = ((new - centers) ** 2).sum(-1).amax(1)
+        shift = ((new - centers) ** 2).sum(-1).sum(1)
         centers = new
         active &= shift > tol
         if not bool(active.any()):
