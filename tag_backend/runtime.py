@@ -93,7 +93,7 @@ class Runtime:
             pipeline = TagPipeline(
                 self.dino, self.clip, self._load_index(), text_encoder=self.text_encoder,
                 exemplars=self._load_exemplars(), aliases=self._load_aliases(),
-                image_size=p.image_size, n_segments=p.n_segments,
+                image_size=p.image_size, n_segments=p.n_segments, kmeans_restarts=p.kmeans_restarts,
                 use_crf=p.use_crf, crf_params=CrfParams(iterations=p.crf_iterations, scale=p.crf_scale),
                 dense_method=s.dense_method or p.dense_method,
                 exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels,
