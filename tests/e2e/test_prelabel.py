@@ -99,12 +99,12 @@ def _versions_per_task(stack, project) -> dict[int, list[str]]:
     return out
 
 
-def _wait(predicate, timeout: float, what: str):
+def _wait(predicate, timeout: float, what: str, interval: float = 3.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
-        time.sleep(3)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
@@ -176,7 +176,10 @@ def _done_rows(data: str) -> dict[int, tuple]:
 
 
 def test_prelabel_killed_and_resumed_then_idempotent(ls_stack):
-    project = _project(ls_stack, "prelabel", 10)
+    # Enough tasks that the kill lands mid-job even when the engine is fast (batches of 2,
+    # polled every 0.2 s).
+    n_tasks = 30
+    project = _project(ls_stack, "prelabel", n_tasks)
     data = _data_dir(ls_stack, "cli-data")
     first = _prelabel(ls_stack, project, data)
     try:
@@ -184,12 +187,13 @@ def test_prelabel_killed_and_resumed_then_idempotent(ls_stack):
             lambda: first.poll() is None and len(_done_rows(data)) >= 3,
             1800,
             "3 finished tasks before the kill",
+            interval=0.2,
         )
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     before = _done_rows(data)
-    assert 3 <= len(before) < 10
+    assert 3 <= len(before) < n_tasks
 
     second = _prelabel(ls_stack, project, data)
     out, _ = second.communicate(timeout=3600)
@@ -206,5 +210,5 @@ def test_prelabel_killed_and_resumed_then_idempotent(ls_stack):
     third = _prelabel(ls_stack, project, data)
     out, _ = third.communicate(timeout=600)
     assert third.returncode == 0, out
-    assert "nothing to do" in out and "10 already predicted" in out
+    assert "nothing to do" in out and f"{n_tasks} already predicted" in out
     assert _versions_per_task(ls_stack, project) == per_task
