@@ -69,10 +69,16 @@ class Runtime:
         return Store(self.settings.resolved_db_url)
 
     @cached_property
-    def text_encoder(self):
+    def stored_text_encoder(self):
+        """CLIP text tower behind the per-(encoder, text) embedding cache in the store."""
         from database_tools.embedding import CachedTextEncoder
 
-        return MemoryCachedEncoder(CachedTextEncoder(self.store, self.clip.text_encoder()))
+        return CachedTextEncoder(self.store, self.clip.text_encoder())
+
+    @cached_property
+    def text_encoder(self):
+        """The stored cache behind a bounded in-process cache (hot path: naming)."""
+        return MemoryCachedEncoder(self.stored_text_encoder)
 
     def _load_index(self):
         from database_tools.bootstrap import DEFAULT_VOCABULARY, ensure_index
@@ -82,7 +88,7 @@ class Runtime:
             vocabulary = DEFAULT_VOCABULARY
         elif vocabulary.strip().lower() == "none":
             vocabulary = None
-        return ensure_index(self.store, self.text_encoder, self.settings.resolved_index_dir,
+        return ensure_index(self.store, self.stored_text_encoder, self.settings.resolved_index_dir,
                             vocabulary=vocabulary)
 
     # --------------------------------------------------------------- pipeline

@@ -53,14 +53,6 @@ def crf_available() -> bool:
     return True
 
 
-def dense_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> torch.Tensor | None:
-    """Refined (K, h, w) probabilities, or ``None`` when pydensecrf is not installed.
-
-    rgb: (h, w, 3) uint8; logits: (K, h, w) float (softmax gives the unary, as in TAG).
-    """
-    return submit_crf(rgb, logits, params)()
-
-
 def submit_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> Callable[[], torch.Tensor | None]:
     """Start the CRF in the helper process and return a function that waits for its result.
 
@@ -156,8 +148,3 @@ def _result(future: Future | None, fn, args):
                     _drop(_pool)
         future = _submit(fn, *args) if attempt == 1 else None
     return fn(*args)  # the helper keeps dying: run here rather than lose the image
-
-
-def _run_isolated(fn, *args):
-    """Run ``fn`` in the helper process and wait (used by tests and warm-up)."""
-    return _result(_submit(fn, *args), fn, args)

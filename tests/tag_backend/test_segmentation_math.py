@@ -119,11 +119,11 @@ def test_crf_runs_in_a_helper_process_and_matches_in_process_inference():
     logits[0, :, :22] = 1.0
     logits[1, :, 22:] = 1.0
     params = crf.CrfParams(unary_gain=None)
-    isolated = crf.dense_crf(rgb, logits, params)
+    isolated = crf.submit_crf(rgb, logits, params)()
     probs = torch.softmax(logits, 0).numpy()
     direct = crf.crf_inference(rgb, probs, params.iterations, params.gaussian_sxy, params.gaussian_compat,
                                params.bilateral_sxy, params.bilateral_srgb, params.bilateral_compat)
     assert np.allclose(isolated.numpy(), direct, atol=1e-6)
-    assert crf._run_isolated(os.getpid) != os.getpid(), "pydensecrf holds the GIL: keep it out of the server"
-    refined = crf.dense_crf(rgb, logits, crf.CrfParams(scale=0.5, iterations=5))
+    assert crf._submit(os.getpid).result() != os.getpid(), "pydensecrf holds the GIL: keep it out of the server"
+    refined = crf.submit_crf(rgb, logits, crf.CrfParams(scale=0.5, iterations=5))()
     assert refined.shape == (2, 32, 40) and torch.allclose(refined.sum(0), torch.ones(32, 40), atol=1e-4)
