@@ -1,6 +1,8 @@
 """The TAG pipeline: image -> named segments, with no class list from the user."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 from contextlib import contextmanager
@@ -19,7 +21,8 @@ from .stages.kmeans import kmeans
 from .stages.naming import SegmentNames, name_segments
 from .stages.pooling import mask_weights, pool_segments
 from .stages.preprocess import prepare_image
-from .stages.segments import build_segments, drop_small_segments, pixel_logits, upsample_labels
+from .stages.segments import (build_segments, drop_small_segments, grid_scores, label_map,
+                              upsample_labels, upsample_scores)
 from .types import NameCandidate, PreparedImage, SegmentLabel
 
 logger = logging.getLogger(__name__)
@@ -107,8 +110,9 @@ class TagPipeline:
         # helper process and runs while the dense-CLIP forward below uses this process.
         with _timed(t, "kmeans"):
             pending = [self._start_segment(prep, patch) for prep, patch in zip(prepared, patches)]
-        with _timed(t, "dense_clip"):
-            dense = self._batched(self._dense, None, [p.clip_pixels for p in prepared])
+        with _timed(t, "dense_clip"), self._lend_core_to_crf(pending) as rebalance:
+            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance), None,
+                                  [p.clip_pixels for p in prepared])
         results = []
         for prep, segmenting, feats in zip(prepared, pending, dense):
             # CRF result (or the raw scores), then segments below min_segment_area absorbed.
@@ -156,22 +160,28 @@ class TagPipeline:
                 out[i] = res
         return out
 
-    def _dense(self, _model, pixels: torch.Tensor):
-        return dense_clip_features(self.clip.model.visual, pixels, self.dense_method, gem_depth=self.gem_depth)
+    def _dense(self, _model, pixels: torch.Tensor, between_blocks=None):
+        return dense_clip_features(self.clip.model.visual, pixels, self.dense_method,
+                                   gem_depth=self.gem_depth, between_blocks=between_blocks)
+
+    def _lend_core_to_crf(self, pending):
+        """On CPU, the CRF helper gets a core of its own while it runs (see ``lend_core``)."""
+        if self.clip.device.type != "cpu":
+            return contextlib.nullcontext(None)
+        return crf_stage.lend_core(refine for _, _, refine in pending)
 
     def _start_segment(self, prep: PreparedImage, patch):
         result = kmeans(patch.tokens, self.n_segments, **self.kmeans_kwargs)
-        logits = pixel_logits(patch.tokens, patch.grid, result.centers, prep.input_size,
-                              self.assignment).cpu()
-        refine = crf_stage.submit_crf(prep.model_rgb, logits, self.crf_params) if self.use_crf else None
-        return logits, refine
+        scores = grid_scores(patch.tokens, patch.grid, result.centers, self.assignment)
+        # The CRF resamples the patch-grid scores straight to its own resolution.
+        refine = crf_stage.submit_crf(prep.model_rgb, scores, self.crf_params) if self.use_crf else None
+        return prep.input_size, scores, refine
 
     def _finish_segment(self, pending) -> tuple[np.ndarray, torch.Tensor]:
-        logits, refine = pending
+        size, scores, refine = pending
         refined = refine() if refine is not None else None
-        if refined is not None:
-            logits = refined
-        labels = logits.argmax(0).numpy()
+        logits = refined if refined is not None else upsample_scores(scores, size)
+        labels = label_map(logits)
         labels = drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
         return labels, logits
 

@@ -39,13 +39,13 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset(
         name="fast",
         description="DINOv2-S/14 + CLIP ViT-B/16 (OpenAI) at 448 px, k=15 (3 k-means restarts), "
-                    "CRF at 35% resolution (5 iterations), bf16 when supported",
+                    "CRF at 35% resolution (3 iterations), bf16 when supported",
         dino_model="facebook/dinov2-small",
         clip_model="ViT-B-16-quickgelu",
         clip_pretrained="openai",
         prefer_bf16=True,
         crf_scale=0.35,
-        crf_iterations=5,
+        crf_iterations=3,
         kmeans_restarts=3,
     ),
 }

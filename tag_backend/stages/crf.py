@@ -10,17 +10,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .crf_worker import crf_inference, ping
+from .segments import upsample_scores
 
 logger = logging.getLogger(__name__)
 _warned = threading.Event()
@@ -53,22 +56,44 @@ def crf_available() -> bool:
     return True
 
 
-def submit_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> Callable[[], torch.Tensor | None]:
-    """Start the CRF in the helper process and return a function that waits for its result.
+class PendingCrf:
+    """A CRF started in the helper process: ``done()`` without blocking, ``()`` waits for the
+    (K, h, w) probabilities (None when pydensecrf2 is not installed)."""
 
-    The inference runs in a spawned helper process (:mod:`.crf_worker`): it never holds this
-    process's GIL, and the pipeline overlaps it with the dense-CLIP forward.
+    def __init__(self, future: Future | None = None, args: tuple = (), size: tuple[int, int] = (0, 0)):
+        self._future, self._args, self._size = future, args, size
+
+    def done(self) -> bool:
+        return self._future is None or self._future.done()
+
+    def __call__(self) -> torch.Tensor | None:
+        if not self._args:
+            return None
+        q = torch.from_numpy(_result(self._future, crf_inference, self._args))
+        if q.shape[1:] != self._size:
+            q = F.interpolate(q[None], size=self._size, mode="bilinear", align_corners=False)[0]
+        return q
+
+
+def submit_crf(rgb: np.ndarray, scores: torch.Tensor, params: CrfParams) -> PendingCrf:
+    """Start the CRF in the helper process; the returned :class:`PendingCrf` waits for the result.
+
+    ``scores``: (K, h', w') segment scores at any resolution (the patch grid is enough: they are
+    resampled bilinearly straight to the CRF's resolution). The result is (K, h, w) probabilities
+    at the resolution of ``rgb`` (h, w, 3). The inference runs in a spawned helper process
+    (:mod:`.crf_worker`): it never holds this process's GIL, and the pipeline overlaps it with the
+    dense-CLIP forward.
     """
     if not crf_available():
         if not _warned.is_set():
             _warned.set()
             logger.warning("dense CRF disabled: pydensecrf2 is not installed (pip install pydensecrf2==1.1)")
-        return lambda: None
+        return PendingCrf()
     if not 0 < params.scale <= 1:
         raise ValueError(f"CRF scale must be in (0, 1], got {params.scale}")
-    k, h, w = logits.shape
-    logits = logits.float()
-    rgb, logits, run = _at_scale(rgb, logits, params)
+    k = scores.shape[0]
+    h, w = rgb.shape[:2]
+    rgb, logits, run = _at_scale(rgb, scores.float(), params)
     if params.unary_gain is not None and k > 1:
         top2 = logits.topk(2, dim=0).values
         gap = (top2[0] - top2[1]).median().clamp_min(1e-6)
@@ -76,30 +101,85 @@ def submit_crf(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams) -> Call
     probs = torch.softmax(logits, dim=0).cpu().numpy()
     args = (np.ascontiguousarray(rgb, dtype=np.uint8), probs, run.iterations, run.gaussian_sxy,
             run.gaussian_compat, run.bilateral_sxy, run.bilateral_srgb, run.bilateral_compat)
-    future = _submit(crf_inference, *args)
-
-    def result() -> torch.Tensor:
-        q = torch.from_numpy(_result(future, crf_inference, args))
-        if q.shape[1:] != (h, w):
-            q = F.interpolate(q[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-        return q
-
-    return result
+    return PendingCrf(_submit(crf_inference, *args), args, (h, w))
 
 
-def _at_scale(rgb: np.ndarray, logits: torch.Tensor, params: CrfParams):
-    """Inputs and parameters at ``params.scale`` (spatial sigmas scale with the image)."""
+@contextmanager
+def lend_core(pending: Iterable[PendingCrf | None]) -> Iterator[Callable[[], None]]:
+    """Compute with one CPU thread fewer while CRFs run in the helper process.
+
+    When this process's threads already cover every core, the helper shares a core with one of
+    them, and an OpenMP forward runs at the pace of its slowest thread: on 2 cores the paper
+    preset's GEM forward lost 0.5-1.0 s to a 1.2 s CRF. Lending the core instead lets both run at
+    full speed. Yields ``rebalance``, to call between steps (blocks of the forward): it takes the
+    thread back as soon as the CRFs are done.
+    """
+    waiting = [p for p in pending if p is not None and not p.done()]
+    lent = bool(waiting) and _lending.lend()
+
+    def rebalance() -> None:
+        nonlocal lent
+        if lent and all(p.done() for p in waiting):
+            _lending.give_back()
+            lent = False
+
+    try:
+        yield rebalance
+    finally:
+        if lent:
+            _lending.give_back()
+
+
+class _ThreadLending:
+    """Process-wide count of lent threads (torch's thread count is global; predictions may run in
+    several threads at once): the first borrower records the count, the last one restores it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._borrowers = 0
+        self._baseline = 0
+
+    def lend(self) -> bool:
+        with self._lock:
+            if self._borrowers == 0:
+                threads = torch.get_num_threads()
+                if threads < 2 or threads < _usable_cores():
+                    return False  # a core is free already (or nothing to lend)
+                self._baseline = threads
+                torch.set_num_threads(threads - 1)
+            self._borrowers += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self._borrowers -= 1
+            if self._borrowers == 0:
+                torch.set_num_threads(self._baseline)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_lending = _ThreadLending()
+
+
+def _at_scale(rgb: np.ndarray, scores: torch.Tensor, params: CrfParams):
+    """RGB, scores and parameters at the CRF's resolution, ``params.scale`` x that of ``rgb``
+    (spatial sigmas scale with the image)."""
+    h, w = rgb.shape[:2]
     if params.scale == 1.0:
-        return rgb, logits, params
+        return rgb, upsample_scores(scores, (h, w)), params
     import cv2
 
-    k, h, w = logits.shape
     sh, sw = max(1, round(h * params.scale)), max(1, round(w * params.scale))
     small_rgb = cv2.resize(np.ascontiguousarray(rgb), (sw, sh), interpolation=cv2.INTER_AREA)
-    small_logits = F.interpolate(logits[None], size=(sh, sw), mode="bilinear", align_corners=False)[0]
     small = dataclasses.replace(params, scale=1.0, gaussian_sxy=max(0.5, params.gaussian_sxy * params.scale),
                                 bilateral_sxy=params.bilateral_sxy * params.scale)
-    return small_rgb, small_logits, small
+    return small_rgb, upsample_scores(scores, (sh, sw)), small
 
 
 _pool: ProcessPoolExecutor | None = None

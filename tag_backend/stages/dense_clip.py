@@ -18,6 +18,7 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -179,11 +180,13 @@ def dense_clip_tokens(
     ss_attn_temp: float | None = None,
     naclip_gaussian_std: float = 5.0,
     return_original: bool = False,
+    between_blocks: Callable[[], None] | None = None,
 ) -> DenseTokens:
     """Every token (CLS first) of a dense forward; see `dense_clip_features` for the knobs.
 
     ``return_original`` also returns the unmodified stream (costs the last block once more for
     GEM/NACLIP); it is what open_clip's own forward computes, used to check the implementation.
+    ``between_blocks`` is called before every block (the pipeline rebalances CPU threads there).
     """
     check_visual(visual)
     grid = _check_pixels(visual, pixels)
@@ -199,15 +202,18 @@ def dense_clip_tokens(
         x = _embed(visual, pixels.to(device=weight.device, dtype=weight.dtype), grid)
         start = {"gem": len(blocks) - (gem_depth - 1), "naclip": len(blocks) - 1}.get(
             method, len(blocks))
+        tick = between_blocks or _nothing
         for block in blocks[:start]:
+            tick()
             x = _run_block(block, x)
         original = x
         if method == "gem":
             chosen, original = gem_blocks(
                 blocks, x, start=start, ss_attn_iter=ss_attn_iter, ss_attn_temp=ss_attn_temp,
-                keep_original=return_original or start == len(blocks),
+                keep_original=return_original or start == len(blocks), between_blocks=tick,
             )
         elif method == "naclip":
+            tick()
             chosen = naclip_last_block(blocks[-1], x, grid, naclip_gaussian_std)
             original = _run_block(blocks[-1], x) if return_original else None
         else:
@@ -217,6 +223,10 @@ def dense_clip_tokens(
             return DenseTokens(tokens=tokens, original=None, grid=grid)
         same = original is chosen
         return DenseTokens(tokens, tokens if same else _project(visual, original), grid)
+
+
+def _nothing() -> None:
+    return None
 
 
 _warned_depths: set[int] = set()
@@ -239,6 +249,7 @@ def dense_clip_features(
     ss_attn_iter: int = 1,
     ss_attn_temp: float | None = None,
     naclip_gaussian_std: float = 5.0,
+    between_blocks: Callable[[], None] | None = None,
 ) -> list[DenseFeatures]:
     """Dense CLIP features of a batch of images, one `DenseFeatures` per image (CLS dropped).
 
@@ -255,6 +266,7 @@ def dense_clip_features(
         ss_attn_temp: fixed inverse temperature of the self-self attentions; None = GEM's
             adaptive (mean token norm x head_dim^-0.5).
         naclip_gaussian_std: std in patches of NACLIP's neighbourhood kernel (paper: 5).
+        between_blocks: called before every transformer block.
 
     Returns:
         per image, features (gh*gw, D) float32 (row-major over the grid, not normalised) on the
@@ -263,6 +275,7 @@ def dense_clip_features(
     out = dense_clip_tokens(
         visual, pixels, method, gem_depth=gem_depth, ss_attn_iter=ss_attn_iter,
         ss_attn_temp=ss_attn_temp, naclip_gaussian_std=naclip_gaussian_std,
+        between_blocks=between_blocks,
     )
     patches = out.tokens[:, 1:]
     return [DenseFeatures(features=patches[i].contiguous(), grid=out.grid)

@@ -12,6 +12,7 @@ NACLIP path (`dense_naclip.py`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,7 @@ def gem_blocks(
     ss_attn_iter: int,
     ss_attn_temp: float | None,
     keep_original: bool,
+    between_blocks: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run blocks ``start..L-1`` with the parallel GEM stream; ``x`` is the state entering ``start``.
 
@@ -111,6 +113,8 @@ def gem_blocks(
     x_gem = x
     last = len(blocks) - 1
     for index in range(start, len(blocks)):
+        if between_blocks is not None:
+            between_blocks()
         block = blocks[index]
         h = block.ln_1(x)
         q, k, v = split_qkv(block.attn, h)

@@ -19,17 +19,39 @@ from ..types import Segments
 ASSIGNMENTS = ("nearest", "dot")
 
 
-def pixel_logits(tokens: torch.Tensor, grid: tuple[int, int], centers: torch.Tensor,
-                 size: tuple[int, int], assignment: str) -> torch.Tensor:
-    """(K, h, w) float32 scores; argmax over K is the segment id of each pixel."""
+def grid_scores(tokens: torch.Tensor, grid: tuple[int, int], centers: torch.Tensor,
+                assignment: str) -> torch.Tensor:
+    """(K, gh, gw) float32 scores of each patch for each centre (resample with :func:`upsample_scores`)."""
     if assignment not in ASSIGNMENTS:
         raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
     scores = tokens.float() @ centers.T  # (N, K)
     if assignment == "nearest":
         # argmin ||f - c||^2 = argmax (2 f.c - ||c||^2): still linear in f, so upsampling commutes.
         scores = 2.0 * scores - (centers * centers).sum(1)[None, :]
-    maps = scores.T.reshape(1, -1, grid[0], grid[1])
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[0]
+    return scores.T.reshape(-1, grid[0], grid[1]).cpu()
+
+
+def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, h, w) pixel scores: bilinear resampling (``align_corners=False``) of (K, h', w') scores."""
+    if tuple(scores.shape[1:]) == tuple(size):
+        return scores
+    return F.interpolate(scores[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+
+
+def pixel_logits(tokens: torch.Tensor, grid: tuple[int, int], centers: torch.Tensor,
+                 size: tuple[int, int], assignment: str) -> torch.Tensor:
+    """(K, h, w) float32 scores; argmax over K is the segment id of each pixel."""
+    return upsample_scores(grid_scores(tokens, grid, centers, assignment), size)
+
+
+def label_map(logits: torch.Tensor) -> np.ndarray:
+    """(h, w) segment id of each pixel: argmax over the K scores of a (K, h, w) tensor.
+
+    ``max(0).indices`` rather than ``argmax(0)``: same result (first maximum on ties), but
+    torch's argmax over the leading dimension is a strided reduction ~6x slower (42 vs 7 ms at
+    15 x 448 x 448 on 2 cores), which alone was 1.5 % of a `fast` prediction.
+    """
+    return logits.max(0).indices.numpy()
 
 
 def drop_small_segments(labels: np.ndarray, logits: torch.Tensor, min_pixels: int) -> np.ndarray:
@@ -45,7 +67,7 @@ def drop_small_segments(labels: np.ndarray, logits: torch.Tensor, min_pixels: in
     if not keep.all():
         masked = logits.clone()
         masked[torch.from_numpy(~keep)] = float("-inf")
-        labels = masked.argmax(0).numpy()
+        labels = label_map(masked)
     remap = np.full(k, -1, dtype=np.int64)
     present = np.unique(labels)
     remap[present] = np.arange(len(present))
@@ -55,6 +77,15 @@ def drop_small_segments(labels: np.ndarray, logits: torch.Tensor, min_pixels: in
 def patch_weights(labels: np.ndarray, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
     """(K, gh*gw) share of each patch covered by each segment (area pooling of the one-hot map)."""
     k = int(labels.max()) + 1
+    (h, w), (gh, gw) = labels.shape, grid
+    if h % gh == 0 and w % gw == 0:
+        # Whole pixels per patch (the model input is a patch multiple): count labels per patch,
+        # 10x cheaper than pooling a (K, h, w) one-hot map.
+        ph, pw = h // gh, w // gw
+        patch = (np.arange(h)[:, None] // ph) * gw + np.arange(w)[None, :] // pw
+        counts = np.bincount((patch * k + labels).ravel(), minlength=gh * gw * k)
+        shares = counts.reshape(gh * gw, k).T.astype(np.float32) / np.float32(ph * pw)
+        return torch.from_numpy(np.ascontiguousarray(shares)).to(device)
     one_hot = F.one_hot(torch.from_numpy(labels).long(), k).permute(2, 0, 1).float()[None]
     pooled = F.adaptive_avg_pool2d(one_hot, grid)[0]  # (K, gh, gw), sums to 1 over K
     return pooled.reshape(k, -1).to(device)
@@ -76,10 +107,12 @@ def upsample_labels(logits: torch.Tensor, labels: np.ndarray, size: tuple[int, i
     if labels.shape == (H, W):
         return labels.copy()
     k = int(labels.max()) + 1
-    best_val = np.full((H, W), -1.0, dtype=np.float32)
+    # uint8 masks (0/255): cv2's fixed-point bilinear path, ~1.5x faster than float32.
+    best_val = np.zeros((H, W), dtype=np.uint8)
     best_idx = np.zeros((H, W), dtype=np.int64)
     for seg in range(k):
-        soft = cv2.resize((labels == seg).astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+        mask = (labels == seg).view(np.uint8) * np.uint8(255)
+        soft = cv2.resize(mask, (W, H), interpolation=cv2.INTER_LINEAR)
         better = soft > best_val
         best_val[better] = soft[better]
         best_idx[better] = seg

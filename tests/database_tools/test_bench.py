@@ -66,6 +66,20 @@ def test_clustered_data_is_deterministic_and_unit_norm() -> None:
     assert not np.array_equal(x, a.chunk(5, 100, part=1))
 
 
+def test_clustered_data_has_local_neighbours() -> None:
+    """Like text embeddings, not uniform noise: the exact top-10 of a query lie in its own topic
+    and are clearly closer to it than the topic's typical member."""
+    data = ClusteredEmbeddings(dim=128, centres=40, seed=2)
+    vectors, topics = data.chunk_with_topics(0, 20000)
+    queries, query_topics = data.chunk_with_topics(0, 50, part=1)
+    scores = queries @ vectors.T
+    top10 = np.argsort(-scores, axis=1)[:, :10]
+    assert (topics[top10] == query_topics[:, None]).mean() > 0.95
+    typical = [np.median(scores[i, topics == query_topics[i]]) for i in range(len(queries))]
+    tenth = np.take_along_axis(scores, top10[:, 9:], axis=1)[:, 0]
+    assert float(np.mean(tenth - typical)) > 0.1
+
+
 def test_bench_end_to_end(tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
     assert main(["--n", "20000", "--dim", "64", "--queries", "200", "--centres", "300",

@@ -226,6 +226,17 @@ def test_shapes_grids_finite(visual, method, size):
         assert torch.isfinite(f.features).all()
 
 
+@pytest.mark.parametrize("method, gem_depth", [("plain", 1), ("gem", 3), ("gem", 9), ("naclip", 1)])
+def test_between_blocks_runs_before_every_block_and_changes_nothing(visual, method, gem_depth):
+    pixels = _pixels(1, 64, 64)
+    calls = []
+    hooked = dense_clip_features(visual, pixels, method, gem_depth=gem_depth,
+                                 between_blocks=lambda: calls.append(1))
+    assert len(calls) == LAYERS  # NACLIP's last block and GEM's blocks count once each
+    plain = dense_clip_features(visual, pixels, method, gem_depth=gem_depth)
+    torch.testing.assert_close(hooked[0].features, plain[0].features)
+
+
 def test_batch_equals_single_images(visual):
     pixels = _pixels(3, 96, 64, seed=5)
     batch = dense_clip_features(visual, pixels, "gem", gem_depth=3)

@@ -8,7 +8,14 @@ import torch.nn.functional as F
 
 from tag_backend.stages.kmeans import kmeans
 from tag_backend.stages.pooling import pool_segments
-from tag_backend.stages.segments import drop_small_segments, patch_weights, pixel_logits, upsample_labels
+from tag_backend.stages.segments import (
+    drop_small_segments,
+    label_map,
+    patch_weights,
+    pixel_logits,
+    upsample_labels,
+    upsample_scores,
+)
 
 
 def _blobs(n_per=60, k=4, dim=8, seed=0):
@@ -93,6 +100,21 @@ def test_patch_weights_sum_to_one_per_patch_and_pooling_is_weighted_mean():
     assert np.isfinite(pooled).all()
 
 
+@pytest.mark.parametrize("shape, grid", [((48, 64), (4, 8)), ((50, 61), (4, 8))])
+def test_patch_weights_equal_area_pooling_of_the_one_hot_map(shape, grid):
+    """Counting labels per patch (whole patches) and adaptive pooling (otherwise) agree."""
+    labels = np.random.default_rng(0).integers(0, 5, shape)
+    one_hot = F.one_hot(torch.from_numpy(labels), 5).permute(2, 0, 1).float()[None]
+    expected = F.adaptive_avg_pool2d(one_hot, grid)[0].reshape(5, -1)
+    assert torch.allclose(patch_weights(labels, grid, torch.device("cpu")), expected, atol=1e-6)
+
+
+def test_label_map_is_the_first_argmax():
+    logits = torch.randint(0, 3, (6, 20, 30)).float()  # many ties
+    logits[4:] = float("-inf")
+    np.testing.assert_array_equal(label_map(logits), logits.argmax(0).numpy())
+
+
 def test_pooling_refuses_empty_segment():
     with pytest.raises(ValueError, match="zero area"):
         pool_segments(torch.zeros(1, 4), torch.randn(4, 3))
@@ -127,3 +149,69 @@ def test_crf_runs_in_a_helper_process_and_matches_in_process_inference():
     assert crf._submit(os.getpid).result() != os.getpid(), "pydensecrf holds the GIL: keep it out of the server"
     refined = crf.submit_crf(rgb, logits, crf.CrfParams(scale=0.5, iterations=5))()
     assert refined.shape == (2, 32, 40) and torch.allclose(refined.sum(0), torch.ones(32, 40), atol=1e-4)
+    # Coarse (patch-grid) scores are resampled straight to the CRF resolution; the result is at
+    # the image's resolution, the same as when the caller upsampled them first.
+    coarse = torch.randn(2, 4, 5)
+    from_grid = crf.submit_crf(rgb, coarse, params)()
+    assert from_grid.shape == (2, 32, 40)
+    assert torch.allclose(from_grid, crf.submit_crf(rgb, upsample_scores(coarse, (32, 40)), params)(), atol=1e-6)
+
+
+class _FakePending:
+    def __init__(self) -> None:
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+
+@pytest.fixture()
+def two_threads_on_two_cores(monkeypatch):
+    from tag_backend.stages import crf
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(crf, "_usable_cores", lambda: 2)
+    yield crf
+    torch.set_num_threads(before)
+
+
+def test_lend_core_gives_the_crf_a_core_until_it_is_done(two_threads_on_two_cores):
+    crf = two_threads_on_two_cores
+    pending = _FakePending()
+    with crf.lend_core([pending, None]) as rebalance:
+        assert torch.get_num_threads() == 1
+        rebalance()
+        assert torch.get_num_threads() == 1  # still running
+        pending.finished = True
+        rebalance()
+        assert torch.get_num_threads() == 2  # taken back mid-forward
+        rebalance()
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError), crf.lend_core([_FakePending()]):
+        raise RuntimeError("forward failed")
+    assert torch.get_num_threads() == 2  # restored on errors too
+
+
+def test_lend_core_concurrent_borrowers_restore_the_original_count(two_threads_on_two_cores):
+    crf = two_threads_on_two_cores
+    first, second = _FakePending(), _FakePending()
+    outer = crf.lend_core([first])
+    outer.__enter__()
+    with crf.lend_core([second]):
+        assert torch.get_num_threads() == 1  # one core lent, not two
+        outer.__exit__(None, None, None)
+        assert torch.get_num_threads() == 1  # the other prediction still lends it
+    assert torch.get_num_threads() == 2
+
+
+def test_lend_core_does_nothing_with_a_free_core_or_finished_crfs(two_threads_on_two_cores, monkeypatch):
+    crf = two_threads_on_two_cores
+    done = _FakePending()
+    done.finished = True
+    with crf.lend_core([done, None]):
+        assert torch.get_num_threads() == 2
+    monkeypatch.setattr(crf, "_usable_cores", lambda: 4)
+    with crf.lend_core([_FakePending()]):
+        assert torch.get_num_threads() == 2
