@@ -21,8 +21,14 @@ from .stages.kmeans import kmeans
 from .stages.naming import SegmentNames, name_segments
 from .stages.pooling import mask_weights, pool_segments
 from .stages.preprocess import prepare_image
-from .stages.segments import (build_segments, drop_small_segments, grid_scores, label_map,
-                              upsample_labels, upsample_scores)
+from .stages.segments import (
+    build_segments,
+    drop_small_segments,
+    grid_scores,
+    label_map,
+    upsample_labels,
+    upsample_scores,
+)
 from .types import NameCandidate, PreparedImage, SegmentLabel
 
 logger = logging.getLogger(__name__)

@@ -6,6 +6,8 @@
    (fetching, mask cleaning, RLE, JSON). Target: overhead <= 10 %.
 2. Webhook latency while a ``/predict`` runs in another thread: p50/p99. Target: p99 <= 200 ms.
 3. RSS over many sequential single-task ``/predict`` calls: memory must stay flat.
+4. ``--parts rle`` (needs no models): brush RLE of clean and speckled masks, the SDK's encoder vs
+   ours (:mod:`tag_backend.ls.rle`), same bytes checked.
 Use small images and the tiny test models (``tag_backend.random_models``) to run in minutes.
 """
 
@@ -110,14 +112,45 @@ def bench_memory(client, config: str, path: Path, runs: int) -> dict:
     return {"runs": runs, "rss_mb": samples, "growth_mb_after_warmup": samples[-1][1] - first}
 
 
+def bench_rle(repeats: int = 5) -> dict:
+    """Milliseconds per mask: label_studio_sdk's ``mask2rle`` vs :func:`~.rle.mask_to_rle`."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    from .rle import mask_to_rle
+
+    yy, xx = np.mgrid[:1024, :1024]
+    masks = {
+        "disc 1024x1024": (yy - 500) ** 2 + (xx - 480) ** 2 < 300**2,
+        "disc 2048x2048": np.kron((yy - 500) ** 2 + (xx - 480) ** 2 < 300**2, np.ones((2, 2), bool)),
+        "speckle 1024x1024": np.random.default_rng(0).random((1024, 1024)) < 0.5,
+    }
+    out = {}
+    for name, mask in masks.items():
+        sdk_ms, ours_ms = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            sdk = [int(v) for v in mask2rle(np.where(mask, 255, 0).astype(np.uint8))]
+            t1 = time.perf_counter()
+            ours = mask_to_rle(mask)
+            t2 = time.perf_counter()
+            sdk_ms.append((t1 - t0) * 1000)
+            ours_ms.append((t2 - t1) * 1000)
+        if sdk != ours:
+            raise AssertionError(f"RLE differs from the SDK's on {name}")
+        sdk_med, ours_med = statistics.median(sdk_ms), statistics.median(ours_ms)
+        out[name] = {"sdk_ms": round(sdk_med, 1), "ours_ms": round(ours_med, 2),
+                     "speedup": round(sdk_med / ours_med, 1), "bytes": len(ours)}
+    return out
+
+
 def main() -> None:
     from ..app import create_app
     from ..config import settings_from_env
     from . import recommended_label_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dino", required=True)
-    parser.add_argument("--clip", required=True)
+    parser.add_argument("--dino")
+    parser.add_argument("--clip")
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--memory-runs", type=int, default=1000)
@@ -125,7 +158,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="overhead,webhook,memory",
-        help="Comma-separated subset of: overhead, webhook, memory.",
+        help="Comma-separated subset of: overhead, webhook, memory, rle.",
     )
     parser.add_argument(
         "--no-crf",
@@ -133,6 +166,15 @@ def main() -> None:
         help="Disable the dense CRF (pydensecrf2 holds the GIL while it runs).",
     )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if "rle" in parts:
+        for name, row in bench_rle().items():
+            print(f"rle {name}: {row}", flush=True)
+        parts.discard("rle")
+        if not parts:
+            return
+    if not (args.dino and args.clip):
+        parser.error("--dino and --clip are required for the overhead, webhook and memory parts")
     root = Path(tempfile.mkdtemp(prefix="tag-ls-bench-"))
     settings = settings_from_env().replace(
         dino_model=args.dino,
@@ -150,7 +192,6 @@ def main() -> None:
     runtime = app.extensions["tag_backend"].runtime
     if args.no_crf:
         runtime.pipeline.use_crf = False
-    parts = set(args.parts.split(","))
     if "overhead" in parts:
         print("overhead:", bench_overhead(client, runtime, config, paths), flush=True)
     if "webhook" in parts:

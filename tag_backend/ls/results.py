@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from label_studio_sdk.converter.brush import mask2rle
 
 from ..masks import MaskCleaning, clean_regions
 from ..types import SegmentLabel
+from .rle import mask_to_rle
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,9 @@ def new_region_id() -> str:
 
 
 def mask_rle(mask: np.ndarray) -> list[int]:
-    """Brush RLE of a boolean (H, W) mask: uint8 0/255 as ``mask2rle`` requires (§9.2)."""
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    return [int(v) for v in mask2rle(np.where(mask, 255, 0).astype(np.uint8))]
+    """Brush RLE of a boolean (H, W) mask: the bytes of the SDK's ``mask2rle`` on the 0/255 mask
+    (§9.2), encoded vectorised (:mod:`.rle`, 10-20x faster)."""
+    return mask_to_rle(mask)
 
 
 def region_items(
