@@ -5,9 +5,15 @@ near-duplicates with inner product > ``dedup_threshold`` grouped and only the fi
 concept entries (multi-word names such as "golden retriever") are candidates directly. All
 candidates are scored by cosine with the segment embedding using cached CLIP text embeddings
 (no prompt, as in TAG) and the best wins.
+
+Shown names drop a trailing parenthesised qualifier ("bat (animal)" -> "bat", "apse (indoor)" ->
+"apse"; 255 of the default vocabulary's concepts carry one, from LVIS, SUN397, ...): the full text
+is still what gets embedded and scored (the qualifier disambiguates), but annotators see the
+plain name, and "car" and "car (automobile)" become one candidate, so same-name merging works.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +30,14 @@ class SegmentNames:
 
     candidates: list[NameCandidate]
     sources: list[str]
+
+
+_QUALIFIER = re.compile(r"\s*\([^()]*\)\s*$")
+
+
+def display_name(text: str) -> str:
+    """A candidate's shown name: ``text`` without a trailing "(qualifier)"."""
+    return _QUALIFIER.sub("", text) or text
 
 
 def dedup_hits(hits: list, threshold: float) -> list:
@@ -66,9 +80,13 @@ def name_segments(embeddings: np.ndarray, index, text_encoder, *, top_k: int = 1
     out = []
     for emb, (hits, names) in zip(embeddings, per_segment):
         scores = text[[row[n] for n in names]] @ emb
-        order = np.argsort(-scores, kind="stable")[: max_alternatives + 1]
+        best: dict[str, float] = {}  # shown name -> best score of its texts, best first
+        for i in np.argsort(-scores, kind="stable"):
+            best.setdefault(display_name(names[i]), float(scores[i]))
+            if len(best) > max_alternatives:
+                break
         out.append(SegmentNames(
-            candidates=[NameCandidate(name=names[i], score=float(scores[i])) for i in order],
+            candidates=[NameCandidate(name=name, score=score) for name, score in best.items()],
             sources=[h.text for h in hits],
         ))
     return out
