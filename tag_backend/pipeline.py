@@ -1,11 +1,10 @@
 """The TAG pipeline: image -> named segments, with no class list from the user."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -173,7 +172,7 @@ class TagPipeline:
     def _lend_core_to_crf(self, pending):
         """On CPU, the CRF helper gets a core of its own while it runs (see ``lend_core``)."""
         if self.clip.device.type != "cpu":
-            return contextlib.nullcontext(None)
+            return nullcontext(None)
         return crf_stage.lend_core(refine for _, _, refine in pending)
 
     def _start_segment(self, prep: PreparedImage, patch):

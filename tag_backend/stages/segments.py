@@ -38,12 +38,6 @@ def upsample_scores(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.interpolate(scores[None].float(), size=size, mode="bilinear", align_corners=False)[0]
 
 
-def pixel_logits(tokens: torch.Tensor, grid: tuple[int, int], centers: torch.Tensor,
-                 size: tuple[int, int], assignment: str) -> torch.Tensor:
-    """(K, h, w) float32 scores; argmax over K is the segment id of each pixel."""
-    return upsample_scores(grid_scores(tokens, grid, centers, assignment), size)
-
-
 def label_map(logits: torch.Tensor) -> np.ndarray:
     """(h, w) segment id of each pixel: argmax over the K scores of a (K, h, w) tensor.
 

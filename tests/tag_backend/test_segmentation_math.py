@@ -10,9 +10,9 @@ from tag_backend.stages.kmeans import kmeans
 from tag_backend.stages.pooling import pool_segments
 from tag_backend.stages.segments import (
     drop_small_segments,
+    grid_scores,
     label_map,
     patch_weights,
-    pixel_logits,
     upsample_labels,
     upsample_scores,
 )
@@ -59,12 +59,12 @@ def test_kmeans_inertia_matches_bruteforce():
 
 
 @pytest.mark.parametrize("assignment", ["nearest", "dot"])
-def test_pixel_logits_equal_upsample_then_score(assignment):
+def test_grid_scores_upsampled_equal_upsample_then_score(assignment):
     """Scoring on the grid then upsampling == TAG's upsample-features-then-score (linearity)."""
     g = torch.Generator().manual_seed(0)
     grid, size = (4, 5), (28, 35)
     tokens, centers = torch.randn(20, 6, generator=g), torch.randn(3, 6, generator=g)
-    fast = pixel_logits(tokens, grid, centers, size, assignment)
+    fast = upsample_scores(grid_scores(tokens, grid, centers, assignment), size)
     feats = F.interpolate(tokens.T.reshape(1, 6, *grid), size=size, mode="bilinear", align_corners=False)[0]
     feats = feats.reshape(6, -1).T  # (pixels, D)
     if assignment == "dot":
