@@ -32,7 +32,6 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 EXACT_LIMIT = 250_000
-REFINE_K_FACTOR = 10
 REFINE_K_FACTORS = (10, 20, 50, 100, 200)
 TRAIN_PER_LIST = 64
 TARGET_RECALL = 0.95
@@ -106,7 +105,7 @@ def make_index(plan: IndexPlan, dim: int) -> faiss.Index:
         ivf.cp.max_points_per_centroid = TRAIN_PER_LIST
         ivf.cp.niter = 10
     if refine:
-        faiss.downcast_index(index).k_factor = REFINE_K_FACTOR
+        faiss.downcast_index(index).k_factor = REFINE_K_FACTORS[0]  # tuning sets the real one
         # ids and reconstruct(id) (via the SQ8 refine codes) come from the IDMap2 wrapper
         index = faiss.IndexIDMap2(index)
     elif ivf is None and not plan.factory.startswith("IDMap"):

@@ -1,8 +1,9 @@
 """The unit of work of a job: fetch a task's image, run TAG on a batch, build the LS item.
 
-Split in two so the worker can overlap them: :meth:`TaskEngine.fetch` (network + decoding, in a
-prefetch thread) and :meth:`TaskEngine.predict` (the models, one batch at a time, under the
-process-wide engine lock shared with ``/predict``). Failures raise instead of returning an
+Split so the worker can overlap the parts: :meth:`TaskEngine.fetch` (network + decoding, in a
+prefetch thread), :meth:`TaskEngine.run` (the models, one batch at a time, under the
+process-wide engine lock shared with ``/predict``) and :meth:`TaskEngine.item` (masks, brush RLE;
+in the finishing thread). Failures raise instead of returning an
 empty result, so the queue can count, report and retry them.
 """
 from __future__ import annotations
@@ -120,10 +121,3 @@ class TaskEngine:
         item = prediction_for(placed, width, height, model_version, layout)
         metrics.STAGE_SECONDS.labels(stage="results").observe(time.perf_counter() - start)
         return item
-
-    def predict(self, images: Sequence[Image.Image], layouts: Sequence[ResultLayout],
-                model_version: str) -> list[dict]:
-        """Label Studio items for decoded images (one engine call for the whole batch)."""
-        batches = self.run(images)
-        return [self.item(image, regions, layout, model_version)
-                for image, regions, layout in zip(images, batches, layouts)]

@@ -12,6 +12,7 @@ byte when already aligned, as the SDK does).
 from __future__ import annotations
 
 import numpy as np
+from label_studio_sdk.converter.brush import base_rle_encode
 
 _CHANNELS = 4  # RGBA: every pixel value is repeated four times
 _MAX_RUN = 1 << 16
@@ -25,7 +26,7 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     flat = np.asarray(mask, dtype=bool).ravel()
     if flat.size == 0:
         raise ValueError("mask is empty (0 pixels)")
-    lengths, values = _runs(flat)
+    lengths, _, values = base_rle_encode(flat)  # the SDK's vectorised run finder
     codes, widths = _tokens(lengths * _CHANNELS, np.where(values, 255, 0).astype(np.uint64))
     header_codes = np.array([flat.size * _CHANNELS, int(_HEADER_TAIL, 2)], dtype=np.uint64)
     codes = np.concatenate([header_codes, codes])
@@ -33,14 +34,6 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
     n_bits = int(widths.sum())
     n_bytes = n_bits // 8 + 1  # zero bits up to the next byte, a whole byte when aligned
     return _pack(codes, widths, n_bytes)
-
-
-def _runs(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run lengths and values of a 1-D array."""
-    ends = np.flatnonzero(flat[1:] != flat[:-1])
-    ends = np.append(ends, flat.size - 1)
-    lengths = np.diff(np.concatenate([[-1], ends]))
-    return lengths.astype(np.int64), flat[ends]
 
 
 def _tokens(lengths: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,11 +66,10 @@ def _pack(codes: np.ndarray, widths: np.ndarray, n_bytes: int) -> list[int]:
     """
     starts = np.cumsum(widths) - widths
     word = starts // 32
-    end = starts % 32 + widths  # bit just past the token inside its first word (<= 64)
+    end = starts % 32 + widths  # bit just past the token inside its first word (< 64)
     spill = np.maximum(end - 32, 0).astype(np.uint64)  # bits that go to the next word
     head = (codes >> spill) << (np.uint64(32) - np.minimum(end, 32).astype(np.uint64))
     tail = (codes & ((np.uint64(1) << spill) - np.uint64(1))) << (np.uint64(32) - spill)
-    tail[spill == 0] = 0
     n_words = -(-n_bytes // 4)
     words = np.bincount(word, weights=head.astype(np.float64), minlength=n_words + 1)
     words += np.bincount(word + 1, weights=tail.astype(np.float64), minlength=n_words + 1)

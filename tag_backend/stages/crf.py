@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .crf_worker import crf_inference, ping
 from .segments import upsample_scores
@@ -69,10 +68,8 @@ class PendingCrf:
     def __call__(self) -> torch.Tensor | None:
         if not self._args:
             return None
-        q = torch.from_numpy(_result(self._future, crf_inference, self._args))
-        if q.shape[1:] != self._size:
-            q = F.interpolate(q[None], size=self._size, mode="bilinear", align_corners=False)[0]
-        return q
+        return upsample_scores(torch.from_numpy(_result(self._future, crf_inference, self._args)),
+                               self._size)
 
 
 def submit_crf(rgb: np.ndarray, scores: torch.Tensor, params: CrfParams) -> PendingCrf:
