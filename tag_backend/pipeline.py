@@ -12,10 +12,9 @@ from PIL import Image
 
 from .exemplars import AliasMap, ExemplarMemory
 from .image_io import DEFAULT_MAX_PIXELS, open_image
+from .inference.forwards import BackboneForwards, TorchForwards
 from .models import LoadedClip, LoadedDino
 from .stages import crf as crf_stage
-from .stages.dense_clip import dense_clip_features
-from .stages.dino import dino_patch_features
 from .stages.kmeans import kmeans
 from .stages.naming import SegmentNames, name_segments
 from .stages.pooling import mask_weights, pool_segments
@@ -38,6 +37,8 @@ class TagPipeline:
 
     Arguments:
       dino, clip: loaded backbones (:mod:`tag_backend.models`).
+      forwards: the engine of the backbone forwards (:mod:`tag_backend.inference`); default
+        torch on the models' device.
       index: the concept index (``database_tools.index.ConceptIndex``): ``search(q, k, return_vectors)``.
       text_encoder: ``TextEncoder`` for candidate names (cached); defaults to the CLIP text tower.
       exemplars: corrected-region memory; a segment within ``exemplar_threshold`` cosine of an
@@ -63,7 +64,8 @@ class TagPipeline:
       max_image_pixels: decompression-bomb guard for decoded images.
     """
 
-    def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *, text_encoder=None,
+    def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *,
+                 forwards: BackboneForwards | None = None, text_encoder=None,
                  exemplars: ExemplarMemory | None = None, aliases: AliasMap | None = None,
                  image_size: int = 448,
                  resize_mode: str = "squash", n_segments: int = 15, kmeans_init: str = "k-means++",
@@ -81,6 +83,7 @@ class TagPipeline:
         if not 0 <= min_segment_area < 1:
             raise ValueError(f"min_segment_area must be in [0, 1), got {min_segment_area}")
         self.dino, self.clip, self.index = dino, clip, index
+        self.forwards = forwards or TorchForwards(dino, clip)
         self.text_encoder = text_encoder or clip.text_encoder()
         self.exemplars = exemplars or ExemplarMemory()
         self.aliases = aliases or AliasMap()
@@ -110,13 +113,13 @@ class TagPipeline:
         with _timed(t, "preprocess"):
             prepared = [self._prepare(img) for img in images]
         with _timed(t, "dino"):
-            patches = self._batched(dino_patch_features, self.dino, [p.dino_pixels for p in prepared])
+            patches = self._batched(self.forwards.dino, [p.dino_pixels for p in prepared])
         # Segment candidates: k-means on DINOv2 tokens and pixel scores; the CRF starts in its
         # helper process and runs while the dense-CLIP forward below uses this process.
         with _timed(t, "kmeans"):
             pending = [self._start_segment(prep, patch) for prep, patch in zip(prepared, patches)]
         with _timed(t, "dense_clip"), self._lend_core_to_crf(pending) as rebalance:
-            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance), None,
+            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance),
                                   [p.clip_pixels for p in prepared])
         results = []
         for prep, segmenting, feats in zip(prepared, pending, dense):
@@ -138,7 +141,7 @@ class TagPipeline:
     def embed_regions(self, image, masks: list[np.ndarray]) -> np.ndarray:
         """(n, D) L2-normalised CLIP embeddings of arbitrary boolean masks of ``image``."""
         prep = self._prepare(open_image(image, self.max_image_pixels))
-        feats = self._dense(None, prep.clip_pixels)[0]
+        feats = self._dense(prep.clip_pixels)[0]
         weights = mask_weights(masks, feats.grid)
         empty = weights.sum(1) <= 0
         if bool(empty.any()):
@@ -154,24 +157,24 @@ class TagPipeline:
             clip_std=self.clip.std, clip_dtype=self.clip.dtype, device=self.clip.device)
 
     @staticmethod
-    def _batched(fn, model, tensors: list[torch.Tensor]) -> list:
-        """Run ``fn`` on stacked tensors of equal shape, one call per distinct shape."""
+    def _batched(fn, tensors: list[torch.Tensor]) -> list:
+        """Run ``fn`` on stacked tensors of equal shape, one call per distinct shape (the whole
+        batch goes through a backbone at once; per-image stages stay per image)."""
         out: list = [None] * len(tensors)
         by_shape: dict[tuple, list[int]] = {}
         for i, x in enumerate(tensors):
             by_shape.setdefault(tuple(x.shape), []).append(i)
         for idx in by_shape.values():
-            for i, res in zip(idx, fn(model, torch.cat([tensors[i] for i in idx]))):
+            for i, res in zip(idx, fn(torch.cat([tensors[i] for i in idx]))):
                 out[i] = res
         return out
 
-    def _dense(self, _model, pixels: torch.Tensor, between_blocks=None):
-        return dense_clip_features(self.clip.model.visual, pixels, self.dense_method,
-                                   gem_depth=self.gem_depth, between_blocks=between_blocks)
+    def _dense(self, pixels: torch.Tensor, between_blocks=None):
+        return self.forwards.dense(pixels, self.dense_method, self.gem_depth, between_blocks)
 
     def _lend_core_to_crf(self, pending):
         """On CPU, the CRF helper gets a core of its own while it runs (see ``lend_core``)."""
-        if self.clip.device.type != "cpu":
+        if self.clip.device.type != "cpu" or self.forwards.backend != "torch":
             return nullcontext(None)
         return crf_stage.lend_core(refine for _, _, refine in pending)
 

@@ -47,8 +47,27 @@ class Runtime:
         return resolve_device(self.settings.device)
 
     @cached_property
+    def backend(self):
+        """Which engine runs the backbone forwards, in which precision (``TAG_BACKEND``)."""
+        from .inference.selection import resolve_backend
+
+        precision = resolve_dtype(self.settings.dtype, self.device, self.preset.prefer_bf16)
+        return resolve_backend(self.settings.backend, self.device, precision,
+                               explicit_dtype=bool(self.settings.dtype), int8=self.settings.backend_int8)
+
+    @cached_property
     def dtype(self):
-        return resolve_dtype(self.settings.dtype, self.device, self.preset.prefer_bf16)
+        """The weights' dtype: float32 for a compiled backend (its precision is a compile hint)."""
+        import torch
+
+        return torch.float32 if self.backend.compiled else self.backend.precision
+
+    @cached_property
+    def forwards(self):
+        from .inference.forwards import build_forwards
+
+        return build_forwards(self.dino, self.clip, self.backend, self.settings.resolved_backend_cache_dir,
+                              fallback=self.settings.backend.strip().lower() == "auto")
 
     @cached_property
     def dino(self):
@@ -97,7 +116,7 @@ class Runtime:
         with self._lock:
             s, p = self.settings, self.preset
             pipeline = TagPipeline(
-                self.dino, self.clip, self._load_index(), text_encoder=self.text_encoder,
+                self.dino, self.clip, self._load_index(), forwards=self.forwards, text_encoder=self.text_encoder,
                 exemplars=self._load_exemplars(), aliases=self._load_aliases(),
                 image_size=p.image_size, n_segments=p.n_segments, kmeans_restarts=p.kmeans_restarts,
                 use_crf=p.use_crf, crf_params=CrfParams(iterations=p.crf_iterations, scale=p.crf_scale),
