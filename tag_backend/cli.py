@@ -21,10 +21,12 @@ def main() -> None:
               help="Image URLs are written relative to this directory (Label Studio local-files root).")
 @click.option("--url-prefix", default="/data/local-files/?d=", show_default=True,
               help="Prefix of each task's image URL.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Images per backbone forward (same-size inputs share one forward).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @engine_options
 @handle_errors
-def predict(inputs, out, document_root, url_prefix, quiet, **flags) -> None:
+def predict(inputs, out, document_root, url_prefix, batch_size, quiet, **flags) -> None:
     """Predict named masks for images and write a Label Studio-importable task list."""
     from .predict_files import local_files_url, predict_files, write_tasks
     from .runtime import get_runtime
@@ -32,7 +34,7 @@ def predict(inputs, out, document_root, url_prefix, quiet, **flags) -> None:
     settings = settings_with(**flags)
     configure_logging(settings.log_level, settings.log_format)
     report = predict_files(get_runtime(settings), inputs, local_files_url(document_root, url_prefix),
-                           progress=not quiet)
+                           progress=not quiet, batch_size=batch_size)
     write_tasks(report.tasks, out)
     for path, reason in report.failures:
         click.echo(f"FAILED {path}: {reason}", err=True)

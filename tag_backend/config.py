@@ -20,6 +20,11 @@ def _default_data_dir() -> str:
     return os.path.join(base, "tag-backend")
 
 
+def _default_compiled_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tag-backend", "compiled")
+
+
 @dataclass(frozen=True)
 class EnvVar:
     """One setting: its environment variable, field, parser and documentation."""
@@ -60,7 +65,7 @@ class Settings:
     dtype: str | None = None
     dense_method: str | None = None
     backend: str = "auto"
-    backend_cache_dir: str | None = None
+    backend_cache_dir: str = field(default_factory=_default_compiled_cache)
     backend_int8: bool = False
     max_image_pixels: int = 40_000_000
     # Concept database
@@ -98,10 +103,6 @@ class Settings:
     def resolved_index_dir(self) -> str:
         return self.index_dir or str(Path(self.data_dir) / "index")
 
-    @property
-    def resolved_backend_cache_dir(self) -> str:
-        return self.backend_cache_dir or str(Path(self.data_dir) / "compiled")
-
     def replace(self, **changes: Any) -> "Settings":
         """Copy with the given fields changed; ``None`` values are ignored (flag not set)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -116,7 +117,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device)."),
     EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens)."),
     EnvVar("TAG_BACKEND", "backend", "Engine of the backbone forwards: `torch`, `openvino`, `onnxruntime` or `auto` (OpenVINO on CPU when installed, else torch). See docs/inference-backends.md."),
-    EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs are cached (default: `compiled/` in TAG_DATA_DIR)."),
+    EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs are cached (default: `~/.cache/tag-backend/compiled`, or under XDG_CACHE_HOME)."),
     EnvVar("TAG_BACKEND_INT8", "backend_int8", "OpenVINO only: int8 weight compression (NNCF); faster, features drift (docs/inference-backends.md).", _bool),
     EnvVar("TAG_MAX_IMAGE_PIXELS", "max_image_pixels", "Decompression-bomb guard: images with more pixels are refused.", int),
     EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live."),

@@ -66,7 +66,7 @@ class Runtime:
     def forwards(self):
         from .inference.forwards import build_forwards
 
-        return build_forwards(self.dino, self.clip, self.backend, self.settings.resolved_backend_cache_dir,
+        return build_forwards(self.dino, self.clip, self.backend, self.settings.backend_cache_dir,
                               fallback=self.settings.backend.strip().lower() == "auto")
 
     @cached_property

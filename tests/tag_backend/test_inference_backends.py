@@ -169,4 +169,4 @@ def test_runtime_loads_float32_weights_for_a_compiled_backend(tiny_settings):
     assert runtime.dtype == torch.float32 and runtime.dino.dtype == torch.float32
     assert runtime.forwards.backend == "openvino"
     assert Runtime(tiny_settings.replace(backend="torch")).forwards.backend == "torch"
-    assert Settings().resolved_backend_cache_dir.endswith("compiled")
+    assert Settings().backend_cache_dir.endswith("tag-backend/compiled")
