@@ -8,7 +8,36 @@ import click
 from .cli_common import configure_logging, engine_options, handle_errors, settings_with
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands in their own modules, imported only when invoked (or listed by --help): `predict`
+# does not pay for the server, the evaluator or the job engine at start-up.
+LAZY_COMMANDS = {
+    "serve": ("tag_backend.serve_cli", "serve"),
+    "download-weights": ("tag_backend.serve_cli", "download_weights"),
+    "eval": ("tag_backend.eval.cli", "eval_command"),
+    "prelabel": ("tag_backend.jobs.cli", "prelabel"),
+    "jobs": ("tag_backend.jobs.cli", "jobs"),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module when the command is first looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            import importlib
+
+            module, attr = LAZY_COMMANDS[name]
+            try:
+                self.add_command(getattr(importlib.import_module(module), attr), name)
+            except ImportError as exc:
+                raise click.ClickException(f"`{name}` is unavailable: {exc}") from None
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tag-backend")
 def main() -> None:
     """Guidance-free open-vocabulary segmentation (TAG) for Label Studio pre-labelling."""
@@ -51,20 +80,3 @@ def models() -> None:
     from .models_info import describe_models
 
     click.echo(describe_models(settings_with()))
-
-
-def _register_optional_commands() -> None:
-    """Commands implemented in their own modules (server, evaluator, jobs)."""
-    import importlib
-
-    for module, attr in (("tag_backend.serve_cli", "serve"), ("tag_backend.serve_cli", "download_weights"),
-                         ("tag_backend.eval.cli", "eval_command"), ("tag_backend.jobs.cli", "prelabel"),
-                         ("tag_backend.jobs.cli", "jobs")):
-        try:
-            command = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        main.add_command(command)
-
-
-_register_optional_commands()
