@@ -1,6 +1,6 @@
 """Job-engine benchmark: end-to-end tasks/s through the queue vs the engine alone, peak RSS.
 
-``python -m tag_backend.jobs.bench --jobs 200`` (the lead's ``python -m tag_backend.bench --jobs N``
+``python -m tag_backend.jobs.bench --jobs 200`` (``python -m benchmarks.engine --jobs N``
 dispatches here). Images are synthetic PNG files read through the normal media path (local
 files under ``TAG_ALLOWED_LOCAL_ROOTS``); the queue is a fresh SQLite store; pushes are off (no
 Label Studio), so the number is "queue + fetch/decode + engine + masks/RLE + record".
