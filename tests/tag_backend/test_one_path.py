@@ -15,7 +15,7 @@ from tag_backend.ls import recommended_label_config
 from tag_backend.ls.serializer import Serializer
 from tag_backend.predictor import Predictor
 
-from ls_helpers import shared_services
+from ls_helpers import copy_services, shared_services
 
 
 @pytest.fixture()
@@ -69,8 +69,9 @@ def test_job_worker_goes_through_predictor_and_serializer(tiny_services_session,
                                                          images, calls):
     from tag_backend.jobs.worker import Worker, WorkerOptions
 
-    services = shared_services(tiny_services_session, tmp_path / "srv",
-                               allowed_local_roots=str(tmp_path))
+    # A copy of the session database: the job tables are written.
+    services = copy_services(tiny_services_session, tmp_path / "srv",
+                             allowed_local_roots=str(tmp_path))
     queue = services.jobs.queue
     job = queue.create_job("prelabel", _tasks(images), label_config=recommended_label_config(),
                            model_version="x", push=False)
