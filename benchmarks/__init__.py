@@ -1,1 +1,2 @@
-"""Benchmarks of the engine (`python -m benchmarks.engine`); not installed with the package."""
+"""Benchmarks that print numbers (run with ``python -m benchmarks.<name>``); not installed with the
+product packages and never imported by them."""

@@ -96,11 +96,11 @@ def bench_preset(preset: str, backends: list[str], runs: int, images: list[str],
     import torch
     from PIL import Image
 
-    from tag_backend.runtime import Runtime
+    from tag_backend.services import Services
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    runtimes = {b: Runtime(settings_for(preset, b, dtype)) for b in backends}
-    pipelines = {b: rt.pipeline for b, rt in runtimes.items()}  # builds the index once (shared data dir)
+    services = {b: Services(settings_for(preset, b, dtype)) for b in backends}
+    pipelines = {b: s.pipeline() for b, s in services.items()}  # builds the index once (shared data dir)
     result: dict = {"preset": preset, "dtype": dtype, "backends": backends, "images": {},
                     "batches": {}, "threads": torch.get_num_threads()}
     for image_path in images:
@@ -162,12 +162,11 @@ def bench_crf_scales(preset: str, backend: str, dtype: str, scales: list[float],
 
     from tag_backend.eval.metrics import hungarian_ious, region_map_from_masks
     from tag_backend.eval.synthetic import make_scene
-    from tag_backend.runtime import Runtime
+    from tag_backend.services import Services
     from tag_backend.stages.crf import CrfParams
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    runtime = Runtime(settings_for(preset, backend, dtype))
-    pipeline = runtime.pipeline
+    pipeline = Services(settings_for(preset, backend, dtype)).pipeline()
     data = [make_scene(seed, size=448) for seed in range(scenes)]
     out = {}
     pipeline.generate(Image.fromarray(data[0].image))
@@ -216,16 +215,16 @@ def startup_stages(image: str) -> dict:
     from tag_backend.cli_common import settings_with
     from tag_backend.image_io import open_image
     from tag_backend.predict_files import predict_files  # noqa: F401
-    from tag_backend.runtime import get_runtime
+    from tag_backend.services import Services
     mark("import engine (torch)")
-    runtime = get_runtime(settings_with())
-    runtime.dino
+    services = Services(settings_with())
+    services.models.dino
     mark("load DINOv2")
-    runtime.clip
+    services.models.clip
     mark("load CLIP")
-    pipeline = runtime.pipeline
+    pipeline = services.pipeline()
     mark("store + index + exemplars")
-    runtime.model_version()
+    services.version_for(services.knowledge())
     mark("model_version")
     picture = open_image(image)
     timings: dict[str, float] = {}

@@ -58,11 +58,11 @@ def main() -> None:
 def predict(inputs, out, document_root, url_prefix, batch_size, quiet, **flags) -> None:
     """Predict named masks for images and write a Label Studio-importable task list."""
     from .predict_files import local_files_url, predict_files, write_tasks
-    from .runtime import get_runtime
+    from .services import Services
 
     settings = settings_with(**flags)
     configure_logging(settings.log_level, settings.log_format)
-    report = predict_files(get_runtime(settings), inputs, local_files_url(document_root, url_prefix),
+    report = predict_files(Services(settings), inputs, local_files_url(document_root, url_prefix),
                            progress=not quiet, batch_size=batch_size)
     write_tasks(report.tasks, out)
     for path, reason in report.failures:

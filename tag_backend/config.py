@@ -34,6 +34,9 @@ class EnvVar:
     help: str
     parse: Any = str
     secret: bool = False
+    #: How the default is described in the docs when the field's default is ``None``
+    #: (decided later, by the preset, the device or another setting).
+    default_doc: str = "unset"
 
 
 def _bool(value: str) -> bool:
@@ -90,6 +93,7 @@ class Settings:
     guided_threshold: float = 0.75
     guided_fallback: str | None = None
     predict_budget_seconds: float = 60.0
+    feature_cache_mb: int = 256
     log_format: str = "text"
     log_level: str = "INFO"
 
@@ -110,20 +114,20 @@ class Settings:
 
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_PRESET", "preset", "Preset: `fast` (DINOv2-S/14 + CLIP ViT-B/16) or `paper` (DINOv2-B/14 + CLIP ViT-L/14 OpenAI, CRF)."),
-    EnvVar("TAG_DINO_MODEL", "dino_model", "DINOv2: a Hugging Face id (hub cache) or a local directory saved by `save_pretrained`."),
-    EnvVar("TAG_CLIP_MODEL", "clip_model", "CLIP: an open_clip model name (e.g. `ViT-B-16`) or `local-dir:DIR`."),
-    EnvVar("TAG_CLIP_PRETRAINED", "clip_pretrained", "CLIP weights: an open_clip pretrained tag (e.g. `openai`) or a checkpoint file."),
-    EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available)."),
-    EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device)."),
-    EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens)."),
+    EnvVar("TAG_DINO_MODEL", "dino_model", "DINOv2: a Hugging Face id (hub cache) or a local directory saved by `save_pretrained`.", default_doc="the preset's"),
+    EnvVar("TAG_CLIP_MODEL", "clip_model", "CLIP: an open_clip model name (e.g. `ViT-B-16`) or `local-dir:DIR`.", default_doc="the preset's"),
+    EnvVar("TAG_CLIP_PRETRAINED", "clip_pretrained", "CLIP weights: an open_clip pretrained tag (e.g. `openai`) or a checkpoint file.", default_doc="the preset's"),
+    EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available).", default_doc="`cuda` if available, else `cpu`"),
+    EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device).", default_doc="per preset and device"),
+    EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens).", default_doc="the preset's (`gem`)"),
     EnvVar("TAG_BACKEND", "backend", "Engine of the backbone forwards: `torch`, `openvino`, `onnxruntime` or `auto` (OpenVINO on CPU when installed, else torch). See docs/inference-backends.md."),
-    EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs are cached (default: `~/.cache/tag-backend/compiled`, or under XDG_CACHE_HOME)."),
+    EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs are cached (under `$XDG_CACHE_HOME`, by default `~/.cache`).", default_doc="`~/.cache/tag-backend/compiled`"),
     EnvVar("TAG_BACKEND_INT8", "backend_int8", "OpenVINO only: int8 weight compression (NNCF); faster, features drift (docs/inference-backends.md).", _bool),
     EnvVar("TAG_MAX_IMAGE_PIXELS", "max_image_pixels", "Decompression-bomb guard: images with more pixels are refused.", int),
-    EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live."),
-    EnvVar("TAG_DB_URL", "db_url", "Concept database URL: `sqlite:///path.db` or `postgresql+psycopg://user:pass@host/db`.", str, True),
-    EnvVar("TAG_INDEX_DIR", "index_dir", "Directory of the versioned FAISS concept indexes."),
-    EnvVar("TAG_DEFAULT_VOCABULARY", "default_vocabulary", "Concept list imported on first use (one name per line); `none` = only what you import. Default: the shipped vocabulary."),
+    EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live.", default_doc="`$XDG_DATA_HOME/tag-backend` (`~/.local/share/tag-backend`)"),
+    EnvVar("TAG_DB_URL", "db_url", "Concept database URL: `sqlite:///path.db` or `postgresql+psycopg://user:pass@host/db`.", str, True, default_doc="SQLite `concepts.db` in `TAG_DATA_DIR`"),
+    EnvVar("TAG_INDEX_DIR", "index_dir", "Directory of the versioned FAISS concept indexes.", default_doc="`index/` in `TAG_DATA_DIR`"),
+    EnvVar("TAG_DEFAULT_VOCABULARY", "default_vocabulary", "Concept list imported on first use (one name per line); `none` = only what you import. Default: the shipped vocabulary.", default_doc="the shipped vocabulary"),
     EnvVar("TAG_NEW_CONCEPT_STATUS", "new_concept_status", "Status of concepts first seen in a correction: `active` or `pending`."),
     EnvVar("TAG_EXEMPLAR_THRESHOLD", "exemplar_threshold", "Cosine above which a segment takes the name of a corrected exemplar.", float),
     EnvVar("TAG_ALIAS_MIN_COUNT", "alias_min_count", "Corrections of a predicted name to the same new name before every later prediction of it is renamed.", int),
@@ -140,6 +144,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),
     EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold (unset: region dropped)."),
     EnvVar("TAG_PREDICT_BUDGET", "predict_budget_seconds", "Seconds `/predict` may compute before queueing the rest.", float),
+    EnvVar("TAG_FEATURE_CACHE_MB", "feature_cache_mb", "Memory for the backbone features of recently predicted images (a second request on the same image skips the backbones); 0 turns the cache off.", int),
     EnvVar("TAG_LOG_FORMAT", "log_format", "`text` or `json` (structured logs)."),
     EnvVar("TAG_LOG_LEVEL", "log_level", "Logging level."),
 )

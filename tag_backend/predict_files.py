@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from PIL import Image
 from tqdm import tqdm
 
 from .errors import ImageError, TagError
 from .image_io import open_image
-from .runtime import Runtime
+from .ls.layout import DEFAULT_LAYOUT
+from .services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,10 @@ def local_files_url(document_root: str | Path, prefix: str = "/data/local-files/
 DEFAULT_BATCH_SIZE = 4
 
 
-def predict_files(runtime: Runtime, inputs: Iterable[str], url_for: Callable[[Path], str],
+def predict_files(services: Services, inputs: Iterable[str], url_for: Callable[[Path], str],
                   progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE) -> PredictReport:
-    """Run the pipeline on every image, ``batch_size`` images per backbone forward.
+    """Run the predictor on every image, ``batch_size`` images per backbone forward, and
+    serialize each as a task of the recommended config.
 
     A bad file is reported and skipped, the batch goes on; when a whole batch fails, its images
     are retried one by one so only the culprit is lost.
@@ -73,37 +76,35 @@ def predict_files(runtime: Runtime, inputs: Iterable[str], url_for: Callable[[Pa
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     files, failures = expand_inputs(inputs)
     report = PredictReport(failures=failures)
-    pipeline = runtime.pipeline  # load models once, before the progress bar starts
-    version = runtime.model_version()  # once per run: one database query, not one per image
+    knowledge = services.knowledge()  # load models once, before the progress bar starts
+    version = services.version_for(knowledge)  # no database query per image
     with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-        batch: list[tuple[Path, object]] = []
+        batch: list[tuple[Path, Image.Image]] = []
         for path in files:
             try:
-                batch.append((path, open_image(path, runtime.settings.max_image_pixels)))
+                batch.append((path, open_image(path, services.settings.max_image_pixels)))
             except (ImageError, TagError) as exc:
                 report.failures.append((str(path), str(exc)))
                 bar.update(1)
             if len(batch) == batch_size:
-                _predict_batch(pipeline, batch, url_for, version, report)
+                _predict_batch(services, knowledge, batch, url_for, version, report)
                 bar.update(len(batch))
                 batch = []
         if batch:
-            _predict_batch(pipeline, batch, url_for, version, report)
+            _predict_batch(services, knowledge, batch, url_for, version, report)
             bar.update(len(batch))
     return report
 
 
-def _predict_batch(pipeline, batch: list[tuple[Path, object]], url_for: Callable[[Path], str],
-                   version: str, report: PredictReport) -> None:
-    from .ls.results import task_for_image
-
+def _predict_batch(services: Services, knowledge, batch: list[tuple[Path, Image.Image]],
+                   url_for: Callable[[Path], str], version: str, report: PredictReport) -> None:
     try:
-        results = pipeline.generate_batch([image for _, image in batch])
-    except (ImageError, TagError, RuntimeError, ValueError, MemoryError) as exc:
+        results = services.predictor.predict([image for _, image in batch], knowledge=knowledge)
+    except (TagError, RuntimeError, ValueError, MemoryError) as exc:
         if len(batch) > 1:  # isolate the image that fails
             logger.warning("batch of %d failed (%s); predicting its images one by one", len(batch), exc)
             for item in batch:
-                _predict_batch(pipeline, [item], url_for, version, report)
+                _predict_batch(services, knowledge, [item], url_for, version, report)
             return
         path = batch[0][0]
         if isinstance(exc, TagError):
@@ -114,7 +115,8 @@ def _predict_batch(pipeline, batch: list[tuple[Path, object]], url_for: Callable
         return
     for (path, image), regions in zip(batch, results):
         report.regions += len(regions)
-        report.tasks.append(task_for_image(url_for(path), regions, image.width, image.height, version))
+        report.tasks.append(services.serializer.task(url_for(path), regions, image.width,
+                                                     image.height, DEFAULT_LAYOUT, version))
 
 
 def write_tasks(tasks: list[dict], out: str | Path) -> None:

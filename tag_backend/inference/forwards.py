@@ -30,6 +30,7 @@ class BackboneForwards(Protocol):
     """DINOv2 patch tokens and dense CLIP features of a batch of same-size images."""
 
     backend: str
+    signature: str
 
     def dino(self, pixels: torch.Tensor) -> list[PatchFeatures]: ...
 
@@ -41,6 +42,7 @@ class TorchForwards:
     """The forwards in torch, on the models' device and dtype (CPU or CUDA)."""
 
     backend = "torch"
+    signature = "torch"
 
     def __init__(self, dino: LoadedDino, clip: LoadedClip) -> None:
         self._dino, self._clip = dino, clip
@@ -81,6 +83,8 @@ class CompiledForwards:
                     f"{loaded.dtype} on {loaded.device}")
         self._dino, self._clip, self.choice, self.cache = dino, clip, choice, cache
         self.backend = choice.name
+        # What besides the weights decides the features (part of the pipeline's feature-cache key).
+        self.signature = f"{choice.name}/{choice.precision}{'/int8' if choice.int8 else ''}"
         self._impl = _backend_impl(choice.name)
         self._threads = threads
         self._fallback = TorchForwards(dino, clip) if fallback else None

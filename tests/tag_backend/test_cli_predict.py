@@ -85,9 +85,6 @@ def test_corrupt_index_is_reported_or_rebuilt_never_silently_used(env, tmp_path)
     assert index_files
     for p in index_files:
         p.write_bytes(b"garbage")
-    from tag_backend import runtime as rt
-
-    rt._runtimes.clear()  # a new process would start without the cached index
     result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code == 0, result.output
 
@@ -98,31 +95,38 @@ def test_models_command_lists_presets():
     assert "paper" in result.output and "ViT-L-14-quickgelu" in result.output and "TAG_DINO_MODEL" in result.output
 
 
-def test_dense_method_is_selectable_from_the_cli(env, tmp_path):
-    from tag_backend import runtime as rt
+def test_dense_method_is_selectable_from_the_cli(env, tmp_path, monkeypatch):
+    from tag_backend import predict_files as pf
 
+    used = []
+    real = pf.predict_files
+
+    def spy(services, *args, **kwargs):
+        used.append(services)
+        return real(services, *args, **kwargs)
+
+    monkeypatch.setattr(pf, "predict_files", spy)
     flat_shapes()[0].save(tmp_path / "ok.png")
     result = CliRunner().invoke(main, ["predict", str(tmp_path / "ok.png"), "--out", str(tmp_path / "t.json"),
                                        "--quiet", "--dense-method", "naclip"], env=env)
     assert result.exit_code == 0, result.output
-    used = [r for s, r in rt._runtimes.items() if s.dense_method == "naclip"]
-    assert used and used[0].pipeline.dense_method == "naclip"
+    assert [s.pipeline().dense_method for s in used] == ["naclip"]
     assert CliRunner().invoke(main, ["predict", "x", "--out", "y", "--dense-method", "maskclip"]).exit_code == 2
 
 
-def test_predict_files_feeds_batches_and_isolates_a_failing_image(tiny_runtime_session, tmp_path, monkeypatch):
+def test_predict_files_feeds_batches_and_isolates_a_failing_image(tiny_services_session, tmp_path, monkeypatch):
     from tag_backend.predict_files import predict_files
 
     paths = []
     for i, size in enumerate([(320, 240), (448, 448), (5, 5), (300, 300), (448, 448)]):
         paths.append(tmp_path / f"{i}.png")
         flat_shapes(seed=i)[0].resize(size).save(paths[-1])
-    pipeline = tiny_runtime_session.pipeline
+    predictor = tiny_services_session.predictor
     calls = []
-    real = pipeline.generate_batch
-    monkeypatch.setattr(pipeline, "generate_batch", lambda images, *a: (calls.append(len(images)),
-                                                                        real(images, *a))[1])
-    report = predict_files(tiny_runtime_session, [str(p) for p in paths], lambda p: p.name,
+    real = predictor.predict
+    monkeypatch.setattr(predictor, "predict", lambda images, **kw: (calls.append(len(images)),
+                                                                    real(images, **kw))[1])
+    report = predict_files(tiny_services_session, [str(p) for p in paths], lambda p: p.name,
                            progress=False, batch_size=3)
     # [0, 1, 2] fails as a batch (2 is smaller than a patch) and is retried image by image.
     assert calls == [3, 1, 1, 1, 2]

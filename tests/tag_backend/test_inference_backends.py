@@ -20,7 +20,7 @@ from tag_backend.inference.cache import ExportCache
 from tag_backend.inference.forwards import CompiledForwards
 from tag_backend.inference.selection import resolve_backend
 from tag_backend.models import load_clip, load_dino
-from tag_backend.runtime import Runtime
+from tag_backend.services import Services
 
 CPU = torch.device("cpu")
 COSINE = 0.999
@@ -124,20 +124,20 @@ def test_compiled_backends_refuse_non_float32_weights(models, tiny_dino_dir, tmp
         CompiledForwards(bf16, clip, BackendChoice("openvino", torch.bfloat16), ExportCache(tmp_path))
 
 
-def test_engine_gives_identical_segment_labels_on_synthetic_scenes(models, cache_dir, tiny_runtime_session):
+def test_engine_gives_identical_segment_labels_on_synthetic_scenes(models, cache_dir, tiny_services_session):
     """The whole pipeline, batched: the same regions (masks and names) on torch and OpenVINO."""
     from PIL import Image
 
     from tag_backend.pipeline import TagPipeline
 
     dino, clip = models
-    runtime = tiny_runtime_session
+    knowledge = tiny_services_session.knowledge()
     scenes = [Image.fromarray(make_scene(seed).image) for seed in range(4)]
     results = []
     for forwards in (TorchForwards(dino, clip),
                      build_forwards(dino, clip, BackendChoice("openvino", torch.float32), str(cache_dir))):
-        pipeline = TagPipeline(dino, clip, runtime.pipeline.index, forwards=forwards,
-                               text_encoder=runtime.text_encoder, image_size=224, n_segments=5)
+        pipeline = TagPipeline(dino, clip, knowledge.index, forwards=forwards,
+                               text_encoder=tiny_services_session.text_encoder, image_size=224, n_segments=5)
         results.append(pipeline.generate_batch(scenes))
     for got, want in zip(*results):
         assert len(got) == len(want) > 1
@@ -164,9 +164,10 @@ def test_backend_setting_is_validated():
 
 
 def test_runtime_loads_float32_weights_for_a_compiled_backend(tiny_settings):
-    runtime = Runtime(tiny_settings.replace(backend="openvino", dtype="bfloat16"))
-    assert runtime.backend == BackendChoice("openvino", torch.bfloat16)
-    assert runtime.dtype == torch.float32 and runtime.dino.dtype == torch.float32
-    assert runtime.forwards.backend == "openvino"
-    assert Runtime(tiny_settings.replace(backend="torch")).forwards.backend == "torch"
+    models = Services(tiny_settings.replace(backend="openvino", dtype="bfloat16")).models
+    assert models.backend == BackendChoice("openvino", torch.bfloat16)
+    assert models.dtype == torch.float32 and models.dino.dtype == torch.float32
+    assert models.forwards.backend == "openvino" and models.forwards.signature == "openvino/torch.bfloat16"
+    services = Services(tiny_settings.replace(backend="torch"))
+    assert services.models.forwards.backend == "torch" and services.pipeline().forwards is services.models.forwards
     assert Settings().backend_cache_dir.endswith("tag-backend/compiled")
