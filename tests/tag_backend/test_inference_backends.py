@@ -171,3 +171,15 @@ def test_runtime_loads_float32_weights_for_a_compiled_backend(tiny_settings):
     services = Services(tiny_settings.replace(backend="torch"))
     assert services.models.forwards.backend == "torch" and services.pipeline().forwards is services.models.forwards
     assert Settings().backend_cache_dir.endswith("tag-backend/compiled")
+
+
+def test_int8_weights_stay_close_to_torch(models, tmp_path):
+    """NNCF int8 weight compression: a separate cache entry, features within cosine 0.99."""
+    dino, clip = models
+    pixels = torch.randn(2, 3, 224, 224)
+    int8 = build_forwards(dino, clip, BackendChoice("openvino", torch.float32, int8=True), str(tmp_path))
+    assert int8.signature == "openvino/torch.float32/int8"
+    got, want = int8.dino(pixels), TorchForwards(dino, clip).dino(pixels)
+    assert min(_min_cosine(g.tokens, w.tokens) for g, w in zip(got, want)) >= 0.99
+    (entry,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert json.loads((entry / "meta.json").read_text())["int8"] is True
