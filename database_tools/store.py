@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +30,7 @@ from .migrate import READONLY_OPTION, migrate_to_head
 from .normalize import display_text, normalize_text
 from .schema import Alias, Entry, Exemplar, IndexVersion, Meta, utcnow
 from .sql import upsert_entries
+from .txn import Txn
 
 logger = logging.getLogger(__name__)
 
@@ -61,27 +62,6 @@ class EntryChange:
     text: str
     status: str
     updated_seq: int
-
-
-class Txn:
-    """A write transaction; :meth:`seq` bumps ``db_version`` once, on first content change."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._seq: int | None = None
-
-    def seq(self) -> int:
-        """The new ``db_version`` of this transaction (bumped and row-locked on first call)."""
-        if self._seq is None:
-            self.session.execute(
-                update(Meta).where(Meta.id == 1).values(db_version=Meta.db_version + 1)
-            )
-            self._seq = int(self.session.scalar(select(Meta.db_version).where(Meta.id == 1)))
-        return self._seq
-
-    @property
-    def changed(self) -> bool:
-        return self._seq is not None
 
 
 def _make_engine(url: str) -> Engine:

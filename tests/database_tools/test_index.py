@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from database_tools.index import ConceptIndex, build_index, update_index
+from database_tools.index import ConceptIndex
+from database_tools.index_build import build_index, update_index
 from database_tools.errors import IndexCorrupt, IndexMismatch, IndexNotFound
 from database_tools.index_files import CURRENT_FILE, INDEX_FILE, encoder_root, list_versions
 from database_tools.store import Store

@@ -80,7 +80,7 @@ def test_k_is_respected_and_results_are_deterministic(runtime):
 
 def test_same_name_segments_are_merged(runtime, tmp_path):
     """With a one-concept database every segment gets the same name -> one region."""
-    from database_tools.index import build_index
+    from database_tools.index_build import build_index
     from database_tools.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'one.db'}")
