@@ -36,10 +36,16 @@ logger = logging.getLogger(__name__)
 class TagPipeline:
     """Guidance-free open-vocabulary segmentation (TAG, Kawano & Aoki 2024) with fixes.
 
+    The defaults below are the ``quality`` / ``fast`` presets' segmentation choices; the
+    ``paper`` preset's values are given in parentheses where they differ, and
+    :meth:`tag_backend.presets.Preset.pipeline_kwargs` gives every knob of a preset
+    (docs/presets.md: knob -> paper value -> preset values -> why).
+
     Arguments:
       dino, clip: loaded backbones (:mod:`tag_backend.models`).
       index: the concept index (``database_tools.index.ConceptIndex``): ``search(q, k, return_vectors)``.
-      text_encoder: ``TextEncoder`` for candidate names (cached); defaults to the CLIP text tower.
+      text_encoder: ``TextEncoder`` for words extracted from captions; defaults to the CLIP text
+        tower. Concept entries are scored with the vectors the index returns for them.
       exemplars: corrected-region memory; a segment within ``exemplar_threshold`` cosine of an
         exemplar takes its name.
       aliases: names annotators repeatedly corrected (predicted -> wanted); applied to the best
@@ -47,18 +53,23 @@ class TagPipeline:
       image_size (448): model input side in pixels; cost grows with its square.
       resize_mode ("squash"): paper squashes to a square; "keep_aspect" keeps the aspect ratio.
       n_segments (15): k of the per-image k-means (upper bound on segments before merging).
-      kmeans_init ("k-means++"), kmeans_restarts (8), kmeans_max_iter (100), kmeans_tol (1e-4),
-        seed (123): k-means settings (paper: random init, 8 restarts, 100 iterations, seed 123).
-      assignment ("nearest"): pixel -> segment by nearest centre; "dot" is the paper's dot product.
-      use_crf (True): dense-CRF refinement (STEGO parameters, ``crf_params``); skipped with a
-        single log line when pydensecrf2 is not installed.
-      min_segment_area (0.002): segments below this share of the image are absorbed by their
-        next-best neighbour (0 keeps every non-empty segment, as the paper did).
-      dense_method ("gem"): dense CLIP features, "gem" (paper) or "naclip"; gem_depth (7).
+      kmeans_init ("k-means++"; paper "random"), kmeans_restarts (8), kmeans_max_iter (100),
+        kmeans_tol (1e-4), kmeans_convergence ("relative": scikit-learn's test; paper
+        "mean_shift": torch-kmeans'), seed (123): k-means settings (:func:`.stages.kmeans.kmeans`).
+      assignment ("nearest"; paper "dot"): pixel -> segment by nearest centre, or by the
+        largest dot product with the centres as TAG does.
+      use_crf (True): dense-CRF refinement (STEGO parameters), skipped with a single log line
+        when pydensecrf2 is not installed. ``crf_params`` (:class:`~.stages.crf.CrfParams`):
+        iterations (10), resolution ``scale`` (1.0) and the unary: ``unary_gain=None`` is TAG's
+        softmax of the raw scores, a number calibrates the scores first (default 1.0).
+      min_segment_area (0.002; paper 0): segments below this share of the image are absorbed
+        by their next-best neighbour. Empty segments are always dropped (TAG pooled them into
+        NaN embeddings).
+      dense_method ("gem"): dense CLIP features, "gem" (paper), "naclip" or "plain"; gem_depth (7).
       top_k_captions (10), dedup_threshold (0.94), min_word_count (2), pos_filter (True):
         retrieval and TAG's word extraction.
       max_alternatives (5): alternative names kept per region.
-      merge_same_name (True): segments with the same name become one region.
+      merge_same_name (True; paper False): segments with the same name become one region.
       exemplar_threshold (0.90): cosine needed to take a corrected exemplar's name.
       max_image_pixels: decompression-bomb guard for decoded images.
     """
@@ -68,7 +79,7 @@ class TagPipeline:
                  image_size: int = 448,
                  resize_mode: str = "squash", n_segments: int = 15, kmeans_init: str = "k-means++",
                  kmeans_restarts: int = 8, kmeans_max_iter: int = 100, kmeans_tol: float = 1e-4,
-                 seed: int = 123, assignment: str = "nearest", use_crf: bool = True,
+                 kmeans_convergence: str = "relative", seed: int = 123, assignment: str = "nearest", use_crf: bool = True,
                  crf_params: crf_stage.CrfParams = crf_stage.CrfParams(),
                  min_segment_area: float = 0.002, dense_method: str = "gem", gem_depth: int = 7,
                  top_k_captions: int = 10, dedup_threshold: float = 0.94, min_word_count: int = 2,
@@ -86,7 +97,7 @@ class TagPipeline:
         self.aliases = aliases or AliasMap()
         self.image_size, self.resize_mode, self.n_segments = image_size, resize_mode, n_segments
         self.kmeans_kwargs = dict(n_init=kmeans_restarts, max_iter=kmeans_max_iter, tol=kmeans_tol,
-                                  init=kmeans_init, seed=seed)
+                                  init=kmeans_init, seed=seed, convergence=kmeans_convergence)
         self.assignment, self.use_crf, self.crf_params = assignment, use_crf, crf_params
         self.min_segment_area, self.dense_method, self.gem_depth = min_segment_area, dense_method, gem_depth
         self.naming_kwargs = dict(top_k=top_k_captions, dedup_threshold=dedup_threshold,

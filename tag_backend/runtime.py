@@ -15,7 +15,6 @@ from .exemplars import AliasMap, ExemplarMemory
 from .models import load_clip, load_dino, resolve_device, resolve_dtype
 from .pipeline import TagPipeline
 from .presets import get_preset
-from .stages.crf import CrfParams
 from .text.cache import MemoryCachedEncoder
 
 logger = logging.getLogger(__name__)
@@ -99,9 +98,7 @@ class Runtime:
             pipeline = TagPipeline(
                 self.dino, self.clip, self._load_index(), text_encoder=self.text_encoder,
                 exemplars=self._load_exemplars(), aliases=self._load_aliases(),
-                image_size=p.image_size, n_segments=p.n_segments, kmeans_restarts=p.kmeans_restarts,
-                use_crf=p.use_crf, crf_params=CrfParams(iterations=p.crf_iterations, scale=p.crf_scale),
-                dense_method=s.dense_method or p.dense_method,
+                **{**p.pipeline_kwargs(), "dense_method": s.dense_method or p.dense_method},
                 exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels,
             )
             self._seen_db_version = self.store.db_version()
