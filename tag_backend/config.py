@@ -40,10 +40,6 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true/false, got {value!r}")
 
 
-def _optional_int(value: str) -> int | None:
-    return None if value.strip() == "" else int(value)
-
-
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the engine, the server and the database tools.

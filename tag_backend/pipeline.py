@@ -21,10 +21,10 @@ from .stages.naming import SegmentNames, name_segments
 from .stages.pooling import mask_weights, pool_segments
 from .stages.preprocess import prepare_image
 from .stages.segments import (
-    build_segments,
     drop_small_segments,
     grid_scores,
     label_map,
+    patch_weights,
     upsample_labels,
     upsample_scores,
 )
@@ -133,16 +133,16 @@ class TagPipeline:
         for prep, segmenting, feats in zip(prepared, pending, dense):
             # CRF result (or the raw scores), then segments below min_segment_area absorbed.
             with _timed(t, "crf"):
-                labels, logits = self._finish_segment(segmenting)
+                labels = self._finish_segment(segmenting)
             # One embedding per segment: dense CLIP features mean-pooled over the segment.
             with _timed(t, "pool"):
-                embeddings = pool_segments(build_segments(labels, feats.grid, feats.features.device)
-                                           .patch_weights, feats.features)
+                embeddings = pool_segments(patch_weights(labels, feats.grid, feats.features.device),
+                                           feats.features)
             # Names: corrected exemplars first, then retrieval + CLIP image-text scoring.
             with _timed(t, "name"):
                 names = self._name(embeddings)
             with _timed(t, "masks"):
-                results.append(self._regions(prep, labels, logits, embeddings, names))
+                results.append(self._regions(prep, labels, embeddings, names))
         return results
 
     @torch.inference_mode()
@@ -193,13 +193,12 @@ class TagPipeline:
         refine = crf_stage.submit_crf(prep.model_rgb, scores, self.crf_params) if self.use_crf else None
         return prep.input_size, scores, refine
 
-    def _finish_segment(self, pending) -> tuple[np.ndarray, torch.Tensor]:
+    def _finish_segment(self, pending) -> np.ndarray:
         size, scores, refine = pending
         refined = refine() if refine is not None else None
         logits = refined if refined is not None else upsample_scores(scores, size)
         labels = label_map(logits)
-        labels = drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
-        return labels, logits
+        return drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
 
     def _name(self, embeddings: np.ndarray) -> list[SegmentNames]:
         names = name_segments(embeddings, self.index, self.text_encoder, **self.naming_kwargs)
@@ -218,9 +217,9 @@ class TagPipeline:
                 seg.sources = [f"alias:{best.name}->{wanted}"] + seg.sources
         return names
 
-    def _regions(self, prep: PreparedImage, labels: np.ndarray, logits: torch.Tensor,
-                 embeddings: np.ndarray, names: list[SegmentNames]) -> list[SegmentLabel]:
-        full = upsample_labels(logits, labels, prep.original_size)
+    def _regions(self, prep: PreparedImage, labels: np.ndarray, embeddings: np.ndarray,
+                 names: list[SegmentNames]) -> list[SegmentLabel]:
+        full = upsample_labels(labels, prep.original_size)
         areas = np.bincount(full.ravel(), minlength=len(names))
         groups: dict[str, list[int]] = {}
         for seg, info in enumerate(names):

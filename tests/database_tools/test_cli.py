@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from database_tools.cli import cli
 from database_tools.store import Store
+from store_helpers import latest_index_version
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
@@ -112,7 +113,7 @@ def test_build_index_and_search_with_tiny_clip(tmp_path, tiny_clip_dir):
     assert len(hits) == 2 and hits[0].endswith("concept  red car")
     encoder_id = out.split(" encoder ")[1].split(",")[0]
     store = Store(f"sqlite:///{tmp_path / 'data' / 'concepts.db'}")
-    assert store.latest_index_version(encoder_id).count == 4
+    assert latest_index_version(store, encoder_id).count == 4
     run(["concepts", "reject", "teapot"], env=env)
     assert "3 entries" in run(["build-index", "--incremental"], env=env).output
     missing = run(["search", "dog", "--index-dir", str(tmp_path / "nothing")], env=env, ok=False)

@@ -6,6 +6,7 @@ import pytest
 from scenes import flat_shapes
 from tag_backend.config import Settings
 from tag_backend.runtime import Runtime
+from store_helpers import add_exemplar
 
 
 @pytest.fixture()
@@ -62,7 +63,7 @@ def test_exemplar_from_a_corrected_region_names_the_same_region_again(one_concep
     pipeline.merge_same_name = False
     disc = gt == 2
     embedding = pipeline.embed_regions(image, [disc])[0]
-    runtime.store.add_exemplar(runtime.clip.encoder_id, "frisbee", embedding, {"source": "test"})
+    add_exemplar(runtime.store, runtime.clip.encoder_id, "frisbee", embedding, {"source": "test"})
     runtime.refresh()
     regions = pipeline.generate(image)
     best = max(regions, key=lambda r: (r.mask & disc).sum() / (r.mask | disc).sum())

@@ -9,6 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from scenes import flat_shapes
 from tag_backend.errors import ImageError
 from tag_backend.pipeline import TagPipeline
+from store_helpers import add_entries
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_same_name_segments_are_merged(runtime, tmp_path):
     from database_tools.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'one.db'}")
-    store.add_entries("concept", ["thing"])
+    add_entries(store, "concept", ["thing"])
     index = build_index(store, runtime.clip.text_encoder(), tmp_path / "index", progress=False)
     image, _ = flat_shapes(seed=4)
     merged = TagPipeline(runtime.dino, runtime.clip, index, n_segments=4).generate(image)

@@ -137,7 +137,7 @@ def test_pooling_refuses_empty_segment():
 def test_upsample_labels_shape_and_agreement():
     labels = np.zeros((10, 10), np.int64)
     labels[:, 5:] = 1
-    full = upsample_labels(torch.zeros(2, 10, 10), labels, (40, 30))
+    full = upsample_labels(labels, (40, 30))
     assert full.shape == (40, 30)
     assert (full[:, :12] == 0).all() and (full[:, 18:] == 1).all()
 
