@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, MetaData
 
 from .errors import SchemaTooNew
 
@@ -96,6 +97,26 @@ def migrate_to_head(engine: Engine, migrations: MigrationSet = STORE_MIGRATIONS)
             command.upgrade(cfg, "head")
         except CommandError as exc:
             raise SchemaTooNew(f"cannot migrate {migrations.name} schema: {exc}") from None
+
+
+def run_env(context: Any, target_metadata: MetaData, migrations: MigrationSet) -> None:
+    """The body of a migrations ``env.py``: migrate the connection :func:`migrate_to_head` hands
+    over in ``config.attributes["connection"]``, inside its transaction (no alembic.ini, no URL,
+    no offline SQL scripts)."""
+    if context.is_offline_mode():
+        raise RuntimeError("offline (SQL script) migrations are not supported")
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError(f"the {migrations.name} migrations run only through migrate_to_head")
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        version_table=migrations.version_table,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
 
 
 def _refuse_unknown(current: str | None, head: str, migrations: MigrationSet) -> None:
