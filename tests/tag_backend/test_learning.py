@@ -6,7 +6,7 @@ import pytest
 from scenes import flat_shapes
 from tag_backend.config import Settings
 from tag_backend.runtime import Runtime
-from store_helpers import add_exemplar
+from store_helpers import add_entries, add_exemplar
 
 
 @pytest.fixture()
@@ -16,7 +16,7 @@ def one_concept_runtime(tiny_models_dir, tmp_path):
 
     settings = Settings(dino_model=tiny_models_dir["dino"], clip_model=tiny_models_dir["clip"], device="cpu",
                         dtype="float32", data_dir=str(tmp_path), default_vocabulary="none")
-    Store(settings.resolved_db_url).add_entries("concept", ["thing"])
+    add_entries(Store(settings.resolved_db_url), "concept", ["thing"])
     runtime = Runtime(settings)
     runtime.pipeline.n_segments = 3
     return runtime
