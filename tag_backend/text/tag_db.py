@@ -31,9 +31,10 @@ class EngineTextEncoders:
 
     def text_encoder(self) -> TextEncoder:
         """The configured CLIP's text tower (loads the weights)."""
-        from ..runtime import get_runtime
+        from ..presets import get_preset
+        from ..services import Models
 
         try:
-            return get_runtime(self.settings).clip.text_encoder()
+            return Models(self.settings, get_preset(self.settings.preset)).clip.text_encoder()
         except TagError as exc:
             raise EncoderUnavailable(f"{type(exc).__name__}: {exc}") from exc

@@ -81,11 +81,11 @@ def test_unknown_preset_names_the_choices():
         get_preset("best")
 
 
-def test_paper_preset_runs_and_partitions_the_image(tiny_runtime_session):
+def test_paper_preset_runs_and_partitions_the_image(tiny_services_session):
     """TAG's choices on the tiny models: no merge, no area threshold, but no empty segment."""
-    runtime = tiny_runtime_session
-    pipeline = TagPipeline(runtime.dino, runtime.clip, runtime.pipeline.index,
-                           text_encoder=runtime.text_encoder,
+    services = tiny_services_session
+    pipeline = TagPipeline(services.models.dino, services.models.clip, services.knowledge().index,
+                           text_encoder=services.text_encoder,
                            **get_preset("paper").pipeline_kwargs())
     image, _ = flat_shapes(seed=3)
     regions = pipeline.generate(image)
