@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import metrics
+from ..errors import ImageError
 from ..masks import clean_regions
 from ..types import SegmentLabel
 from .errors import MediaError
@@ -50,12 +51,25 @@ def task_label(task: Any) -> str:
     return str(task.get("id", "?")) if isinstance(task, Mapping) else "?"
 
 
-def predict_task(runtime, task: Mapping[str, Any], context: PredictContext) -> dict:
-    """The ``/predict`` result item of one task; an empty result (logged) if it fails."""
+def predict_task(runtime, task: Mapping[str, Any], context: PredictContext) -> dict | list:
+    """The ``/predict`` result item of one task; an empty result (logged) if it fails, ``[]``
+    (no prediction) if its image is only unavailable for now."""
     start = time.perf_counter()
     try:
         regions, width, height = _run(runtime, task, context)
     except MediaError as exc:
+        if exc.transient:
+            # No prediction rather than an empty one: LS would store the empty one and skip the
+            # task on every later "Retrieve Predictions" of this model_version. An empty list
+            # keeps the reply aligned (one item per task) and stores nothing (jobs/budget.py).
+            logger.warning("task %s: image unavailable for now, no prediction: %s",
+                           task_label(task), exc)
+            metrics.TASKS_PREDICTED.labels(outcome="image_unavailable").inc()
+            return []
+        logger.warning("task %s: image unusable: %s", task_label(task), exc)
+        metrics.TASKS_PREDICTED.labels(outcome="image_error").inc()
+        return empty_result(context.model_version)
+    except ImageError as exc:  # e.g. smaller than one patch: the reason fits one line
         logger.warning("task %s: image unusable: %s", task_label(task), exc)
         metrics.TASKS_PREDICTED.labels(outcome="image_error").inc()
         return empty_result(context.model_version)
