@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from urllib.parse import parse_qsl, urlencode
 
-from werkzeug.exceptions import RequestTimeout
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +50,26 @@ def read_body(request, settings) -> bytes:
     Raises werkzeug's ``RequestEntityTooLarge`` (413) or ``RequestTimeout`` (408); later
     ``request.get_data()`` calls return the cached bytes.
     """
-    request.max_content_length = body_limit(settings, request.path)
-    if request.content_length is not None and request.content_length > request.max_content_length:
-        from werkzeug.exceptions import RequestEntityTooLarge
-
+    limit = body_limit(settings, request.path)
+    if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge(
             f"request body of {request.content_length:,} bytes is larger than the limit of "
-            f"{request.max_content_length:,} for {request.path}"
+            f"{limit:,} for {request.path}"
         )
+    # Without Content-Length werkzeug stops silently *at* max_content_length: read one byte
+    # more, so a body over the limit is told apart from one exactly at it.
+    request.max_content_length = limit + 1
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     watchdog = _BodyWatchdog(sock, settings.request_body_timeout)
     try:
-        return request.get_data(cache=True)
+        data = request.get_data(cache=True)
+        if len(data) > limit:
+            raise RequestEntityTooLarge(
+                f"request body is larger than the limit of {limit:,} bytes for {request.path}"
+            )
+        return data
+    except RequestEntityTooLarge:
+        raise
     except Exception:  # werkzeug's ClientDisconnected, or the server's own reader error
         if watchdog.fired:  # the body was cut off by the watchdog, not by the client
             raise _timeout(settings) from None
