@@ -559,3 +559,16 @@ def test_spool_retry_keeps_identity(tmp_path):
 def test_server_alive_after_everything(served):
     _alive(served)
     assert requests.get(served["url"] + "/metrics", auth=AUTH, timeout=5).status_code == 200
+
+
+def test_docker_healthcheck_passes_with_auth_on(served):
+    """The Dockerfile's HEALTHCHECK command, run against a server with Basic auth on."""
+    import re
+    import subprocess
+    import sys
+
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    command = json.loads(re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])", dockerfile).group(1))
+    assert command[:2] == ["python", "-c"]
+    code = command[2].replace("127.0.0.1:9090", f"127.0.0.1:{served['port']}")
+    assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
