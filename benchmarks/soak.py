@@ -33,6 +33,8 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
+from .procfs import alive, descendants, rss_mb
+
 SECRET = "soak-secret-7f3a"
 AUTH = ("soak", "soak-pass")
 #: Share of each request kind (predict is given by --predict-share, the rest scaled to fit).
@@ -43,43 +45,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _descendants(pid: int) -> set[int]:
-    """Live descendants of ``pid`` (Linux /proc)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier} - found
-        found |= frontier
-    return found
-
-
-def _rss_mb(pids) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
-    except OSError:
-        return False
 
 
 def _prepare(root: Path, n_images: int) -> tuple[dict, list[str]]:
@@ -174,7 +139,7 @@ def run(requests_total: int, concurrency: int, threads: int, n_images: int,
 
         def sample() -> None:
             while not stop.is_set():
-                rss.append((time.monotonic() - started, _rss_mb(_descendants(server.pid))))
+                rss.append((time.monotonic() - started, rss_mb(descendants(server.pid))))
                 stop.wait(1.0)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -195,7 +160,7 @@ def run(requests_total: int, concurrency: int, threads: int, n_images: int,
         elapsed = time.monotonic() - started
         stop.set()
         sampler.join()
-        helpers = _descendants(server.pid)
+        helpers = descendants(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -203,7 +168,7 @@ def run(requests_total: int, concurrency: int, threads: int, n_images: int,
         except subprocess.TimeoutExpired:
             server.kill()
     time.sleep(3)
-    leftover = sorted(p for p in helpers if _alive(p))
+    leftover = sorted(p for p in helpers if alive(p))
     quarter = max(1, len(rss) // 4)
     first = float(np.median([m for _, m in rss[:quarter]])) if rss else 0.0
     last = float(np.median([m for _, m in rss[-quarter:]])) if rss else 0.0

@@ -13,9 +13,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+
+from benchmarks.procfs import alive, descendants
 
 pytest.importorskip("pydensecrf.densecrf")
 
@@ -35,34 +36,6 @@ PARENT = textwrap.dedent(
 )
 
 
-def _children(pid: int) -> set[int]:
-    """Every live descendant of ``pid`` (from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z":  # zombies are already dead
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, ppid in parents.items() if ppid in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_helper_and_tracker_die_with_their_parent(sig):
@@ -71,14 +44,14 @@ def test_helper_and_tracker_die_with_their_parent(sig):
                               text=True)
     try:
         assert parent.stdout.readline().strip() == "ready"
-        helpers = _children(parent.pid)
+        helpers = descendants(parent.pid)
         assert len(helpers) >= 2  # the CRF helper and multiprocessing's resource tracker
         parent.send_signal(sig)
         parent.wait(30)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(p) for p in helpers):
+        while time.monotonic() < deadline and any(alive(p) for p in helpers):
             time.sleep(0.1)
-        left = [p for p in helpers if _alive(p)]
+        left = [p for p in helpers if alive(p)]
         assert not left, f"left behind: {left}"
     finally:
         if parent.poll() is None:
