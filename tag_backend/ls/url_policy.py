@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from ..errors import ConfigError
 from .errors import MediaError
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,11 @@ class UrlPolicy:
             if parsed.hostname:
                 default = 443 if parsed.scheme == "https" else 80
                 trusted.append((parsed.hostname, parsed.port or default))
-        return cls(Allowlist.parse(settings.url_allowlist), tuple(trusted))
+        try:
+            allowlist = Allowlist.parse(settings.url_allowlist)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(allowlist, tuple(trusted))
 
     def trusts_host(self, host: str, port: int) -> bool:
         host = host.lower().strip("[]").rstrip(".")

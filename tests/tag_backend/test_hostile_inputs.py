@@ -572,3 +572,13 @@ def test_docker_healthcheck_passes_with_auth_on(served):
     assert command[:2] == ["python", "-c"]
     code = command[2].replace("127.0.0.1:9090", f"127.0.0.1:{served['port']}")
     assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
+
+
+def test_bad_allowlist_entry_is_a_clear_config_error(tmp_path):
+    from tag_backend.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="TAG_URL_ALLOWLIST.*http://x/"):
+        _fetcher(tmp_path, url_allowlist="10.0.0.0/8, http://x/")
+    policy = _fetcher(tmp_path, url_allowlist=" images.lan , .corp.example,fd00::/8").policy
+    assert policy.trusts_host("IMAGES.lan", 80) and policy.trusts_host("a.b.corp.example", 443)
+    assert policy.trusts_host("corp.example", 80) and not policy.trusts_host("evilcorp.example", 80)
