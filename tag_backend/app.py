@@ -31,7 +31,12 @@ from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, pa
 from .ls.training import make_reingest
 from .ls.webhook_payload import refuse_unrecordable
 from .ls.webhook_queue import WebhookSpool
-from .request_guard import TOKEN_ENVIRON_KEY, QuerySecretMiddleware, body_limit, read_body
+from .request_guard import (
+    TOKEN_ENVIRON_KEY,
+    QuerySecretMiddleware,
+    check_declared_size,
+    read_body,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,9 +171,7 @@ def _register_hooks(app: Flask, backend: Backend) -> None:
         g.start = time.perf_counter()
         if request.method in ("GET", "HEAD") and request.path in LIVENESS_PATHS:
             return None
-        limit = body_limit(settings, request.path)
-        if request.content_length is not None and request.content_length > limit:
-            return _too_large(limit)  # before auth and before reading: nothing is buffered
+        check_declared_size(request, settings)  # 413 before auth and before reading anything
         denied = _authenticate(settings)
         if denied is not None:
             return denied
@@ -213,19 +216,6 @@ def _authenticate(settings: Settings) -> Response | None:
             return response
         return None
     return _check_basic_auth(settings)
-
-
-def _too_large(limit: int) -> Response:
-    logger.warning(
-        "%s %s refused: body of %s bytes over the limit of %s",
-        request.method, request.path, request.content_length, limit,
-    )
-    response = jsonify(error_body(
-        413, f"request body of {request.content_length:,} bytes is larger than the limit of "
-        f"{limit:,} for {request.path}",
-    ))
-    response.status_code = 413
-    return response
 
 
 def _internal_error(exc: BaseException) -> tuple[Response, int]:

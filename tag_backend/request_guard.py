@@ -44,18 +44,25 @@ def body_limit(settings, path: str) -> int:
     return settings.max_request_bytes
 
 
-def read_body(request, settings) -> bytes:
-    """Read and cache ``request``'s body within its size limit and the body deadline.
-
-    Raises werkzeug's ``RequestEntityTooLarge`` (413) or ``RequestTimeout`` (408); later
-    ``request.get_data()`` calls return the cached bytes.
-    """
+def check_declared_size(request, settings) -> int:
+    """Refuse (413) a declared ``Content-Length`` over the route's limit, reading nothing;
+    returns the limit."""
     limit = body_limit(settings, request.path)
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge(
             f"request body of {request.content_length:,} bytes is larger than the limit of "
             f"{limit:,} for {request.path}"
         )
+    return limit
+
+
+def read_body(request, settings) -> bytes:
+    """Read and cache ``request``'s body within its size limit and the body deadline.
+
+    Raises werkzeug's ``RequestEntityTooLarge`` (413) or ``RequestTimeout`` (408); later
+    ``request.get_data()`` calls return the cached bytes.
+    """
+    limit = check_declared_size(request, settings)
     # Without Content-Length werkzeug stops silently *at* max_content_length: read one byte
     # more, so a body over the limit is told apart from one exactly at it.
     request.max_content_length = limit + 1
