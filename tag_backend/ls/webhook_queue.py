@@ -5,6 +5,9 @@ Layout under ``<data_dir>/webhook-spool/``: ``pending/`` (waiting), ``working/``
 one worker), ``failed/`` (permanent errors, kept for inspection). Every file is written to a
 temp name, fsynced, then renamed (atomic on POSIX). A file is claimed by renaming it into
 ``working/`` (only one process can win), so several gunicorn workers may share the spool.
+``keys/`` holds one empty marker per payload digest from ``put`` until the payload is done or
+failed: the duplicate check of ``/webhook`` is one ``stat``, not a scan of a backlog that may
+hold thousands of files.
 File names are ``<due time>-<attempts>-<digest>.json`` (``.<pid>`` added while claimed), so
 they sort by due time (retries with back-off wait their turn) and carry the payload's identity
 (its digest) through every retry: a re-delivery of a payload already waiting, claimed or waiting
@@ -52,10 +55,10 @@ class WebhookSpool:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.pending, self.working, self.failed = (
-            self.root / d for d in ("pending", "working", "failed")
+        self.pending, self.working, self.failed, self.keys = (
+            self.root / d for d in ("pending", "working", "failed", "keys")
         )
-        for d in (self.pending, self.working, self.failed):
+        for d in (self.pending, self.working, self.failed, self.keys):
             d.mkdir(parents=True, exist_ok=True)
         self._put_lock = threading.Lock()  # check-then-write of put() in one thread at a time
 
@@ -69,13 +72,13 @@ class WebhookSpool:
             if self.holds(digest):
                 return digest  # the same delivery is already waiting or in work: nothing to add
             self._write_atomic(self.pending / name, data)
+            # After the payload: a crash in between loses only the duplicate check, never data.
+            (self.keys / digest).touch()
         return digest
 
     def holds(self, digest: str) -> bool:
         """Whether a payload with this digest is pending (also awaiting a retry) or claimed."""
-        return any(self.pending.glob(f"*-{digest}.json")) or any(
-            self.working.glob(f"*-{digest}.*.json")
-        )
+        return (self.keys / digest).exists()
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
@@ -115,6 +118,12 @@ class WebhookSpool:
     # ------------------------------------------------------------------ outcomes
     def done(self, item: SpoolItem) -> None:
         item.path.unlink(missing_ok=True)
+        self._forget(item.path)
+
+    def _forget(self, path: Path) -> None:
+        """Drop the duplicate marker: a later identical delivery is stored (recording is
+        idempotent, so it changes nothing)."""
+        (self.keys / digest_of(path)).unlink(missing_ok=True)
 
     def retry(self, item: SpoolItem, delay: float) -> None:
         """Put ``item`` back, due after ``delay`` seconds."""
@@ -131,6 +140,7 @@ class WebhookSpool:
     def _fail(self, path: Path, reason: str) -> None:
         target = self.failed / path.name
         os.replace(path, target)
+        self._forget(path)
         (self.failed / (path.name + ".error.txt")).write_text(reason + "\n", encoding="utf-8")
         logger.error("webhook payload %s failed permanently: %s", path.name, reason)
 
