@@ -29,7 +29,7 @@ from tag_backend.ls.http_fetch import DownloadTimeout, DownloadTooLarge
 from tag_backend.ls.media import MediaFetcher
 from tag_backend.ls.url_policy import UrlNotAllowed
 
-from ls_helpers import CONFIG, copy_runtime
+from ls_helpers import CONFIG, copy_services
 
 SECRET = "s3cret-token-value"
 DEADLINE = 1.0
@@ -282,19 +282,18 @@ def test_local_files_read_from_document_root_without_label_studio_url(tmp_path):
 
 # ---------------------------------------------------------------- the server
 @pytest.fixture(scope="module")
-def served(tiny_runtime_session, tmp_path_factory):
+def served(tiny_services_session, tmp_path_factory):
     """The backend in werkzeug's threaded server on 127.0.0.1, small limits, auth on."""
     root = tmp_path_factory.mktemp("hostile")
-    runtime = copy_runtime(tiny_runtime_session, root)
     Image.new("RGB", (1, 1)).save(root / "one-pixel.png")
     Image.new("RGB", (96, 96), (200, 30, 30)).save(root / "ok.png")
-    settings = runtime.settings.replace(
-        data_dir=str(root / "srv"), allowed_local_roots=str(root), predict_budget_seconds=1e9,
+    services = copy_services(
+        tiny_services_session, root, allowed_local_roots=str(root), predict_budget_seconds=1e9,
         url_allowlist="127.0.0.1", basic_auth_user="u", basic_auth_pass="p",
         webhook_secret=SECRET, max_webhook_bytes=1_000_000, max_request_bytes=2_000_000,
         max_setup_bytes=100_000, request_body_timeout=DEADLINE, download_timeout=DEADLINE,
     )
-    app = create_app(settings, runtime, start_worker=False)
+    app = create_app(services=services, start_worker=False)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"
@@ -518,7 +517,7 @@ def test_two_hundred_kb_name_never_becomes_a_concept(served, caplog):
     with caplog.at_level(logging.WARNING):
         assert backend.worker.run_once() is True
     assert any("refused" in rec.getMessage() for rec in caplog.records)
-    with backend.runtime.store.read() as session:
+    with backend.services.store.read() as session:
         longest = session.scalar(select(func.max(func.length(Entry.norm))))
     assert longest is not None and longest < 1000
     assert backend.spool.depth() == 0 and not list(backend.spool.failed.glob("*.json"))

@@ -8,10 +8,9 @@ import time
 from database_tools.corrections import CorrectionReport
 
 from tag_backend.ls.corrections import CorrectionWorker
-from tag_backend.ls.media import MediaFetcher
 from tag_backend.ls.webhook_queue import WebhookSpool
 
-from ls_helpers import copy_runtime
+from ls_helpers import copy_services
 
 
 def _wait(predicate, seconds=30.0) -> bool:
@@ -23,8 +22,8 @@ def _wait(predicate, seconds=30.0) -> bool:
     return False
 
 
-def test_start_training_does_not_block_corrections(tiny_runtime_session, tmp_path):
-    runtime = copy_runtime(tiny_runtime_session, tmp_path)
+def test_start_training_does_not_block_corrections(tiny_services_session, tmp_path):
+    services = copy_services(tiny_services_session, tmp_path)
     spool = WebhookSpool(tmp_path / "spool")
     release, started, runs = threading.Event(), threading.Event(), []
 
@@ -34,7 +33,7 @@ def test_start_training_does_not_block_corrections(tiny_runtime_session, tmp_pat
         assert release.wait(60)
         return CorrectionReport()
 
-    worker = CorrectionWorker(runtime, spool, MediaFetcher(runtime.settings), reingest=reingest)
+    worker = CorrectionWorker(services, spool, reingest=reingest)
     training = {"action": "START_TRAINING", "project": {"id": 7}}
     spool.put(training)
     assert worker.run_once() is True and started.wait(30)
