@@ -75,8 +75,14 @@ class Settings:
     webhook_secret: str | None = None
     allowed_local_roots: str | None = None
     allow_http_urls: bool = True
+    url_allowlist: str | None = None
+    local_files_document_root: str | None = None
     max_download_bytes: int = 50_000_000
     download_timeout: float = 20.0
+    max_request_bytes: int = 100_000_000
+    max_webhook_bytes: int = 32_000_000
+    max_setup_bytes: int = 2_000_000
+    request_body_timeout: float = 30.0
     max_regions: int = 30
     guided_threshold: float = 0.75
     guided_fallback: str | None = None
@@ -123,8 +129,14 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_WEBHOOK_SECRET", "webhook_secret", "Shared secret for `/webhook` (header `X-Tag-Webhook-Secret` or `?token=`).", str, True),
     EnvVar("TAG_ALLOWED_LOCAL_ROOTS", "allowed_local_roots", "`:`-separated directories task images may be read from (local files)."),
     EnvVar("TAG_ALLOW_HTTP_URLS", "allow_http_urls", "Allow plain http(s) image URLs in tasks.", _bool),
+    EnvVar("TAG_URL_ALLOWLIST", "url_allowlist", "Comma-separated hosts (`img.lan`, `.corp.example` = domain and subdomains) and IP networks (`10.0.0.0/8`, `127.0.0.1`) image downloads may reach besides public addresses and the Label Studio host."),
+    EnvVar("LOCAL_FILES_DOCUMENT_ROOT", "local_files_document_root", "Label Studio's Local Files root, when mounted here: `/data/local-files/?d=` images are read from it instead of downloaded."),
     EnvVar("TAG_MAX_DOWNLOAD_BYTES", "max_download_bytes", "Largest image download accepted.", int),
-    EnvVar("TAG_DOWNLOAD_TIMEOUT", "download_timeout", "Seconds before an image download is abandoned.", float),
+    EnvVar("TAG_DOWNLOAD_TIMEOUT", "download_timeout", "Total seconds (connect, headers and body) before an image download is abandoned.", float),
+    EnvVar("TAG_MAX_REQUEST_BYTES", "max_request_bytes", "Largest request body on `/predict` and other routes (413 above it).", int),
+    EnvVar("TAG_MAX_WEBHOOK_BYTES", "max_webhook_bytes", "Largest `/webhook` body (413 above it); Label Studio sends whole annotations, a big brush annotation is a few MB.", int),
+    EnvVar("TAG_MAX_SETUP_BYTES", "max_setup_bytes", "Largest `/setup` body (413 above it).", int),
+    EnvVar("TAG_REQUEST_BODY_TIMEOUT", "request_body_timeout", "Seconds a client has to send a request body, however slowly it trickles (408 after).", float),
     EnvVar("TAG_MAX_REGIONS", "max_regions", "Most regions returned per image (largest kept).", int),
     EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),
     EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold (unset: region dropped)."),
