@@ -184,6 +184,7 @@ def predict_request(backend, req, context) -> list[Any]:
     directly: Label Studio waits for them and they concern one task.
     """
     from ..ls.predictor import predict_task
+    from ..ls.protocol import MAX_TASKS_PER_REQUEST
     from .service import ensure_worker, queue_for
 
     runtime = backend.runtime
@@ -192,8 +193,13 @@ def predict_request(backend, req, context) -> list[Any]:
         return [predict_one(task) for task in req.tasks]
     settings = backend.settings
     started = time.monotonic()
-    ready = wait_for_engine(runtime, settings.predict_budget_seconds / 2)
-    budget = max(0.0, settings.predict_budget_seconds - (time.monotonic() - started))
+    if len(req.tasks) > MAX_TASKS_PER_REQUEST:  # oversized: everything not stored is queued
+        logger.info("/predict with %d tasks (> %d): queued as a job", len(req.tasks),
+                    MAX_TASKS_PER_REQUEST)
+        ready, budget = False, 0.0
+    else:
+        ready = wait_for_engine(runtime, settings.predict_budget_seconds / 2)
+        budget = max(0.0, settings.predict_budget_seconds - (time.monotonic() - started))
     project = int(req.project) if req.project and str(req.project).isdigit() else None
     push = bool(settings.label_studio_url and settings.label_studio_api_key)
     outcome = predict_with_budget(

@@ -197,6 +197,6 @@ def test_a_database_at_the_first_schema_is_upgraded_on_open(db_url):
     store = Store(db_url)
     tables = set(inspect(engine).get_table_names())
     assert {"prelabel_jobs", "prelabel_tasks", "prelabel_predictions", "entries"} <= tables
-    assert head_revision() == "0002" and store.db_version() >= 0
+    assert head_revision() == "0003" and store.db_version() >= 0
     store.close()
     engine.dispose()

@@ -110,20 +110,40 @@ def test_prediction_version_and_labeled_checks():
 
 @pytest.fixture()
 def paged_ls():
-    """Projects + paginated tasks API (404 past the last page, like DRF in Label Studio)."""
+    """Projects + paginated tasks API (404 past the last page, like DRF in Label Studio) with
+    the two Data Manager filters planning sends, applied as Label Studio 1.23 does
+    (``predictions__model_version__contains`` per value; ``total_annotations`` equal), and
+    ``fields=task_only`` answered without predictions or annotations."""
+    import json
+
     from tag_backend.ls import recommended_label_config
 
-    state = {"version": None, "tasks": []}
+    state = {"version": None, "tasks": [], "queries": []}
     app = Flask("fake-ls-tasks")
 
     @app.get("/api/projects/<int:pid>/")
     def project(pid):
-        return jsonify({"id": pid, "title": "p", "label_config": recommended_label_config()})
+        return jsonify({"id": pid, "title": "p", "label_config": recommended_label_config(),
+                        "task_number": len(state["tasks"])})
+
+    def matches(task, item):
+        if item["filter"] == "filter:tasks:predictions_model_versions":
+            assert item["operator"] == "not_contains"
+            return not any(v in p["model_version"] for p in task["predictions"]
+                           for v in item["value"])
+        assert item["filter"] == "filter:tasks:total_annotations", item
+        return task["total_annotations"] == item["value"]
 
     @app.get("/api/tasks/")
     def list_tasks():
         page, size = int(request.args["page"]), int(request.args["page_size"])
-        chunk = state["tasks"][(page - 1) * size: page * size]
+        assert request.args["fields"] == "task_only"
+        query = json.loads(request.args["query"])
+        state["queries"].append(query)
+        items = query["filters"]["items"]
+        tasks = [{k: v for k, v in t.items() if k != "predictions"} for t in state["tasks"]
+                 if all(matches(t, item) for item in items)]
+        chunk = tasks[(page - 1) * size: page * size]
         if page > 1 and not chunk:
             return jsonify({"detail": "Invalid page."}), 404
         return jsonify({"tasks": chunk, "total": len(state["tasks"]), "total_annotations": 0,
@@ -154,12 +174,16 @@ def test_plan_skips_predicted_and_labeled_tasks_and_joins_the_active_job(tiny_se
     plan = plan_prelabel(runtime, queue, pusher, 1, filter="unlabeled")
     predicted = {i for i in range(1, 251) if i % 5 == 0}
     labeled = {i for i in range(1, 251) if i % 7 == 0} - predicted
-    assert (plan.seen, plan.already_predicted, plan.labeled) == (250, len(predicted), len(labeled))
+    assert plan.seen == 250 - len(predicted) - len(labeled)  # Label Studio filtered them out
+    assert (plan.already_predicted, plan.labeled) == (0, 0)
+    assert plan.skipped == len(predicted) + len(labeled) and plan.ls_requests == 0
     assert plan.queued == 250 - len(predicted) - len(labeled) and not plan.joined
+    assert pusher.requests == 2  # the project + one page of up to 1,000 tasks
     again = plan_prelabel(runtime, queue, pusher, 1, filter="all")  # a second run joins
     assert again.joined and again.job_id == plan.job_id and again.queued == len(labeled)
     assert queue.progress(plan.job_id).total == 250 - len(predicted)
     limited = plan_prelabel(runtime, queue, pusher, 2, filter="all", limit=10)
-    assert limited.queued == 10 and limited.seen == 12 and limited.job_id != plan.job_id
+    assert limited.queued == 10 and limited.seen == 10 and limited.job_id != plan.job_id
+    assert limited.skipped is None  # the listing stopped early: nothing known about the rest
     with pytest.raises(ValueError):
         plan_prelabel(runtime, queue, pusher, 1, filter="some")
