@@ -173,6 +173,7 @@ class JobQueue:
         self.policy = policy
         self.dialect = engine.dialect.name
         self._configs: dict[int, str] = {}  # job id -> label config (never changes)
+        self._running: set[int] = set()  # jobs this process saw marked running
         self._depth: tuple[float, int] | None = None  # (recount after, last value)
         create_tables(engine)
 
@@ -232,6 +233,7 @@ class JobQueue:
                     if inserted:
                         conn.execute(update(Job).where(Job.id == job_id, Job.status == "done")
                                      .values(status="queued", updated_at=_now()))
+                        self._running.discard(job_id)
                 added += inserted
             if on_progress is not None:
                 on_progress(min(ENQUEUE_CHUNK, len(tasks) - offset))
@@ -362,8 +364,11 @@ class JobQueue:
             if unknown:
                 self._configs.update(conn.execute(select(Job.id, Job.label_config)
                                                   .where(Job.id.in_(unknown))).all())
-            conn.execute(update(Job).where(Job.id.in_(job_ids), Job.status == "queued")
-                         .values(status="running", updated_at=now))
+            starting = job_ids - self._running
+            if starting:  # one round trip saved per claim once a job is known to run
+                conn.execute(update(Job).where(Job.id.in_(starting), Job.status == "queued")
+                             .values(status="running", updated_at=now))
+        self._running |= job_ids
         rows = sorted(rows, key=lambda r: (r.job_id, r.position))
         return [ClaimedTask(int(r.id), int(r.job_id), int(r.ls_task_id), json.loads(r.task_json),
                             int(r.attempts), self._configs.get(r.job_id, "")) for r in rows]
@@ -591,6 +596,7 @@ class JobQueue:
             if n < PURGE_CHUNK:
                 break
         self._configs = {k: v for k, v in self._configs.items() if k not in set(old_jobs)}
+        self._running -= set(old_jobs)
         logger.info("purged %d job(s), %d task row(s), %d stored prediction(s)", jobs, tasks,
                     predictions)
         return PurgeReport(jobs, tasks, predictions)
