@@ -66,7 +66,7 @@ class Runtime:
     def store(self):
         from database_tools.store import Store
 
-        return Store(self.settings.resolved_db_url)
+        return Store(self.settings.resolved_db_url, **self.settings.store_options)
 
     @cached_property
     def stored_text_encoder(self):
@@ -88,6 +88,12 @@ class Runtime:
             vocabulary = DEFAULT_VOCABULARY
         elif vocabulary.strip().lower() == "none":
             vocabulary = None
+        if self.settings.index_store:  # shared: pull the published version, publish builds
+            from database_tools.index_store import ensure_shared_index
+
+            return ensure_shared_index(self.store, self.stored_text_encoder,
+                                       self.settings.resolved_index_dir, self.settings.index_store,
+                                       vocabulary=vocabulary)
         return ensure_index(self.store, self.stored_text_encoder, self.settings.resolved_index_dir,
                             vocabulary=vocabulary)
 

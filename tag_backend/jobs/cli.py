@@ -86,7 +86,7 @@ def _queue(flags: dict):
 
     settings = settings_with(**flags)
     configure_logging(settings.log_level, settings.log_format)
-    return JobQueue.from_store(Store(settings.resolved_db_url))
+    return JobQueue.from_store(Store(settings.resolved_db_url, **settings.store_options))
 
 
 def _db_option(fn):
