@@ -1,6 +1,6 @@
 """The Label Studio ML backend: a Flask 3 app speaking the protocol of Label Studio 1.23.
 
-Routes (LABEL_STUDIO.md §1): ``/``, ``/health``, ``/setup``, ``/predict``, ``/webhook``,
+Routes (LABEL_STUDIO.md §1): ``/``, ``/health``, ``/ready``, ``/setup``, ``/predict``, ``/webhook``,
 ``/metrics``, ``/versions``. The heavy runtime (models, store, index) is built once per process
 and shared by gunicorn's threads; ``/health`` and ``/setup`` never load models (LS gives
 ``/setup`` 3 s and calls it before every prediction batch). Webhooks are written to a durable
@@ -29,6 +29,7 @@ from .ls.predictor import PredictContext
 from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, parse_setup
 from .ls.training import make_reingest
 from .ls.webhook_queue import WebhookSpool
+from .readiness import ReadinessProbe
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,14 @@ def _register_routes(app: Flask, backend: Backend) -> None:
     @app.get("/health")
     def health():
         return jsonify({"status": "UP", "model_class": MODEL_CLASS})
+
+    readiness = ReadinessProbe(backend.runtime)
+
+    @app.get("/ready")
+    def ready():
+        """Readiness for load balancers: models loaded, database reachable, index current."""
+        state = readiness.check()
+        return jsonify(state.body()), 200 if state.ready else 503
 
     @app.post("/setup")
     def setup():
