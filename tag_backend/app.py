@@ -28,7 +28,7 @@ from .ls.media import MediaFetcher
 from .ls.predictor import PredictContext
 from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, parse_setup
 from .ls.training import make_reingest
-from .ls.webhook_queue import WebhookSpool
+from .ls.webhook_db_queue import webhook_queue_for
 from .readiness import ReadinessProbe
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Backend:
         self.settings = settings
         self.runtime = runtime or get_runtime(settings)
         self.fetcher = MediaFetcher(settings)
-        self.spool = WebhookSpool(f"{settings.data_dir}/webhook-spool")
+        self.spool = webhook_queue_for(settings, self.runtime)  # PostgreSQL: shared by replicas
         self.worker = CorrectionWorker(
             self.runtime,
             self.spool,

@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from .. import metrics
+from ..sql_claims import update_picked
 from .schema import (
     ACTIVE_JOB_STATES,
     ACTIVE_KEY_PREDICATE,
@@ -328,18 +329,8 @@ class JobQueue:
                 .order_by(JobTask.job_id, JobTask.position))
 
     def update_picked(self, pick, still_due):
-        """``UPDATE prelabel_tasks`` of the rows ``pick`` (a ``SELECT id ... LIMIT n``) selects.
-
-        PostgreSQL: the pick is a ``MATERIALIZED`` CTE locked ``FOR UPDATE SKIP LOCKED`` —
-        evaluated exactly once, so the ``LIMIT`` holds (an ``IN (sub-select)`` may be re-run by
-        the planner and update more rows) and concurrent claimers skip each other's rows.
-        SQLite serialises writers; ``still_due`` re-checks the rows inside the update.
-        """
-        if self.dialect == "postgresql":
-            picked = pick.with_for_update(skip_locked=True).cte("picked") \
-                .prefix_with("MATERIALIZED")
-            return update(JobTask).where(JobTask.id == picked.c.id, still_due)
-        return update(JobTask).where(JobTask.id.in_(pick.scalar_subquery()), still_due)
+        """``UPDATE prelabel_tasks`` of the rows ``pick`` selects (:mod:`..sql_claims`)."""
+        return update_picked(JobTask.__table__, pick, self.dialect, still_due)
 
     def claim(self, worker_id: str, limit: int) -> list[ClaimedTask]:
         """Lease up to ``limit`` due tasks for ``worker_id`` (oldest job first, in task order).

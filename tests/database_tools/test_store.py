@@ -17,13 +17,15 @@ from database_tools.store import Store
 
 
 def test_migration_from_empty_db_matches_models(store):
-    """The migrations create exactly the store's and the job queue's models."""
+    """The migrations create exactly the store's, the job queue's and the webhook queue's models."""
     from sqlalchemy import MetaData
 
     from tag_backend.jobs.schema import JobsBase
+    from tag_backend.ls.webhook_db_queue import metadata as webhook_metadata
 
     models = MetaData()
-    for table in [*Base.metadata.tables.values(), *JobsBase.metadata.tables.values()]:
+    for table in [*Base.metadata.tables.values(), *JobsBase.metadata.tables.values(),
+                  *webhook_metadata.tables.values()]:
         table.to_metadata(models)
     with store.engine.connect() as conn:
         assert MigrationContext.configure(conn).get_current_revision() == head_revision()

@@ -1,4 +1,4 @@
-"""pre-labelling queue at scale: partial indexes, results stored once
+"""pre-labelling queue at scale: partial indexes, results stored once; webhook_events
 
 * The claim, lease (heartbeat/expiry), push, active-key and failure queries each get a partial
   index over the rows they touch, replacing the full-table indexes of 0002 (which grew with
@@ -6,6 +6,8 @@
 * ``prelabel_tasks.result_json`` is dropped: a result is stored once, in
   ``prelabel_predictions`` under the task's ``cache_key``. Results only held by a task row are
   copied there first.
+* ``webhook_events``: the webhook queue shared by replicas on PostgreSQL
+  (``tag_backend.ls.webhook_db_queue``), ordered per annotation.
 
 Revision ID: 0003
 Revises: 0002
@@ -53,9 +55,29 @@ def upgrade() -> None:
         op.create_index(name, 'prelabel_tasks', columns, postgresql_where=sa.text(where),
                         sqlite_where=sa.text(where))
     op.create_index('ix_prelabel_predictions_created', 'prelabel_predictions', ['created_at'])
+    op.create_table(
+        'webhook_events',
+        sa.Column('id', sa.Integer(), nullable=False),
+        sa.Column('order_key', sa.String(length=80), nullable=False),
+        sa.Column('digest', sa.String(length=64), nullable=False),
+        sa.Column('payload_json', sa.Text(), nullable=False),
+        sa.Column('status', sa.String(length=16), nullable=False),
+        sa.Column('attempts', sa.Integer(), nullable=False),
+        sa.Column('due_at', sa.Float(), nullable=False),
+        sa.Column('lease_owner', sa.String(length=64), nullable=True),
+        sa.Column('lease_expires_at', sa.Float(), nullable=True),
+        sa.Column('error', sa.Text(), nullable=False),
+        sa.Column('created_at', sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint('id'),
+    )
+    active = "status IN ('pending', 'working')"
+    op.create_index('ix_webhook_events_active', 'webhook_events', ['order_key', 'id'],
+                    postgresql_where=sa.text(active), sqlite_where=sa.text(active))
 
 
 def downgrade() -> None:
+    op.drop_index('ix_webhook_events_active', table_name='webhook_events')
+    op.drop_table('webhook_events')
     op.drop_index('ix_prelabel_predictions_created', table_name='prelabel_predictions')
     for name, _columns, _where in _PARTIAL:
         op.drop_index(name, table_name='prelabel_tasks')
