@@ -163,9 +163,13 @@ class DbWebhookQueue:
 
     # ------------------------------------------------------------------ reading
     def depth(self) -> int:
-        with self.engine.connect() as conn:
-            n = conn.scalar(select(func.count()).select_from(webhook_events).where(
-                text(_ACTIVE), webhook_events.c.status == "pending"))
+        """Payloads waiting (in the table, and in the local spool while the database is down)."""
+        try:
+            with self.engine.connect() as conn:
+                n = conn.scalar(select(func.count()).select_from(webhook_events).where(
+                    text(_ACTIVE), webhook_events.c.status == "pending"))
+        except Exception:  # noqa: BLE001 - database down: only the spool can be counted
+            n = 0
         return int(n or 0) + self.fallback.depth()
 
     def recover(self) -> int:
@@ -181,8 +185,14 @@ class DbWebhookQueue:
             return 0
 
     def claim(self) -> QueuedEvent | None:
-        """The oldest due event whose key has nothing earlier waiting; None when none is due."""
-        self._drain_fallback()
+        """The oldest due event whose key has nothing earlier waiting; None when none is due
+        or the database is down (payloads then wait in the local spool)."""
+        try:
+            self._drain_fallback()
+        except Exception as exc:  # noqa: BLE001 - database down: nothing can be applied anyway
+            logger.warning("webhook queue: database unavailable (%s); %d payload(s) wait in the "
+                           "local spool", str(exc).splitlines()[0][:200], self.fallback.depth())
+            return None
         self.recover()
         now = time.time()
         earlier = webhook_events.alias("earlier")
