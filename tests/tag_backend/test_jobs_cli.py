@@ -63,6 +63,31 @@ def test_prelabel_reports_token_project_and_connection_problems(tmp_path, fake_l
     assert config.exit_code == 1 and "<Image>" in config.output  # config TAG cannot fill
 
 
+def test_jobs_purge(tmp_path):
+    import time
+
+    from database_tools.store import Store
+
+    from tag_backend.jobs.queue import JobQueue
+    from tag_backend.jobs.schema import Job
+
+    store = Store(f"sqlite:///{tmp_path / 'data' / 'concepts.db'}")
+    queue = JobQueue.from_store(store)
+    job = queue.create_job("prelabel", [{"id": 5, "data": {}}], label_config="<View/>",
+                           model_version="v", project_id=4)
+    queue.cancel(job)
+    with store.engine.begin() as conn:
+        conn.execute(Job.__table__.update().values(updated_at=time.time() - 3 * 86400))
+    bad = _run(["jobs", "purge", "--older-than", "soon"], tmp_path)
+    assert bad.exit_code == 2 and "expected a number with s, m, h, d or w" in bad.output
+    kept = _run(["jobs", "purge", "--older-than", "7d", "--quiet"], tmp_path)
+    assert kept.exit_code == 0 and "purged 0 job(s), 0 task row(s)" in kept.output
+    gone = _run(["jobs", "purge", "--older-than", "2d", "--quiet"], tmp_path)
+    assert gone.exit_code == 0 and "purged 1 job(s), 1 task row(s)" in gone.output
+    assert queue.list_jobs() == []
+    store.close()
+
+
 def test_jobs_list_show_cancel(tmp_path):
     from database_tools.store import Store
 
