@@ -121,15 +121,27 @@ class LabelStudioPusher:
         """Create the prediction of one task; never raises (the outcome says what happened)."""
         start = time.perf_counter()
         version = str(item.get("model_version", ""))
-        try:
+
+        def create() -> PushResult:
             if check_existing and self.has_version(ls_task_id, version):
-                outcome = PushResult(PUSHED, "already present")
-            else:
-                self.count_request()
-                self.client().predictions.create(
-                    task=int(ls_task_id), result=list(item.get("result") or []),
-                    score=float(item.get("score") or 0.0), model_version=version)
-                outcome = PushResult(PUSHED)
+                return PushResult(PUSHED, "already present")
+            self.count_request()
+            self.client().predictions.create(
+                task=int(ls_task_id), result=list(item.get("result") or []),
+                score=float(item.get("score") or 0.0), model_version=version)
+            return PushResult(PUSHED)
+
+        outcome = self._attempt(create, start)
+        _count(outcome, 1)
+        if outcome.outcome != PUSHED:
+            logger.warning("task %s: push %s: %s", ls_task_id, outcome.outcome, outcome.detail,
+                           extra={"task_id": ls_task_id, "push_outcome": outcome.outcome})
+        return outcome
+
+    def _attempt(self, send, start: float) -> PushResult:
+        """Run ``send()``, turning every failure into its outcome (a push never raises)."""
+        try:
+            outcome = send()
         except LabelStudioAccessError as exc:
             outcome = PushResult(AUTH, str(exc))
         except Exception as exc:  # noqa: BLE001 - classified below; a push never kills a worker
@@ -137,10 +149,6 @@ class LabelStudioPusher:
             if outcome.outcome == AUTH:
                 self.reset()
         metrics.STAGE_SECONDS.labels(stage="push").observe(time.perf_counter() - start)
-        _count(outcome, 1)
-        if outcome.outcome != PUSHED:
-            logger.warning("task %s: push %s: %s", ls_task_id, outcome.outcome, outcome.detail,
-                           extra={"task_id": ls_task_id, "push_outcome": outcome.outcome})
         return outcome
 
     def push_batch(self, project_id: int, items: Sequence[tuple[int, Mapping[str, Any]]]
@@ -156,21 +164,17 @@ class LabelStudioPusher:
         from label_studio_sdk import PredictionRequest
 
         start = time.perf_counter()
-        try:
+
+        def send() -> PushResult:
             request = [PredictionRequest(task=int(task_id), result=list(item.get("result") or []),
                                          score=float(item.get("score") or 0.0),
                                          model_version=str(item.get("model_version", "")))
                        for task_id, item in items]
             self.count_request()
             self.client().projects.import_predictions(id=int(project_id), request=request)
-            outcome = PushResult(PUSHED)
-        except LabelStudioAccessError as exc:
-            outcome = PushResult(AUTH, str(exc))
-        except Exception as exc:  # noqa: BLE001 - classified below; a push never kills a worker
-            outcome = classify(exc)
-            if outcome.outcome == AUTH:
-                self.reset()
-        metrics.STAGE_SECONDS.labels(stage="push").observe(time.perf_counter() - start)
+            return PushResult(PUSHED)
+
+        outcome = self._attempt(send, start)
         if outcome.outcome == PUSHED:
             _count(outcome, len(items))
         else:

@@ -552,42 +552,38 @@ class JobQueue:
         if older_than < 0:
             raise JobError("older_than must be >= 0 seconds")
         cutoff = _now() - older_than
-        jobs = tasks = predictions = 0
+        jobs = tasks = 0
         with self.engine.connect() as conn:
             old_jobs = conn.scalars(select(Job.id).where(
                 Job.status.in_(("done", "cancelled")), Job.updated_at < cutoff)
                 .order_by(Job.id)).all()
         for job_id in old_jobs:
-            while True:
-                with self.engine.begin() as conn:
-                    part = select(JobTask.id).where(JobTask.job_id == job_id).limit(PURGE_CHUNK)
-                    n = conn.execute(delete(JobTask).where(
-                        JobTask.id.in_(part.scalar_subquery()))).rowcount
-                tasks += n
-                if on_progress is not None and n:
-                    on_progress(n)
-                if n < PURGE_CHUNK:
-                    break
+            tasks += self._delete_chunks(JobTask.id, select(JobTask.id).where(
+                JobTask.job_id == job_id), on_progress)
             with self.engine.begin() as conn:
                 jobs += conn.execute(delete(Job).where(
                     Job.id == job_id, Job.status.in_(("done", "cancelled")))).rowcount
         task = JobTask.__table__
         still_needed = exists().where(task.c.cache_key == CachedPrediction.cache_key,
                                       predicate(ACTIVE_KEY_PREDICATE))
-        while True:
-            with self.engine.begin() as conn:
-                part = (select(CachedPrediction.cache_key)
-                        .where(CachedPrediction.created_at < cutoff, ~still_needed)
-                        .limit(PURGE_CHUNK))
-                n = conn.execute(delete(CachedPrediction).where(
-                    CachedPrediction.cache_key.in_(part.scalar_subquery()))).rowcount
-            predictions += n
-            if on_progress is not None and n:
-                on_progress(n)
-            if n < PURGE_CHUNK:
-                break
+        predictions = self._delete_chunks(
+            CachedPrediction.cache_key, select(CachedPrediction.cache_key).where(
+                CachedPrediction.created_at < cutoff, ~still_needed), on_progress)
         self._configs = {k: v for k, v in self._configs.items() if k not in set(old_jobs)}
         self._running -= set(old_jobs)
         logger.info("purged %d job(s), %d task row(s), %d stored prediction(s)", jobs, tasks,
                     predictions)
         return PurgeReport(jobs, tasks, predictions)
+
+    def _delete_chunks(self, key, pick, on_progress: Callable[[int], None] | None) -> int:
+        """Delete the rows whose ``key`` ``pick`` selects, :data:`PURGE_CHUNK` per transaction."""
+        deleted = 0
+        while True:
+            with self.engine.begin() as conn:
+                n = conn.execute(delete(key.class_).where(
+                    key.in_(pick.limit(PURGE_CHUNK).scalar_subquery()))).rowcount
+            deleted += n
+            if on_progress is not None and n:
+                on_progress(n)
+            if n < PURGE_CHUNK:
+                return deleted
