@@ -12,6 +12,9 @@ Measured in one run, printed as one table:
 3. **queue overhead per task**: each worker records every claimed task at once with an empty
    result — no model runs, so this is *the queue's own cost* (claim + record), per task and
    as the workers' combined tasks/s;
+   With the throwaway server, ``pg_stat_statements`` also reports the database's own time per
+   claim and record statement — what the latencies are made of once client scheduling (a
+   loaded machine) is taken out;
 4. **periodic queries at N rows**: heartbeat (lease renewal), lease expiry, settling jobs and
    the queue-depth count, p50/p99;
 5. **database size per finished task**: ``--size-tasks`` tasks finished with results of
@@ -77,6 +80,39 @@ def bench_enqueue(queue, n: int) -> tuple[int, float]:
     job = queue.create_job("prelabel", list(_tasks(n)), label_config="<View/>",
                            model_version="bench", project_id=1, created_by="bench")
     return job, time.perf_counter() - started
+
+
+def _statement_stats(queue) -> dict[str, tuple[int, float, float]] | None:
+    """Server-side (calls, mean ms, max ms) of the claim and record statements, from
+    ``pg_stat_statements`` (None when the extension is not loaded)."""
+    if queue.dialect != "postgresql":
+        return None
+    kinds = {"claim": "WITH picked AS MATERIALIZED%prelabel_tasks%",
+             "record (task row)": "UPDATE prelabel_tasks SET %finished_by%",
+             "record (result row)": "INSERT INTO prelabel_predictions%"}
+    out = {}
+    try:
+        with queue.engine.connect() as conn:
+            for name, pattern in kinds.items():
+                row = conn.execute(text(
+                    "SELECT sum(calls), sum(total_exec_time) / greatest(sum(calls), 1), "
+                    "max(max_exec_time) FROM pg_stat_statements WHERE query LIKE :p"),
+                    {"p": pattern}).first()
+                out[name] = (int(row[0] or 0), float(row[1] or 0), float(row[2] or 0))
+    except Exception:  # noqa: BLE001 - extension not installed on a --db-url server
+        return None
+    return out
+
+
+def _reset_statement_stats(queue) -> None:
+    if queue.dialect != "postgresql":
+        return
+    try:
+        with queue.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.exec_driver_sql("SELECT pg_stat_statements_reset()")
+    except Exception:  # noqa: BLE001 - not loaded (shared_preload_libraries): skip the numbers
+        pass
 
 
 def bench_claims(url: str, workers: int, seconds: float, batch: int) -> dict:
@@ -224,13 +260,19 @@ def run(url: str, n: int, workers: int, seconds: float, batch: int, size_tasks: 
         index = "ix_prelabel_tasks_queued" if "ix_prelabel_tasks_queued" in plan else "NO INDEX"
         print(f"claim query on the server at {n:,} rows (EXPLAIN ANALYZE): "
               f"{executed[0].split(':', 1)[1].strip() if executed else '?'}, walks {index}")
+    _reset_statement_stats(queue)
     claims = bench_claims(url, workers, seconds, batch)
+    server = _statement_stats(queue)
     print(f"claim latency ({claims['claims']:,} claims of {batch}, {workers} processes, "
           f"{n:,} queued): p50 {claims['claim_p50_ms']:.2f} ms, "
           f"p99 {claims['claim_p99_ms']:.2f} ms")
     print(f"queue's own cost (engine returns at once): {claims['queue_ms_per_task']:.2f} ms per "
           f"task per worker (record {claims['record_per_task_ms']:.2f} ms/task); "
           f"{claims['tasks_per_s']:,.0f} tasks/s over {workers} workers")
+    if server:
+        for name, (calls, mean, peak) in server.items():
+            print(f"  database's own time per {name} statement (pg_stat_statements, {calls:,} "
+                  f"calls): mean {mean:.3f} ms, max {peak:.2f} ms")
     for name, (p50, p99) in bench_periodic(queue).items():
         print(f"{name} at {n:,} rows: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     size = bench_size(url, size_tasks, result_kb)
@@ -257,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from .pg import throwaway_postgres
 
-        context = throwaway_postgres()
+        context = throwaway_postgres(("shared_preload_libraries=pg_stat_statements",))
     with context as url:
         run(url, args.tasks, args.workers, args.seconds, args.batch, args.size_tasks,
             args.result_kb)
