@@ -17,7 +17,7 @@ from pg_server import new_pg_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-N_TASKS = 16
+N_TASKS = 8
 
 
 def _worker(name: str, root: Path, env: dict) -> subprocess.Popen:
