@@ -39,33 +39,31 @@ def _first_line(exc: BaseException) -> str:
 
 
 class ReadinessProbe:
-    """Checks one runtime; safe to call from many request threads."""
+    """Checks one process's services; safe to call from many request threads."""
 
-    def __init__(self, runtime, timeout: float = 2.0) -> None:
-        self.runtime = runtime
+    def __init__(self, services, timeout: float = 2.0) -> None:
+        self.services = services
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tag-ready")
         self._pending: Future | None = None
         self._lock = threading.Lock()
 
-    def _models_loaded(self) -> bool:
-        return "pipeline" in self.runtime.__dict__
-
     def _database_and_index(self, models_loaded: bool) -> tuple[str, str]:
-        version = self.runtime.store.db_version()
+        version = self.services.store.db_version()
         if not models_loaded:
             return f"ok (version {version})", "waiting for the models"
-        self.runtime.refresh()  # reloads index/exemplars if another process changed the db
-        index = self.runtime.pipeline.index
-        return f"ok (version {version})", f"ok ({getattr(index, 'version', '?')})"
+        self.services.refresh()  # a new knowledge snapshot if another process changed the db
+        knowledge = self.services.loaded_knowledge()
+        index = getattr(knowledge, "index", None)
+        return (f"ok (version {version})",
+                f"ok ({getattr(index, 'version', '?')}, database version "
+                f"{getattr(knowledge, 'db_version', '?')})")
 
     def check(self) -> Readiness:
-        from .jobs.budget import wait_for_engine
-
         checks: dict[str, str] = {}
-        loaded = self._models_loaded()
+        loaded = self.services.models_loaded()
         if not loaded:
-            wait_for_engine(self.runtime, 0)  # start loading in the background, do not wait
+            self.services.wait_until_loaded(0)  # start loading in the background, do not wait
         checks["models"] = "ok" if loaded else "loading"
         with self._lock:
             if self._pending is None or self._pending.done():

@@ -23,19 +23,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import metrics
-from ..errors import TagError
+from ..ls.client import LabelStudioAccessError, LabelStudioClient
 
 logger = logging.getLogger(__name__)
 
 PUSHED, GONE, RETRY, FAILED, AUTH = "pushed", "gone", "retry", "failed", "auth"
 
+__all__ = ["AUTH", "FAILED", "GONE", "PUSH_BATCH", "PUSHED", "RETRY", "LabelStudioAccessError",
+           "LabelStudioPusher", "PushResult", "classify"]
+
 #: Predictions per ``import_predictions`` request: brush RLE makes one prediction tens of KB,
 #: so a few hundred keep a request to a few MB while 1,000 tasks need only a handful of requests.
 PUSH_BATCH = 250
-
-
-class LabelStudioAccessError(TagError):
-    """Label Studio refused the token (401/403) or is not configured."""
 
 
 @dataclass(frozen=True)
@@ -67,42 +66,30 @@ def classify(exc: BaseException) -> PushResult:
 
 
 class LabelStudioPusher:
-    """A lazily built SDK client for ``Settings.label_studio_url`` / ``label_studio_api_key``."""
+    """Creates predictions through the backend's :class:`~tag_backend.ls.client.LabelStudioClient`."""
 
-    def __init__(self, url: str | None, api_key: str | None, timeout: float = 30.0) -> None:
-        self.url = (url or "").rstrip("/")
-        self.api_key = api_key
-        self.timeout = timeout
-        self._client = None
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30.0,
+                 *, client: LabelStudioClient | None = None) -> None:
+        self.ls = client or LabelStudioClient(url, api_key, timeout)
         self._lock = threading.Lock()
         #: HTTP requests sent to Label Studio by this pusher (planning and pushes), for reports.
         self.requests = 0
 
     @classmethod
     def from_settings(cls, settings) -> "LabelStudioPusher":
-        return cls(settings.label_studio_url, settings.label_studio_api_key)
+        return cls(client=LabelStudioClient.from_settings(settings))
 
     @property
     def configured(self) -> bool:
-        return bool(self.url and self.api_key)
+        return self.ls.configured
 
     def client(self):
         """The SDK client (a PAT is exchanged for an access token by the SDK itself)."""
-        if not self.configured:
-            raise LabelStudioAccessError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY so "
-                                         "predictions can be pushed to Label Studio")
-        with self._lock:
-            if self._client is None:
-                from label_studio_sdk import LabelStudio
-
-                self._client = LabelStudio(base_url=self.url, api_key=self.api_key,
-                                           timeout=self.timeout)
-            return self._client
+        return self.ls.sdk()
 
     def reset(self) -> None:
         """Drop the client (e.g. after an auth failure, so a new token exchange happens)."""
-        with self._lock:
-            self._client = None
+        self.ls.reset()
 
     def count_request(self, n: int = 1) -> None:
         with self._lock:

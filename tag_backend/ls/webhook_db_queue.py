@@ -244,9 +244,9 @@ class DbWebhookQueue:
         return [{"id": int(r.id), "reason": r.error} for r in rows]
 
 
-def webhook_queue_for(settings, runtime) -> WebhookSpool | DbWebhookQueue:
+def webhook_queue_for(settings, services) -> WebhookSpool | DbWebhookQueue:
     """The database queue on PostgreSQL (replicas share it), the file spool otherwise."""
     spool = WebhookSpool(f"{settings.data_dir}/webhook-spool")
     if not settings.resolved_db_url.startswith(("postgresql", "postgres:")):
         return spool
-    return DbWebhookQueue(lambda: runtime.store.engine, fallback=spool)
+    return DbWebhookQueue(lambda: services.store.engine, fallback=spool)

@@ -167,24 +167,22 @@ def test_migration_0003_moves_results_and_replaces_the_indexes(jobs_db_url):
     engine.dispose()
 
 
-def test_oversized_predict_becomes_a_job(tiny_settings, tmp_path):
+def test_oversized_predict_becomes_a_job(tiny_settings):
     """More than 10,000 tasks: nothing computed inline, one item ([]) per task, one job."""
-    from tag_backend.app import create_app
-    from tag_backend.jobs.service import queue_for, stop_workers
+    from tag_backend.app import app_backend, create_app
     from tag_backend.ls import recommended_label_config
     from tag_backend.ls.protocol import MAX_TASKS_PER_REQUEST
-    from tag_backend.runtime import Runtime
 
     n = MAX_TASKS_PER_REQUEST + 1
-    runtime = Runtime(tiny_settings)
-    client = create_app(runtime.settings, runtime, start_worker=False).test_client()
+    app = create_app(tiny_settings, start_worker=False)
+    services = app_backend(app).services
     body = {"tasks": [{"id": i, "data": {"image": f"/missing/{i}.png"}} for i in range(n)],
             "label_config": recommended_label_config(), "project": "3.1700000000"}
     try:
-        reply = client.post("/predict", json=body)
+        reply = app.test_client().post("/predict", json=body)
         assert reply.status_code == 200
         assert reply.json["results"] == [[]] * n
-        (job,) = queue_for(runtime).list_jobs()
-        assert job.kind == "predict" and queue_for(runtime).progress(job.id).total == n
+        (job,) = services.jobs.queue.list_jobs()
+        assert job.kind == "predict" and services.jobs.queue.progress(job.id).total == n
     finally:
-        stop_workers()
+        services.close()
