@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -176,6 +177,7 @@ class JobQueue:
         self._configs: dict[int, str] = {}  # job id -> label config (never changes)
         self._running: set[int] = set()  # jobs this process saw marked running
         self._depth: tuple[float, int] | None = None  # (recount after, last value)
+        self._depth_lock = threading.Lock()
         create_tables(engine)
 
     @classmethod
@@ -236,6 +238,7 @@ class JobQueue:
                                      .values(status="queued", updated_at=_now()))
                         self._running.discard(job_id)
                 added += inserted
+                self._adjust_depth(inserted)
             if on_progress is not None:
                 on_progress(min(ENQUEUE_CHUNK, len(tasks) - offset))
         return added
@@ -414,6 +417,8 @@ class JobQueue:
         if not done:
             logger.warning("task %s: lease lost before its result was recorded (another worker "
                            "owns it now): result dropped", claim.ls_task_id)
+        else:
+            self._adjust_depth(-1)
         return bool(done)
 
     def _put_cache(self, conn: Connection, key: str, ls_task_id: int, version: str, text: str,
@@ -429,12 +434,14 @@ class JobQueue:
         final = not retry or claim.attempts >= self.policy.max_attempts
         status = "failed" if final else "queued"
         with self.engine.begin() as conn:
-            conn.execute(update(JobTask).where(
+            changed = conn.execute(update(JobTask).where(
                 JobTask.id == claim.row_id, JobTask.lease_owner == worker_id,
                 JobTask.status == "running",
             ).values(status=status, error=error[:2000], lease_owner=None, lease_expires_at=None,
                      next_at=now + self.policy.backoff(claim.attempts),
-                     finished_at=now if final else None))
+                     finished_at=now if final else None)).rowcount
+        if changed and final:
+            self._adjust_depth(-1)
         return status
 
     def cached(self, keys: Iterable[str]) -> dict[str, dict]:
@@ -511,9 +518,22 @@ class JobQueue:
                 predicate(LEASED_PREDICATE), JobTask.status == "running"))
         n = int(queued or 0) + int(running or 0)
         cost = time.monotonic() - now
-        self._depth = (now + cost + max(1.0, 50 * cost), n)
+        with self._depth_lock:
+            self._depth = (now + cost + max(1.0, 50 * cost), n)
         metrics.QUEUE_DEPTH.labels(queue="prelabel").set(n)
         return n
+
+    def _adjust_depth(self, delta: int) -> None:
+        """Apply this process's own change to the last count at once (between recounts the
+        gauge then stays right for the work this process does)."""
+        if not delta:
+            return
+        with self._depth_lock:
+            if self._depth is None:
+                return
+            value = max(0, self._depth[1] + delta)
+            self._depth = (self._depth[0], value)
+        metrics.QUEUE_DEPTH.labels(queue="prelabel").set(value)
 
     def finish_settled_jobs(self) -> list[int]:
         """Mark active jobs with nothing left to compute or push as done.
