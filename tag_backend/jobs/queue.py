@@ -46,8 +46,8 @@ from .schema import (
     CachedPrediction,
     Job,
     JobTask,
-    create_tables,
     predicate,
+    upgrade_job_tables,
 )
 
 logger = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class JobQueue:
         self._running: set[int] = set()  # jobs this process saw marked running
         self._depth: tuple[float, int] | None = None  # (recount after, last value)
         self._depth_lock = threading.Lock()
-        create_tables(engine)
+        upgrade_job_tables(engine)
 
     @classmethod
     def from_store(cls, store, policy: QueuePolicy = QueuePolicy()) -> "JobQueue":

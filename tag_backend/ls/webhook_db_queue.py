@@ -3,7 +3,8 @@
 With one node the file spool (:mod:`.webhook_queue`) is enough; with replicas behind a load
 balancer a correction received by replica A must be processable by any replica, survive A's
 disk, and be applied in order per annotation. So on PostgreSQL ``/webhook`` writes the payload
-to the ``webhook_events`` table (created by the store's migration ``0003``) and every replica's
+to the ``webhook_events`` table (created by the job tables' migration ``jobs_0002``, see
+:mod:`tag_backend.jobs.schema`) and every replica's
 :class:`~.corrections.CorrectionWorker` claims from it, through the same interface as
 :class:`~.webhook_queue.WebhookSpool` (``put``, ``claim``, ``done``, ``retry``, ``fail``,
 ``depth``, ``recover``).
@@ -111,13 +112,21 @@ class DbWebhookQueue:
     def __init__(self, engine: Callable[[], Engine], fallback: WebhookSpool,
                  lease_seconds: float = LEASE_SECONDS) -> None:
         self._engine_factory = engine
+        self._migrated = False
         self.fallback = fallback
         self.lease_seconds = lease_seconds
         self.worker_id = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     @property
     def engine(self) -> Engine:
-        return self._engine_factory()
+        """The database's engine, its tables created or upgraded on first use."""
+        engine = self._engine_factory()
+        if not self._migrated:
+            from ..jobs.schema import upgrade_job_tables
+
+            upgrade_job_tables(engine)
+            self._migrated = True
+        return engine
 
     # ------------------------------------------------------------------ writing
     def put(self, payload: dict) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from test_index import CountingHashEncoder  # same directory (pytest prepend import mode)
+from store_helpers import add_entries
 
 from database_tools.errors import IndexCorrupt
 from database_tools.index_files import CURRENT_FILE, encoder_root, list_versions
@@ -42,7 +43,7 @@ def test_replicas_share_one_build_and_pick_up_updates(tmp_path: Path, vocab: Pat
     assert b.version == a.version and enc_b.encoded == []  # pulled, not built
     assert str(b.path).startswith(str(tmp_path / "b"))  # served from B's own disk
 
-    store.add_entries("caption", ["a panda eating bamboo"], source="test")
+    add_entries(store, "caption", ["a panda eating bamboo"], source="test")
     a2 = ensure_shared_index(store, enc_a, tmp_path / "a", shared, vocabulary=vocab)
     assert a2.version != a.version and latest_published(shared, enc_a.encoder_id) == a2.version
     b2 = ensure_shared_index(store, enc_b, tmp_path / "b", shared, vocabulary=vocab)

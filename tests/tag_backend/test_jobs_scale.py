@@ -134,18 +134,13 @@ def test_purge_deletes_old_finished_work_only(jobs_store):
         queue.get_job(old)
 
 
-def test_migration_0003_moves_results_and_replaces_the_indexes(jobs_db_url):
-    from alembic import command
-    from sqlalchemy import create_engine
+def test_migration_jobs_0002_moves_results_and_replaces_the_indexes(store):
+    from jobs_fixtures import previous_release_tables
 
-    from database_tools.migrate import alembic_config
-    from database_tools.store import Store
+    from tag_backend.jobs.schema import upgrade_job_tables
 
-    engine = create_engine(jobs_db_url)
-    cfg = alembic_config()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
+    engine = store.engine
+    previous_release_tables(engine)  # jobs_0001's tables: result_json, full-table indexes
     row = dict(job_id=1, ls_task_id=5, position=0, task_json="{}", cache_key="k5",
                status="done", attempts=1, next_at=0.0, error="", model_version="v",
                result_json='{"result": [], "score": 1}', push_status="pending",
@@ -156,15 +151,15 @@ def test_migration_0003_moves_results_and_replaces_the_indexes(jobs_db_url):
                           "VALUES (1, 'prelabel', 'running', 'v', '', 1, 0, 0, '', '')"))
         conn.execute(text(f"INSERT INTO prelabel_tasks ({', '.join(row)}) "
                           f"VALUES ({', '.join(':' + k for k in row)})"), row)
-    Store(jobs_db_url).close()  # opening migrates to head
+    upgrade_job_tables(engine)
     indexes = {i["name"] for i in inspect(engine).get_indexes("prelabel_tasks")}
     assert {"ix_prelabel_tasks_queued", "ix_prelabel_tasks_lease_owner",
             "ix_prelabel_tasks_push_pending"} <= indexes
     assert not {"ix_prelabel_tasks_claim", "ix_prelabel_tasks_push"} & indexes
+    assert "webhook_events" in inspect(engine).get_table_names()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT cache_key, result_json FROM prelabel_predictions")
                             ).all() == [("k5", '{"result": [], "score": 1}')]
-    engine.dispose()
 
 
 def test_oversized_predict_becomes_a_job(tiny_settings):

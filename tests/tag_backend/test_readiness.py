@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from store_helpers import add_entries
+
 from tag_backend.app import app_backend, create_app
 
 
@@ -28,7 +30,7 @@ def test_ready_after_models_load_and_follows_database_changes(tiny_settings):
     assert reply.json["status"] == "READY" and set(reply.json["checks"]) == {
         "models", "database", "index"}
     before = services.store.db_version()
-    services.store.add_entries("concept", ["okapi"], source="another replica")
+    add_entries(services.store, "concept", ["okapi"], source="another replica")
     assert services.store.db_version() > before
     after = _wait_ready(client)  # the probe refreshed the loaded knowledge from the database
     assert after.status_code == 200

@@ -1,16 +1,17 @@
 """pre-labelling queue at scale: partial indexes, results stored once; webhook_events
 
 * The claim, lease (heartbeat/expiry), push, active-key and failure queries each get a partial
-  index over the rows they touch, replacing the full-table indexes of 0002 (which grew with
-  every finished task and did not match the claim's ``ORDER BY job_id, position``).
+  index over the rows they touch, replacing the full-table indexes of jobs_0001 (which grew
+  with every finished task and did not match the claim's ``ORDER BY job_id, position``).
 * ``prelabel_tasks.result_json`` is dropped: a result is stored once, in
   ``prelabel_predictions`` under the task's ``cache_key``. Results only held by a task row are
   copied there first.
 * ``webhook_events``: the webhook queue shared by replicas on PostgreSQL
-  (``tag_backend.ls.webhook_db_queue``), ordered per annotation.
+  (``tag_backend.ls.webhook_db_queue``), ordered per annotation; a table of the backend's
+  background work like the job tables, so it shares their history.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: jobs_0002
+Revises: jobs_0001
 Create Date: 2026-12-02 01:10:00
 """
 from __future__ import annotations
@@ -18,8 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0003'
-down_revision = '0002'
+revision = 'jobs_0002'
+down_revision = 'jobs_0001'
 branch_labels = None
 depends_on = None
 
