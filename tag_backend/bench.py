@@ -1,7 +1,9 @@
 """Engine benchmark: per-stage time and peak RSS on random weights of the real model sizes.
 
     python -m tag_backend.bench [--preset fast|paper|both] [--runs 3] [--image PATH]
-    python -m tag_backend.bench --jobs 200      # job-engine throughput (tag_backend.jobs.bench)
+
+Job-engine throughput and the queue at scale are benchmarked from the repository root:
+``python -m benchmarks.jobs --jobs 200`` and ``python -m benchmarks.scale``.
 
 Prints, measured in the same run and process, ``end_to_end / backbone_forwards`` where
 backbone_forwards = the DINOv2 forward + the dense-CLIP (GEM/NACLIP) forward on the same input:
@@ -114,15 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=["fast", "paper", "both"], default="both")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--image", default=str(Path(__file__).resolve().parent.parent / "data" / "examples" / "coffee.jpg"))
-    parser.add_argument("--jobs", type=int, help="benchmark the job engine with N tasks instead")
     parser.add_argument("--json", action="store_true", help="print one JSON line per preset")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.jobs:
-        from .jobs.bench import run_jobs_bench
-
-        run_jobs_bench(args.jobs)
-        return
     presets = ["fast", "paper"] if args.preset == "both" else [args.preset]
     if args._child:
         print(json.dumps(bench_preset(presets[0], args.runs, args.image)))

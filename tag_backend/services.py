@@ -117,7 +117,7 @@ class Services:
             if self._store is None:
                 from database_tools.store import Store
 
-                self._store = Store(self.settings.resolved_db_url)
+                self._store = Store(self.settings.resolved_db_url, **self.settings.store_options)
             return self._store
 
     @cached_property
@@ -167,7 +167,7 @@ class Services:
         s = self.settings
         return read_knowledge(self.store, self.stored_text_encoder, self.models.clip.encoder_id,
                               index_dir=s.resolved_index_dir, vocabulary=s.default_vocabulary,
-                              alias_min_count=s.alias_min_count)
+                              alias_min_count=s.alias_min_count, index_store=s.index_store)
 
     def knowledge(self) -> Knowledge:
         """The current knowledge snapshot (loading models and knowledge on first call)."""
