@@ -28,13 +28,13 @@ from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, pa
 from .ls.training import make_reingest
 from .ls.webhook_db_queue import webhook_queue_for
 from .ls.webhook_payload import refuse_unrecordable
+from .readiness import ReadinessProbe
 from .request_guard import (
     TOKEN_ENVIRON_KEY,
     QuerySecretMiddleware,
     check_declared_size,
     read_body,
 )
-from .readiness import ReadinessProbe
 from .services import Services
 
 logger = logging.getLogger(__name__)
