@@ -2,7 +2,6 @@
 
     python -m benchmarks.engine [--preset fast|paper|both] [--backends torch,openvino] [--runs 3]
         [--batches 1,8,32] [--startup] [--crf-scales 1.0,0.5] [--dtype float32|bfloat16]
-    python -m benchmarks.engine --jobs 200      # job-engine throughput (tag_backend.jobs.bench)
 
 Random weights of the real architectures are written once to ``~/.cache/tag-backend-bench``
 (``TAG_BENCH_CACHE``) and loaded through the normal local-directory loaders. Every number of
@@ -273,16 +272,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup", action="store_true", help="time `tag-backend predict` on one image")
     parser.add_argument("--crf-scales", default="", help="e.g. 1.0,0.5,0.35: CRF resolution vs time and mIoU")
     parser.add_argument("--crf-scenes", type=int, default=6)
-    parser.add_argument("--jobs", type=int, help="benchmark the job engine with N tasks instead")
     parser.add_argument("--json", action="store_true", help="print one JSON line per preset")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_startup_stages", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.jobs:
-        from tag_backend.jobs.bench import run_jobs_bench
-
-        run_jobs_bench(args.jobs)
-        return
     if args._startup_stages:
         print(json.dumps(startup_stages(args._startup_stages)))
         return

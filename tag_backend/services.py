@@ -35,17 +35,8 @@ from .models import LoadedClip, LoadedDino, load_clip, load_dino, resolve_device
 from .pipeline import TagPipeline
 from .predictor import Predictor
 from .presets import Preset, get_preset
-from .stages.crf import CrfParams
 
 logger = logging.getLogger(__name__)
-
-
-def preset_pipeline_kwargs(preset: Preset) -> dict[str, Any]:
-    """Every :class:`TagPipeline` knob the preset sets."""
-    return dict(image_size=preset.image_size, n_segments=preset.n_segments,
-                kmeans_restarts=preset.kmeans_restarts, use_crf=preset.use_crf,
-                crf_params=CrfParams(iterations=preset.crf_iterations, scale=preset.crf_scale),
-                dense_method=preset.dense_method)
 
 
 class Models:
@@ -146,7 +137,7 @@ class Services:
             if self._store is None:
                 from database_tools.store import Store
 
-                self._store = Store(self.settings.resolved_db_url)
+                self._store = Store(self.settings.resolved_db_url, **self.settings.store_options)
             return self._store
 
     @cached_property
@@ -183,7 +174,7 @@ class Services:
 
     def _build_pipeline(self, knowledge: Knowledge) -> TagPipeline:
         s, models = self.settings, self.models
-        knobs = preset_pipeline_kwargs(self.preset)
+        knobs = self.preset.pipeline_kwargs()
         if s.dense_method:
             knobs["dense_method"] = s.dense_method
         knobs.update(exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels)
@@ -196,7 +187,7 @@ class Services:
         s = self.settings
         return read_knowledge(self.store, self.stored_text_encoder, self.models.clip.encoder_id,
                               index_dir=s.resolved_index_dir, vocabulary=s.default_vocabulary,
-                              alias_min_count=s.alias_min_count)
+                              alias_min_count=s.alias_min_count, index_store=s.index_store)
 
     def knowledge(self) -> Knowledge:
         """The current knowledge snapshot (loading models and knowledge on first call)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -15,7 +16,6 @@ from torch import nn
 
 from ..stages import dense_clip, dense_gem, dense_naclip
 from ..stages.dense_clip import dense_clip_tokens
-from . import graphs as _self
 
 
 class DinoPatchGraph(nn.Module):
@@ -60,7 +60,7 @@ def exportable():
 def code_version() -> str:
     """Hash of the code that defines the graphs: a cached export is stale when it changes."""
     h = hashlib.sha256()
-    for module in (dense_clip, dense_gem, dense_naclip, _self):
+    for module in (dense_clip, dense_gem, dense_naclip, sys.modules[__name__]):
         h.update(inspect.getsource(module).encode())
     return h.hexdigest()[:16]
 
