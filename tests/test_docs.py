@@ -5,8 +5,8 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
 import click
+import pytest
 from click.testing import CliRunner
 
 from tag_backend.config import ENV_VARS
@@ -136,11 +136,11 @@ def _command_path(group, args: list[str]) -> list[str]:
     for word in args:
         if not isinstance(command, click.Group):
             break
-        sub = command.get_command(click.Context(command), word)  # lazily imported commands too
-        if sub is None:
+        ctx = click.Context(command)
+        if word not in command.list_commands(ctx):  # lazy groups load commands on lookup
             break
         path.append(word)
-        command = sub
+        command = command.get_command(ctx, word)
     return path
 
 

@@ -47,6 +47,7 @@ def test_start_training_does_not_block_corrections(tiny_services_session, tmp_pa
     assert worker.run_once() is True
     assert worker.processed == 1 and runs == [7]
     release.set()
-    assert _wait(lambda: not list(spool.working.glob("*.json")))
-    assert worker.processed == 2 and not list(spool.failed.glob("*.json"))
+    # processed counts a payload after its spool file is gone: wait for the count itself.
+    assert _wait(lambda: worker.processed == 2)
+    assert not list(spool.working.glob("*.json")) and not list(spool.failed.glob("*.json"))
     worker.stop()
