@@ -23,7 +23,7 @@ from .errors import TagError
 from .ls.controls import parse_label_config
 from .ls.corrections import CorrectionWorker
 from .ls.errors import BackendRequestError
-from .ls.guided import LabelSnapper
+from .ls.guided import LabelSnapper, snapper_for
 from .ls.media import MediaFetcher
 from .ls.predictor import PredictContext
 from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, parse_setup
@@ -68,11 +68,7 @@ class Backend:
     def snapper(self) -> LabelSnapper:
         with self._lock:
             if self._snapper is None:
-                self._snapper = LabelSnapper(
-                    self.runtime.text_encoder.encode,
-                    self.settings.guided_threshold,
-                    self.settings.guided_fallback,
-                )
+                self._snapper = snapper_for(self.runtime, self.settings)
             return self._snapper
 
     def model_version(self) -> str:

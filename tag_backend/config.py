@@ -40,6 +40,23 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true/false, got {value!r}")
 
 
+def _probability(value: str) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"expected a probability between 0 and 1, got {value!r}")
+    return v
+
+
+def _choice(*choices: str):
+    def parse(value: str) -> str:
+        v = value.strip().lower()
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return v
+
+    return parse
+
+
 def _optional_int(value: str) -> int | None:
     return None if value.strip() == "" else int(value)
 
@@ -79,8 +96,9 @@ class Settings:
     max_download_bytes: int = 50_000_000
     download_timeout: float = 20.0
     max_regions: int = 30
-    guided_threshold: float = 0.75
+    guided_threshold: float = 0.5
     guided_fallback: str | None = None
+    guided_below: str = "keep"
     predict_budget_seconds: float = 60.0
     log_format: str = "text"
     log_level: str = "INFO"
@@ -126,8 +144,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_MAX_DOWNLOAD_BYTES", "max_download_bytes", "Largest image download accepted.", int),
     EnvVar("TAG_DOWNLOAD_TIMEOUT", "download_timeout", "Seconds before an image download is abandoned.", float),
     EnvVar("TAG_MAX_REGIONS", "max_regions", "Most regions returned per image (largest kept).", int),
-    EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),
-    EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold (unset: region dropped)."),
+    EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: zero-shot probability (0-1) a project label needs to label a region; a control's `model_score_threshold` overrides it (docs/interactive.md).", _probability),
+    EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold when it is one of the project's labels."),
+    EnvVar("TAG_GUIDED_BELOW", "guided_below", "Guided mode, below the threshold and no fallback label: `keep` (the free-form name is the label) or `drop` the region.", _choice("keep", "drop")),
     EnvVar("TAG_PREDICT_BUDGET", "predict_budget_seconds", "Seconds `/predict` may compute before queueing the rest.", float),
     EnvVar("TAG_LOG_FORMAT", "log_format", "`text` or `json` (structured logs)."),
     EnvVar("TAG_LOG_LEVEL", "log_level", "Logging level."),

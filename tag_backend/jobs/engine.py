@@ -96,12 +96,10 @@ class TaskEngine:
                               snapper=snapper, max_regions=self.settings.max_regions)
 
     def _guided_snapper(self):
-        from ..ls.guided import LabelSnapper
+        from ..ls.guided import snapper_for
 
         if self._snapper is None:
-            self._snapper = LabelSnapper(self.runtime.text_encoder.encode,
-                                         self.settings.guided_threshold,
-                                         self.settings.guided_fallback)
+            self._snapper = snapper_for(self.runtime, self.settings)
         return self._snapper
 
     def run(self, images: Sequence[Image.Image]) -> list[list[SegmentLabel]]:

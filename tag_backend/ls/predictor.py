@@ -95,22 +95,25 @@ def _run(
 
 
 def place(regions: list[SegmentLabel], context: PredictContext) -> list[PlacedRegion]:
-    """Clean masks, cap their number, and choose labels (guided snapping or the fixed label)."""
+    """Clean masks, cap their number, and choose labels (guided labelling or the fixed label)."""
     kept = clean_regions([r.mask for r in regions], context.max_regions)
     layout = context.layout
     names = [regions[i].name for i, _ in kept]
+    scores = [float(regions[i].score) for i, _ in kept]
     if layout.guided_labels and context.snapper is not None:
-        labels = [s.label for s in context.snapper.snap(names, layout.guided_labels)]
+        snaps = context.snapper.snap(names, [regions[i].embedding for i, _ in kept],
+                                     layout.project_labels, layout.score_threshold)
+        labels = [s.label for s in snaps]
+        # A zero-shot label's probability is the region's confidence in that label.
+        scores = [s.score if s.method == "zero-shot" else r for s, r in zip(snaps, scores)]
     elif layout.text_name:
         labels = [layout.label] * len(kept)
     else:
         labels = names  # no TextArea, no static labels: the name is the label (dynamic config)
     placed = []
-    for (i, mask), name, label in zip(kept, names, labels):
+    for (i, mask), name, label, score in zip(kept, names, labels, scores):
         if label is None:
-            logger.debug("guided mode: %r matches no project label: region dropped", name)
+            logger.debug("guided mode: %r is below the threshold: region dropped", name)
             continue
-        placed.append(
-            PlacedRegion(mask=mask, name=name, label=label, score=float(regions[i].score))
-        )
+        placed.append(PlacedRegion(mask=mask, name=name, label=label, score=score))
     return placed

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..masks import MaskCleaning, clean_regions
 from ..types import SegmentLabel
+from .guided import ProjectLabel
 from .rle import mask_to_rle
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ class ResultLayout:
     brush_name / image_name: the BrushLabels control and the Image object it labels.
     text_name: the per-region TextArea holding the free-form name (None: no TextArea).
     label: the brush label given when names go into the TextArea (open mode).
-    guided_labels: the project's labels in guided mode (names are snapped to them upstream).
+    guided_labels: the project's labels in guided mode (regions are labelled upstream).
+    project_labels: the same labels with their ``predicted_values`` synonyms.
+    score_threshold: the control's ``model_score_threshold`` (None: the setting's default).
     """
 
     brush_name: str = "tag"
@@ -38,6 +41,8 @@ class ResultLayout:
     label: str = "object"
     guided_labels: tuple[str, ...] = field(default_factory=tuple)
     image_field: str = "image"
+    project_labels: tuple[ProjectLabel, ...] = field(default_factory=tuple)
+    score_threshold: float | None = None
 
 
 DEFAULT_LAYOUT = ResultLayout()
