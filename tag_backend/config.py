@@ -76,6 +76,8 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     dense_method: str | None = None
+    refine: str = "none"
+    sam_model: str | None = None
     max_image_pixels: int = 40_000_000
     # Concept database
     data_dir: str = field(default_factory=_default_data_dir)
@@ -126,6 +128,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available)."),
     EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device)."),
     EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens)."),
+    EnvVar("TAG_REFINE", "refine", "Mask refinement: `none` or `sam2` (SAM 2.1 boundaries for every segment; interactive clicks use SAM too; docs/interactive.md).", _choice("none", "sam2")),
+    EnvVar("TAG_SAM_MODEL", "sam_model", "SAM 2 / 2.1 weights for `TAG_REFINE=sam2`: a Hugging Face id (default `facebook/sam2.1-hiera-tiny`) or a local directory saved with `save_pretrained`."),
     EnvVar("TAG_MAX_IMAGE_PIXELS", "max_image_pixels", "Decompression-bomb guard: images with more pixels are refused.", int),
     EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live."),
     EnvVar("TAG_DB_URL", "db_url", "Concept database URL: `sqlite:///path.db` or `postgresql+psycopg://user:pass@host/db`.", str, True),

@@ -61,6 +61,8 @@ class TagPipeline:
       merge_same_name (True): segments with the same name become one region.
       exemplar_threshold (0.90): cosine needed to take a corrected exemplar's name.
       max_image_pixels: decompression-bomb guard for decoded images.
+      refiner: optional SAM 2 boundary refinement (:class:`~.stages.sam_refine.SamRefiner`);
+        names are then pooled inside the refined masks.
     """
 
     def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *, text_encoder=None,
@@ -73,7 +75,8 @@ class TagPipeline:
                  min_segment_area: float = 0.002, dense_method: str = "gem", gem_depth: int = 7,
                  top_k_captions: int = 10, dedup_threshold: float = 0.94, min_word_count: int = 2,
                  pos_filter: bool = True, max_alternatives: int = 5, merge_same_name: bool = True,
-                 exemplar_threshold: float = 0.90, max_image_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 exemplar_threshold: float = 0.90, max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 refiner=None) -> None:
         if n_segments < 1:
             raise ValueError(f"n_segments must be >= 1, got {n_segments}")
         if image_size < max(dino.patch_size, clip.patch_size):
@@ -94,6 +97,7 @@ class TagPipeline:
                                   max_alternatives=max_alternatives)
         self.merge_same_name, self.exemplar_threshold = merge_same_name, exemplar_threshold
         self.max_image_pixels = max_image_pixels
+        self.refiner = refiner
         if use_crf:
             crf_stage.start_helper()
 
@@ -123,10 +127,11 @@ class TagPipeline:
             # CRF result (or the raw scores), then segments below min_segment_area absorbed.
             with _timed(t, "crf"):
                 labels, logits = self._finish_segment(segmenting)
+            with _timed(t, "sam_refine" if self.refiner is not None else "pool"):
+                labels, weights = self._refine(prep, labels, feats)
             # One embedding per segment: dense CLIP features mean-pooled over the segment.
             with _timed(t, "pool"):
-                embeddings = pool_segments(build_segments(labels, feats.grid, feats.features.device)
-                                           .patch_weights, feats.features)
+                embeddings = pool_segments(weights, feats.features)
             # Names: corrected exemplars first, then retrieval + CLIP image-text scoring.
             with _timed(t, "name"):
                 names = self._name(embeddings)
@@ -189,6 +194,13 @@ class TagPipeline:
         labels = label_map(logits)
         labels = drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
         return labels, logits
+
+    def _refine(self, prep: PreparedImage, labels: np.ndarray, feats) -> tuple[np.ndarray, torch.Tensor]:
+        """Segment ids and their patch coverage: SAM 2 boundaries at the original size when a
+        refiner is set (tag_backend.stages.sam_refine), else the coarse map unchanged."""
+        if self.refiner is None:
+            return labels, build_segments(labels, feats.grid, feats.features.device).patch_weights
+        return self.refiner.refine(prep.rgb, labels, feats.grid)
 
     def _name(self, embeddings: np.ndarray) -> list[SegmentNames]:
         names = name_segments(embeddings, self.index, self.text_encoder, **self.naming_kwargs)

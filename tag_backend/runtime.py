@@ -61,6 +61,19 @@ class Runtime:
             self.settings.clip_pretrained or self.preset.clip_pretrained)
         return load_clip(model, pretrained, self.device, self.dtype)
 
+    @cached_property
+    def refiner(self):
+        """The SAM 2 refiner when ``TAG_REFINE=sam2`` (loaded on first use), else None."""
+        if self.settings.refine != "sam2":
+            return None
+        from .sam_models import DEFAULT_SAM_MODEL, load_sam
+        from .stages.sam_refine import SamRefiner
+
+        # SAM runs in float32 unless a dtype was asked for explicitly: its mask logits are
+        # thresholded at 0, where bf16 rounding moves boundaries.
+        dtype = resolve_dtype(self.settings.dtype, self.device, prefer_bf16=False)
+        return SamRefiner(load_sam(self.settings.sam_model or DEFAULT_SAM_MODEL, self.device, dtype))
+
     # --------------------------------------------------------------- database
     @cached_property
     def store(self):
@@ -103,6 +116,7 @@ class Runtime:
                 use_crf=p.use_crf, crf_params=CrfParams(iterations=p.crf_iterations, scale=p.crf_scale),
                 dense_method=s.dense_method or p.dense_method,
                 exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels,
+                refiner=self.refiner,
             )
             self._seen_db_version = self.store.db_version()
             return pipeline
@@ -142,4 +156,5 @@ class Runtime:
         db = self.store.db_version()
         encoder = (self.settings.clip_model or self.preset.clip_model).replace("local-dir:", "local-")
         encoder = encoder.rsplit("/", 1)[-1]
-        return f"tag-{__version__}-{self.preset.name}-{encoder}-db{db}"
+        refine = "-sam2" if self.settings.refine == "sam2" else ""
+        return f"tag-{__version__}-{self.preset.name}{refine}-{encoder}-db{db}"
