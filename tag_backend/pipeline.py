@@ -200,7 +200,7 @@ class TagPipeline:
         refiner is set (tag_backend.stages.sam_refine), else the coarse map unchanged."""
         if self.refiner is None:
             return labels, build_segments(labels, feats.grid, feats.features.device).patch_weights
-        return self.refiner.refine(prep.rgb, labels, feats.grid)
+        return self.refiner.refine(self.refiner.embed(prep.rgb), labels, feats.grid)
 
     def _name(self, embeddings: np.ndarray) -> list[SegmentNames]:
         names = name_segments(embeddings, self.index, self.text_encoder, **self.naming_kwargs)

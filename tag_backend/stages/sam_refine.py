@@ -162,15 +162,15 @@ class SamRefiner:
         return up.reshape(*shape[:-2], *size)
 
     # ------------------------------------------------------------------ refinement
-    def refine(self, rgb: np.ndarray, labels: np.ndarray, grid: tuple[int, int],
-               image: SamImage | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        """SAM boundaries for a coarse (h, w) segment map of the (H, W, 3) image ``rgb``.
+    def refine(self, image: SamImage, labels: np.ndarray, grid: tuple[int, int]
+               ) -> tuple[np.ndarray, torch.Tensor]:
+        """SAM boundaries for a coarse (h, w) segment map of the image embedded as ``image``.
 
-        Returns the refined segment ids at (H, W) (ids 0..K'-1, every id present, in the order
-        of the coarse ids) and their (K', gh*gw) coverage of the ``grid`` (for pooling).
+        Returns the refined segment ids at the original (H, W) (ids 0..K'-1, every id present,
+        in the order of the coarse ids) and their (K', gh*gw) coverage of the ``grid`` (for
+        pooling).
         """
-        H, W = int(rgb.shape[0]), int(rgb.shape[1])
-        image = image or self.embed(rgb)
+        H, W = image.original_size
         prompts, owners, parts = self.segment_prompts(labels, (H, W))
         accepted: dict[int, torch.Tensor] = {}
         if prompts:

@@ -113,11 +113,11 @@ def test_refine_returns_full_size_ids_and_pooling_weights(sam, rgb):
     labels[3:19, 6:22] = 1
     labels[:, 35:] = 2
     keep_all = SamRefiner(sam, min_iou=1.0)
-    full, weights = keep_all.refine(rgb, labels, (2, 3))
+    full, weights = keep_all.refine(keep_all.embed(rgb), labels, (2, 3))
     assert full.shape == rgb.shape[:2] and set(np.unique(full)) == {0, 1, 2}
     assert weights.shape == (3, 6) and bool((weights.sum(1) > 0).all())
     accept = SamRefiner(sam, min_iou=0.0)
-    full, weights = accept.refine(rgb, labels, (2, 3))
+    full, weights = accept.refine(accept.embed(rgb), labels, (2, 3))
     k = int(full.max()) + 1
     assert full.shape == rgb.shape[:2] and set(np.unique(full)) == set(range(k))
     assert weights.shape == (k, 6) and bool((weights.sum(1) > 0).all())
