@@ -92,24 +92,36 @@ class LabelSnapper:
         overrides it per project).
     fallback: label given below the threshold when it is one of the project's labels.
     below: "keep" or "drop" (see the module docstring) when there is no usable fallback.
-    logit_scale: the CLIP model's learned temperature (``exp(logit_scale)``, 100 for trained CLIP).
+    logit_scale: the CLIP model's learned temperature (``exp(logit_scale)``, 100 for trained
+        CLIP), or a function returning it (read on first use, so building a snapper does not
+        load the model).
     """
 
     def __init__(self, encode: EncodeText, threshold: float, fallback: str | None, *,
-                 below: str = "keep", logit_scale: float = 100.0,
+                 below: str = "keep", logit_scale: float | Callable[[], float] = 100.0,
                  templates: Sequence[str] = PROMPT_TEMPLATES) -> None:
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"guided threshold must be a probability in [0, 1], got {threshold}")
         if below not in BELOW_THRESHOLD_POLICIES:
             raise ValueError(f"below-threshold policy must be one of {BELOW_THRESHOLD_POLICIES}, got {below!r}")
-        if logit_scale <= 0:
+        if not callable(logit_scale) and logit_scale <= 0:
             raise ValueError(f"logit_scale must be positive, got {logit_scale}")
         if not templates or any("{}" not in t for t in templates):
             raise ValueError("every prompt template needs a '{}' placeholder")
         self.encode, self.threshold, self.fallback = encode, threshold, fallback
-        self.below, self.logit_scale, self.templates = below, float(logit_scale), tuple(templates)
+        self.below, self.templates = below, tuple(templates)
+        self._logit_scale = logit_scale
         self._vectors: dict[tuple[ProjectLabel, ...], np.ndarray] = {}
         self._lock = threading.Lock()
+
+    @property
+    def logit_scale(self) -> float:
+        if callable(self._logit_scale):
+            scale = float(self._logit_scale())
+            if scale <= 0:
+                raise ValueError(f"logit_scale must be positive, got {scale}")
+            self._logit_scale = scale
+        return float(self._logit_scale)
 
     def label_vectors(self, labels: tuple[ProjectLabel, ...]) -> np.ndarray:
         """(L, D) unit rows: each label's prompt-ensemble text embedding (cached per label set)."""
@@ -188,12 +200,15 @@ class LabelSnapper:
         return Snap(None, score, "dropped")
 
 
+def clip_temperature(clip_model) -> float:
+    """``exp(logit_scale)`` of an open_clip CLIP model (100 for trained CLIP; 100 if absent)."""
+    scale = getattr(clip_model, "logit_scale", None)
+    return float(scale.detach().float().exp()) if scale is not None else 100.0
+
+
 def snapper_for(runtime, settings=None) -> LabelSnapper:
     """The guided-mode snapper for ``settings`` (default: the runtime's) on a runtime's cached
     text encoder and CLIP temperature."""
     settings = settings or runtime.settings
-    clip_model = runtime.clip.model
-    scale = getattr(clip_model, "logit_scale", None)
-    logit_scale = float(scale.detach().exp()) if scale is not None else 100.0
     return LabelSnapper(runtime.text_encoder.encode, settings.guided_threshold, settings.guided_fallback,
-                        below=settings.guided_below, logit_scale=logit_scale)
+                        below=settings.guided_below, logit_scale=lambda: clip_temperature(runtime.clip.model))
