@@ -102,6 +102,7 @@ class Settings:
     guided_fallback: str | None = None
     guided_below: str = "keep"
     predict_budget_seconds: float = 60.0
+    feature_cache_mb: int = 256
     log_format: str = "text"
     log_level: str = "INFO"
 
@@ -152,6 +153,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold when it is one of the project's labels."),
     EnvVar("TAG_GUIDED_BELOW", "guided_below", "Guided mode, below the threshold and no fallback label: `keep` (the free-form name is the label) or `drop` the region.", _choice("keep", "drop")),
     EnvVar("TAG_PREDICT_BUDGET", "predict_budget_seconds", "Seconds `/predict` may compute before queueing the rest.", float),
+    EnvVar("TAG_FEATURE_CACHE_MB", "feature_cache_mb", "Memory for the backbone features of recently predicted images (a second request on the same image skips the backbones); 0 turns the cache off.", int),
     EnvVar("TAG_LOG_FORMAT", "log_format", "`text` or `json` (structured logs)."),
     EnvVar("TAG_LOG_LEVEL", "log_level", "Logging level."),
 )

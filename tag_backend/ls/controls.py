@@ -23,7 +23,7 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from .errors import LabelConfigError
 from .guided import ProjectLabel
-from .results import ResultLayout
+from .layout import ResultLayout
 
 logger = logging.getLogger(__name__)
 

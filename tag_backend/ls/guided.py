@@ -204,11 +204,3 @@ def clip_temperature(clip_model) -> float:
     """``exp(logit_scale)`` of an open_clip CLIP model (100 for trained CLIP; 100 if absent)."""
     scale = getattr(clip_model, "logit_scale", None)
     return float(scale.detach().float().exp()) if scale is not None else 100.0
-
-
-def snapper_for(runtime, settings=None) -> LabelSnapper:
-    """The guided-mode snapper for ``settings`` (default: the runtime's) on a runtime's cached
-    text encoder and CLIP temperature."""
-    settings = settings or runtime.settings
-    return LabelSnapper(runtime.text_encoder.encode, settings.guided_threshold, settings.guided_fallback,
-                        below=settings.guided_below, logit_scale=lambda: clip_temperature(runtime.clip.model))

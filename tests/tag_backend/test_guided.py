@@ -6,7 +6,7 @@ import pytest
 
 from tag_backend.ls.controls import parse_label_config
 from tag_backend.ls.errors import LabelConfigError
-from tag_backend.ls.guided import PROMPT_TEMPLATES, LabelSnapper, ProjectLabel, snapper_for
+from tag_backend.ls.guided import PROMPT_TEMPLATES, LabelSnapper, ProjectLabel
 
 WORDS = ("cat", "dog", "car", "truck", "tree")
 
@@ -95,10 +95,11 @@ def test_bad_arguments():
         LabelSnapper(enc, 0.5, None).snap(["x"], [], LABELS)
 
 
-def test_real_clip_labels_its_own_label_embeddings(tiny_runtime_session):
+def test_real_clip_labels_its_own_label_embeddings(tiny_services_session):
     """Through the real (tiny) CLIP text tower and temperature: a region whose embedding is a
     label's prompt-ensemble embedding gets that label."""
-    snapper = snapper_for(tiny_runtime_session)
+    snapper = tiny_services_session.snapper
+    assert abs(snapper.logit_scale - 1 / 0.07) < 1e-3  # open_clip's initial temperature
     labels = tuple(ProjectLabel(w) for w in ("cat", "dog", "tree"))
     vectors = snapper.label_vectors(labels)
     snaps = snapper.snap(["x", "y", "z"], list(vectors), labels, threshold=0.0)

@@ -9,7 +9,8 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from tag_backend.ls.controls import parse_label_config
 from tag_backend.ls.errors import LabelConfigError
-from tag_backend.ls.results import task_for_image
+from tag_backend.ls.layout import DEFAULT_LAYOUT
+from tag_backend.ls.serializer import Serializer
 from tag_backend.masks import MaskCleaning, clean_mask, clean_regions
 from tag_backend.types import SegmentLabel
 
@@ -37,13 +38,13 @@ def test_clean_regions_caps_count_keeps_largest_in_order():
     assert clean_regions([np.zeros((50, 50), bool)], 5) == []
 
 
-def test_task_for_image_roundtrip_and_validates_against_config():
+def test_serialized_task_roundtrip_and_validates_against_config():
     h, w = 120, 160
     regions = [
         SegmentLabel(mask=_disc(h, w, 60, 80, 40), name="golden retriever", score=0.31),
         SegmentLabel(mask=_disc(h, w, 20, 20, 12), name="ball", score=0.2),
     ]
-    task = task_for_image("/data/upload/1/x.png", regions, w, h, "v7")
+    task = Serializer().task("/data/upload/1/x.png", regions, w, h, DEFAULT_LAYOUT, "v7")
     pred = task["predictions"][0]
     assert task["data"] == {"image": "/data/upload/1/x.png"}
     assert pred["model_version"] == "v7" and 0 < pred["score"] <= 1

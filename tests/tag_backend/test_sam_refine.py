@@ -132,18 +132,26 @@ def test_bad_prompts_are_refused():
         SamPrompt(points=[(1, 2)], labels=[2])
 
 
-def test_pipeline_with_sam_refinement(tiny_runtime_session, tiny_sam_dir, tmp_path):
+def test_pipeline_with_sam_refinement(tiny_services_session, tiny_sam_dir, tmp_path):
     from scenes import flat_shapes
 
-    from ls_helpers import copy_runtime
+    from ls_helpers import shared_services
 
-    runtime = copy_runtime(tiny_runtime_session, tmp_path, refine="sam2", sam_model=tiny_sam_dir)
-    assert runtime.pipeline.refiner is runtime.refiner and runtime.refiner.model_id == tiny_sam_dir
-    assert "-sam2-" in runtime.model_version()
+    services = shared_services(tiny_services_session, tmp_path, refine="sam2", sam_model=tiny_sam_dir)
+    refiner = services.models.refiner
+    assert services.pipeline().refiner is refiner and refiner.model_id == tiny_sam_dir
+    assert "-sam2-" in services.model_version()
     image, _ = flat_shapes(120, seed=1)
     timings: dict[str, float] = {}
-    regions = runtime.pipeline.generate_batch([image], timings)[0]
-    assert regions and "sam_refine" in timings
+    regions = services.predictor.predict([image], timings=timings)[0]
+    assert regions and "sam_refine" in timings and "sam_embed" in timings
+    # The SAM embeddings are kept with the features: a second call refines without the image
+    # encoder and gives the same regions.
+    again: dict[str, float] = {}
+    second = services.predictor.predict([image], timings=again)[0]
+    assert "sam_embed" not in again and "sam_refine" in again
+    assert [r.name for r in second] == [r.name for r in regions]
+    assert all((a.mask == b.mask).all() for a, b in zip(regions, second))
     cover = np.zeros((120, 120), int)
     for r in regions:
         assert r.mask.shape == (120, 120) and r.area == int(r.mask.sum()) > 0
