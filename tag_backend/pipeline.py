@@ -196,6 +196,11 @@ class TagPipeline:
             raise ValueError(f"{int(empty.sum())} mask(s) are empty")
         return pool_segments(weights, dense.features)
 
+    def name_regions(self, embeddings: np.ndarray, knowledge: Knowledge | None = None
+                     ) -> list[SegmentNames]:
+        """Names of regions from their CLIP embeddings (exemplars, aliases, retrieval)."""
+        return self._name(embeddings, knowledge or self.knowledge)
+
     def _finish(self, features: list[ImageFeatures], pending: list, t: dict[str, float],
                 knowledge: Knowledge | None) -> list[list[SegmentLabel]]:
         knowledge = knowledge or self.knowledge

@@ -28,6 +28,7 @@ from .jobs.service import JobService
 from .knowledge import Knowledge, read_knowledge
 from .ls.client import LabelStudioClient
 from .ls.guided import LabelSnapper, clip_temperature
+from .ls.interactive import InteractivePredictor
 from .ls.media import MediaFetcher
 from .ls.predictor import TaskPredictor
 from .ls.serializer import Serializer, snapping_labeler
@@ -131,6 +132,7 @@ class Services:
         self.serializer = Serializer(max_regions=settings.max_regions,
                                      guided=snapping_labeler(self.snapper))
         self.tasks = TaskPredictor(self.fetcher, self.predictor, self.serializer)
+        self.interactive = InteractivePredictor(self)
         self.jobs = JobService(self, lambda: self.store,
                                LabelStudioPusher(client=self.label_studio))
 

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections import OrderedDict
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from .. import metrics
+from ..feature_cache import FeatureCache
 from ..types import SegmentLabel
 from .errors import BackendRequestError
+from .layout import ResultLayout
+from .serializer import empty_item
 
 logger = logging.getLogger(__name__)
 
@@ -154,22 +157,21 @@ def parse_context(context: Mapping[str, Any], image_name: str, size: tuple[int, 
 class ImageSegments:
     """TAG's segments of one image, kept between clicks.
 
-    labels: (H, W) int32 segment id of every pixel (index into ``regions``).
+    labels: (H, W) int16 segment id of every pixel (index into ``regions``).
     regions: the engine's regions without their masks (names, scores, embeddings).
     """
 
     labels: np.ndarray
     regions: list[SegmentLabel]
-    sam: Any = None  # tag_backend.stages.sam_refine.SamImage when SAM is on
 
     @property
     def nbytes(self) -> int:
         emb = sum(int(r.embedding.nbytes) for r in self.regions if r.embedding is not None)
-        return int(self.labels.nbytes) + emb + (self.sam.nbytes if self.sam is not None else 0)
+        return int(self.labels.nbytes) + emb
 
     @classmethod
     def from_regions(cls, regions: Sequence[SegmentLabel], size: tuple[int, int]) -> "ImageSegments":
-        labels = np.full(size, -1, np.int32)
+        labels = np.full(size, -1, np.int16)  # at most a few dozen regions per image
         kept = []
         for region in regions:
             labels[region.mask & (labels < 0)] = len(kept)
@@ -179,30 +181,91 @@ class ImageSegments:
         return cls(labels=labels, regions=kept)
 
 
-class SegmentCache:
-    """``key -> ImageSegments``, least recently used evicted first, at most ``max_bytes``."""
+#: The interactive segment cache gets this share of TAG_FEATURE_CACHE_MB (at least 64 MiB): a
+#: segment map is 2 bytes per pixel, the features it comes from are kept by the predictor.
+SEGMENT_CACHE_SHARE = 0.25
+MIN_SEGMENT_CACHE_BYTES = 64 * 2**20
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, ImageSegments] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
 
-    def get(self, key: str) -> ImageSegments | None:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-            return found
+class InteractivePredictor:
+    """Answers interactive ``/predict`` calls (see the module docstring).
 
-    def put(self, key: str, value: ImageSegments) -> None:
-        size = value.nbytes
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            old = self._entries.pop(key, None)
-            self._bytes += size - (old.nbytes if old is not None else 0)
-            self._entries[key] = value
-            while self._bytes > self.max_bytes:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= evicted.nbytes
+    services: the process's :class:`tag_backend.services.Services` (predictor with its feature
+    cache and engine lock, pipeline, serializer, fetcher; SAM when ``TAG_REFINE=sam2``).
+    """
+
+    def __init__(self, services) -> None:
+        self.services = services
+        budget = max(MIN_SEGMENT_CACHE_BYTES,
+                     int(services.settings.feature_cache_mb * 2**20 * SEGMENT_CACHE_SHARE))
+        self.segments = FeatureCache(budget)
+
+    def predict(self, task: Any, layout: ResultLayout, context: Mapping[str, Any],
+                model_version: str, knowledge=None) -> dict:
+        """The one result item for an interactive call on ``task``.
+
+        Raises :class:`InteractiveRequestError` (HTTP 400) for a malformed prompt; an image that
+        cannot be fetched gives an empty item (logged), as in pre-labelling.
+        """
+        started = time.perf_counter()
+        services = self.services
+        fetched = services.tasks.fetch(task, layout)
+        if fetched.image is None:
+            logger.warning("interactive task %s: image unusable: %s",
+                           task.get("id", "?") if isinstance(task, Mapping) else "?", fetched.error)
+            return empty_item(model_version)
+        image = fetched.image
+        width, height = image.size
+        parsed = parse_context(context, layout.image_name, (height, width))
+        groups = parsed.prompts.groups()
+        if not groups:
+            return empty_item(model_version)
+        knowledge = knowledge or services.knowledge()
+        regions = self.regions(image, groups, knowledge)
+        label = parsed.label if parsed.label in (layout.guided_labels or (layout.label,)) else None
+        item = services.serializer.item(regions, width, height, layout, model_version, label=label)
+        metrics.STAGE_SECONDS.labels(stage="interactive").observe(time.perf_counter() - started)
+        return item
+
+    def regions(self, image, groups: Sequence[Any], knowledge) -> list[SegmentLabel]:
+        """One named region per prompt group (empty selections are left out)."""
+        from ..stages.prompted import FeatureSplitter, sam_prompt, select_segments
+
+        predictor = self.services.predictor
+        pipeline = self.services.pipeline()
+        key = predictor.feature_key(image)
+        features = predictor.cache.get(key)
+        segments = self.segments.get(f"{key}:{knowledge.db_version}")
+        if features is None or segments is None:
+            found = predictor.predict([image], knowledge=knowledge)[0]
+            segments = ImageSegments.from_regions(found, (image.height, image.width))
+            self.segments.put(f"{key}:{knowledge.db_version}", segments)
+            features = predictor.cache.get(key) or predictor.features(image)
+        masks = []
+        with predictor.lock:
+            refiner = pipeline.refiner
+            for group in groups:
+                if refiner is not None and features.sam is not None:
+                    prompt, multimask = sam_prompt(group)
+                    low, iou = refiner.decode(features.sam, [prompt], multimask=multimask)
+                    best = int(iou[0].argmax())
+                    mask = (refiner.upsample(low[0, best], features.sam.original_size)
+                            > refiner.mask_threshold).numpy()
+                else:
+                    splitter = FeatureSplitter(features.patches.tokens, features.patches.grid)
+                    mask = select_segments(segments.labels, group, splitter)
+                if mask.any():
+                    masks.append(mask)
+            if not masks:
+                return []
+            embeddings = pipeline.embed_regions(image, masks, features=features)
+            names = pipeline.name_regions(embeddings, knowledge)
+        out = []
+        for mask, embedding, named in zip(masks, embeddings, names):
+            best = named.candidates[0]
+            out.append(SegmentLabel(mask=mask, name=best.name, score=best.score,
+                                    alternatives=named.candidates[1:], area=int(mask.sum()),
+                                    sources=named.sources, embedding=embedding,
+                                    origin="exemplar" if named.sources[:1] and
+                                    named.sources[0].startswith("exemplar:") else "retrieval"))
+        return out

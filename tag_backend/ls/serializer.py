@@ -148,10 +148,13 @@ class Serializer:
         return [(r.name, None) for r in regions]
 
     def item(self, regions: Sequence[SegmentLabel], width: int, height: int,
-             layout: ResultLayout, model_version: str) -> dict:
+             layout: ResultLayout, model_version: str, label: str | None = None) -> dict:
         """One ``/predict`` result item / task prediction: ``{"result", "score",
-        "model_version"}``. Masks must be (height, width) booleans at the original size."""
+        "model_version"}``. Masks must be (height, width) booleans at the original size.
+        ``label``: every region gets this label (the label an annotator chose on a smart tool)."""
         placed = self.place(regions, layout)
+        if label is not None:
+            placed = [PlacedRegion(p.mask, p.name, label, p.score) for p in placed]
         result: list[dict] = []
         for region in placed:
             result.extend(region_items(region, width, height, layout))
