@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, WeightsNotFoundError
-from .models import _cached, _from_pretrained
+from .models import _cached, _from_pretrained, hf_source
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +45,7 @@ def _sam_error(model: str, cause: str) -> WeightsNotFoundError:
 def _build_sam(model: str, device: torch.device, dtype: torch.dtype) -> LoadedSam:
     from transformers import AutoConfig, Sam2Model, Sam2Processor  # heavy import, only when loading
 
-    local = Path(model).expanduser()
-    is_dir = local.is_dir()
-    if not is_dir and (model.startswith(("/", ".", "~")) or model.count("/") > 1):
-        raise _sam_error(model, f"directory {local} does not exist")
-    if is_dir and not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
-        raise _sam_error(model, f"no weights file (*.safetensors / *.bin) in {local}")
+    local, is_dir = hf_source(model, _sam_error)
     source = str(local) if is_dir else model
     try:
         config = _from_pretrained(AutoConfig, source, offline_first=not is_dir)
