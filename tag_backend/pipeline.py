@@ -322,11 +322,12 @@ class TagPipeline:
         return SegmentLabel(
             mask=np.isin(full, segs), name=best.name, score=score,
             alternatives=names[main].candidates[1:], area=int(weights.sum()), sources=sources,
-            embedding=emb, origin=_origin(sources),
+            embedding=emb, origin=region_origin(sources),
         )
 
 
-def _origin(sources: list[str]) -> str:
+def region_origin(sources: list[str]) -> str:
+    """A region's ``origin`` from its name sources (exemplar, alias or retrieval)."""
     if sources and sources[0].startswith("exemplar:"):
         return "exemplar"
     if sources and sources[0].startswith("alias:"):

@@ -229,23 +229,27 @@ class InteractivePredictor:
 
     def regions(self, image, groups: Sequence[Any], knowledge) -> list[SegmentLabel]:
         """One named region per prompt group (empty selections are left out)."""
+        from ..pipeline import region_origin
         from ..stages.prompted import FeatureSplitter, sam_prompt, select_segments
 
         predictor = self.services.predictor
         pipeline = self.services.pipeline()
+        refiner = pipeline.refiner
         key = predictor.feature_key(image)
+        segments = None
+        if refiner is None:  # SAM answers prompts itself: no need for TAG's segments then
+            segments = self.segments.get(f"{key}:{knowledge.db_version}")
+            if segments is None:
+                found = predictor.predict([image], knowledge=knowledge)[0]
+                segments = ImageSegments.from_regions(found, (image.height, image.width))
+                self.segments.put(f"{key}:{knowledge.db_version}", segments)
         features = predictor.cache.get(key)
-        segments = self.segments.get(f"{key}:{knowledge.db_version}")
-        if features is None or segments is None:
-            found = predictor.predict([image], knowledge=knowledge)[0]
-            segments = ImageSegments.from_regions(found, (image.height, image.width))
-            self.segments.put(f"{key}:{knowledge.db_version}", segments)
-            features = predictor.cache.get(key) or predictor.features(image)
+        if features is None:  # evicted, or the feature cache is off (TAG_FEATURE_CACHE_MB=0)
+            features = predictor.features(image)
         masks = []
         with predictor.lock:
-            refiner = pipeline.refiner
             for group in groups:
-                if refiner is not None and features.sam is not None:
+                if segments is None:
                     prompt, multimask = sam_prompt(group)
                     low, iou = refiner.decode(features.sam, [prompt], multimask=multimask)
                     best = int(iou[0].argmax())
@@ -266,6 +270,5 @@ class InteractivePredictor:
             out.append(SegmentLabel(mask=mask, name=best.name, score=best.score,
                                     alternatives=named.candidates[1:], area=int(mask.sum()),
                                     sources=named.sources, embedding=embedding,
-                                    origin="exemplar" if named.sources[:1] and
-                                    named.sources[0].startswith("exemplar:") else "retrieval"))
+                                    origin=region_origin(named.sources)))
         return out
