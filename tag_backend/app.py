@@ -150,8 +150,6 @@ def _register_hooks(app: Flask, backend: Backend) -> None:
 
 
 def _register_routes(app: Flask, backend: Backend) -> None:
-    settings = backend.settings
-
     @app.get("/")
     @app.get("/health")
     def health():

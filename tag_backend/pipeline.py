@@ -128,10 +128,7 @@ class TagPipeline:
         """:meth:`generate_batch` that also returns each image's backbone features, so a
         caller can keep them and later rerun only the stages after the forwards."""
         t = timings if timings is not None else {}
-        with _timed(t, "preprocess"):
-            prepared = [self._prepare(img) for img in images]
-        with _timed(t, "dino"):
-            patches = self._batched(dino_patch_features, self.dino, [p.dino_pixels for p in prepared])
+        prepared, patches = self._dino_forward(images, t)
         # Segment candidates: k-means on DINOv2 tokens and pixel scores; the CRF starts in its
         # helper process and runs while the dense-CLIP forward below uses this process.
         with _timed(t, "kmeans"):
@@ -151,10 +148,7 @@ class TagPipeline:
                  ) -> list[ImageFeatures]:
         """The backbone forwards alone (preprocessing, DINOv2, dense CLIP) of decoded images."""
         t = timings if timings is not None else {}
-        with _timed(t, "preprocess"):
-            prepared = [self._prepare(img) for img in images]
-        with _timed(t, "dino"):
-            patches = self._batched(dino_patch_features, self.dino, [p.dino_pixels for p in prepared])
+        prepared, patches = self._dino_forward(images, t)
         with _timed(t, "dense_clip"):
             dense = self._batched(self._dense, None, [p.clip_pixels for p in prepared])
         with self._timed_sam(t):
@@ -200,6 +194,14 @@ class TagPipeline:
                      ) -> list[SegmentNames]:
         """Names of regions from their CLIP embeddings (exemplars, aliases, retrieval)."""
         return self._name(embeddings, knowledge or self.knowledge)
+
+    def _dino_forward(self, images: list[Image.Image], t: dict[str, float]
+                      ) -> tuple[list[PreparedImage], list]:
+        with _timed(t, "preprocess"):
+            prepared = [self._prepare(img) for img in images]
+        with _timed(t, "dino"):
+            patches = self._batched(dino_patch_features, self.dino, [p.dino_pixels for p in prepared])
+        return prepared, patches
 
     def _finish(self, features: list[ImageFeatures], pending: list, t: dict[str, float],
                 knowledge: Knowledge | None) -> list[list[SegmentLabel]]:

@@ -172,6 +172,7 @@ class Services:
             return pipeline
         with self._lock:
             if self._pipeline is None:
+                _ = self.models.dino, self.models.clip  # missing weights fail before the store
                 knowledge = self._read_knowledge()
                 self._knowledge = knowledge
                 self._pipeline = self._build_pipeline(knowledge)

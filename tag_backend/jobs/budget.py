@@ -88,8 +88,11 @@ def compute_within_budget(tasks: Sequence[Any], indices: Sequence[int], budget: 
 def predict_with_budget(queue: JobQueue, tasks: Sequence[Any], *, label_config: str,
                         model_version: str, budget: float, predict_one: Callable[[Any], dict],
                         project_id: int | None, push: bool, engine_ready: bool,
-                        estimate: CostEstimate, clock: Callable[[], float] = time.monotonic) -> BudgetOutcome:
-    """The ``/predict`` items of ``tasks`` (see the module docstring); queues a job if needed."""
+                        estimate: CostEstimate | None = None, clock: Callable[[], float] = time.monotonic) -> BudgetOutcome:
+    """The ``/predict`` items of ``tasks`` (see the module docstring); queues a job if needed.
+
+    ``estimate``: this process's seconds-per-task estimate (updated here as tasks finish).
+    """
     keys = [cache_key(model_version, label_config, t) if _has_id(t) else "" for t in tasks]
     stored = queue.cached(keys)
     items: list[Any] = [None] * len(tasks)
@@ -102,7 +105,8 @@ def predict_with_budget(queue: JobQueue, tasks: Sequence[Any], *, label_config: 
         else:
             todo.append(i)
     if engine_ready:
-        done, todo = compute_within_budget(tasks, todo, budget, predict_one, estimate, clock)
+        done, todo = compute_within_budget(tasks, todo, budget, predict_one,
+                                           estimate or CostEstimate(), clock)
     else:
         done = {}
     for i, item in done.items():

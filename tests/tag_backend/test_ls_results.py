@@ -81,3 +81,47 @@ def test_parse_config_modes_and_errors():
     ]:
         with pytest.raises(LabelConfigError, match=reason):
             parse_label_config(bad)
+
+
+def _regions(h=100, w=120):
+    return [SegmentLabel(mask=_disc(h, w, 50, 60, 30), name="dog", score=0.5),
+            SegmentLabel(mask=_disc(h, w, 15, 15, 8), name="ball", score=0.1),
+            SegmentLabel(mask=_disc(h, w, 85, 100, 10), name="cat", score=0.3)]
+
+
+def test_serializer_label_choice_cap_and_score():
+    regions = _regions()
+    open_mode = parse_label_config(CONFIG)
+    item = Serializer(max_regions=2).item(regions, 120, 100, open_mode, "v1")
+    brushes = [i for i in item["result"] if i["type"] == "brushlabels"]
+    texts = [i["value"]["text"][0] for i in item["result"] if i["type"] == "textarea"]
+    assert len(brushes) == 2 and texts == ["dog", "cat"]  # the two largest, in input order
+    assert {b["value"]["brushlabels"][0] for b in brushes} == {"object"}
+    assert 0.3 < item["score"] < 0.5 and item["model_version"] == "v1"
+    dynamic = parse_label_config('<View><Image name="i" value="$image"/>'
+                                 '<BrushLabels name="b" toName="i" value="$labels"/></View>')
+    names = Serializer().item(regions, 120, 100, dynamic, "v1")["result"]
+    assert [i["value"]["brushlabels"][0] for i in names] == ["dog", "ball", "cat"]
+    assert Serializer().item([], 120, 100, open_mode, "v1") == {
+        "result": [], "score": 0.0, "model_version": "v1"}
+
+
+def test_guided_label_choice_is_one_swappable_function():
+    guided = parse_label_config(
+        '<View><Image name="img" value="$photo"/><BrushLabels name="b" toName="img">'
+        '<Label value="animal"/><Label value="toy"/></BrushLabels></View>')
+    seen = []
+
+    def choose(regions, labels):
+        seen.append(([r.name for r in regions], labels))
+        return ["toy" if r.name == "ball" else ("animal" if r.name == "dog" else None)
+                for r in regions]
+
+    item = Serializer(guided=choose).item(_regions(), 120, 100, guided, "v2")
+    assert seen == [(["dog", "ball", "cat"], ("animal", "toy"))]
+    assert [i["value"]["brushlabels"][0] for i in item["result"]] == ["animal", "toy"]  # cat dropped
+    assert all(i["from_name"] == "b" and i["to_name"] == "img" for i in item["result"])
+    with pytest.raises(ValueError, match="guided"):
+        Serializer().item(_regions(), 120, 100, guided, "v2")
+    with pytest.raises(ValueError):
+        Serializer(max_regions=-1)
