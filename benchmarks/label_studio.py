@@ -149,8 +149,8 @@ def bench_rle(repeats: int = 5) -> dict:
 def main() -> None:
     from tag_backend.app import create_app
     from tag_backend.config import settings_from_env
-    from tag_backend.services import Services
     from tag_backend.ls import recommended_label_config
+    from tag_backend.services import Services
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dino")
