@@ -29,10 +29,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import cv2
 import numpy as np
+from label_studio_sdk.converter.brush import decode_rle
 
 from .. import metrics
 from ..feature_cache import FeatureCache
+from ..pipeline import region_origin
+from ..stages.prompted import FeatureSplitter, Prompts, sam_prompt, select_segments
+from ..stages.sam_refine import interior_points
 from ..types import SegmentLabel
 from .errors import BackendRequestError
 from .layout import ResultLayout
@@ -51,7 +56,7 @@ class InteractiveRequestError(BackendRequestError):
 class ParsedContext:
     """The prompts of one interactive call and the smart tool's label (if any)."""
 
-    prompts: Any  # tag_backend.stages.prompted.Prompts
+    prompts: Prompts
     label: str | None
 
 
@@ -85,9 +90,6 @@ def _rectangle(value: Mapping[str, Any], size: tuple[int, int], where: str
 
 
 def _stroke(value: Mapping[str, Any], item: Mapping[str, Any], size: tuple[int, int], where: str) -> np.ndarray:
-    import cv2
-    from label_studio_sdk.converter.brush import decode_rle
-
     rle = value.get("rle")
     if value.get("format", "rle") != "rle" or not isinstance(rle, list) or not rle:
         raise InteractiveRequestError(f"{where}: a brush stroke needs value.format 'rle' and value.rle")
@@ -110,8 +112,6 @@ def parse_context(context: Mapping[str, Any], image_name: str, size: tuple[int, 
     Regions of other objects and other types (e.g. a TextArea) are ignored; a malformed prompt
     region raises :class:`InteractiveRequestError`.
     """
-    from ..stages.prompted import Prompts
-
     result = context.get("result")
     if result is None:
         result = []
@@ -147,8 +147,6 @@ def parse_context(context: Mapping[str, Any], image_name: str, size: tuple[int, 
             if positive:
                 prompts.strokes = stroke if prompts.strokes is None else prompts.strokes | stroke
             else:
-                from ..stages.sam_refine import interior_points
-
                 prompts.negatives.extend((x + 0.5, y + 0.5) for x, y in interior_points(stroke, 3))
     return ParsedContext(prompts, label)
 
@@ -227,11 +225,8 @@ class InteractivePredictor:
         metrics.STAGE_SECONDS.labels(stage="interactive").observe(time.perf_counter() - started)
         return item
 
-    def regions(self, image, groups: Sequence[Any], knowledge) -> list[SegmentLabel]:
+    def regions(self, image, groups: Sequence[Prompts], knowledge) -> list[SegmentLabel]:
         """One named region per prompt group (empty selections are left out)."""
-        from ..pipeline import region_origin
-        from ..stages.prompted import FeatureSplitter, sam_prompt, select_segments
-
         predictor = self.services.predictor
         pipeline = self.services.pipeline()
         refiner = pipeline.refiner
