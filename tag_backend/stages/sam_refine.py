@@ -184,15 +184,17 @@ class SamRefiner:
                 accepted[seg] = low[n, 0] if seg not in accepted else torch.maximum(accepted[seg], low[n, 0])
         work = _work_size((H, W), self.max_work_side)
         resolved = self._resolve(labels, accepted, work)
-        if work != (H, W):
-            resolved = cv2.resize(resolved.astype(np.int32), (W, H), interpolation=cv2.INTER_NEAREST)
         present = np.unique(resolved)
         remap = np.full(int(labels.max()) + 1, -1, np.int64)
         remap[present] = np.arange(len(present))
-        full = remap[resolved].astype(np.int64)
+        resolved = remap[resolved]
+        # Pooling weights from the working-size map (one mask at a time); enlarging it with
+        # nearest neighbour afterwards keeps every id present.
+        weights = mask_weights([resolved == k for k in range(len(present))], grid)
+        if work != (H, W):
+            resolved = cv2.resize(resolved.astype(np.int32), (W, H), interpolation=cv2.INTER_NEAREST)
         logger.debug("SAM refined %d of %d segments", len(accepted), int(labels.max()) + 1)
-        weights = mask_weights([full == k for k in range(len(present))], grid)
-        return full, weights
+        return resolved.astype(np.int64), weights
 
     def _resolve(self, labels: np.ndarray, accepted: dict[int, torch.Tensor],
                  size: tuple[int, int]) -> np.ndarray:

@@ -121,6 +121,12 @@ def test_refine_returns_full_size_ids_and_pooling_weights(sam, rgb):
     k = int(full.max()) + 1
     assert full.shape == rgb.shape[:2] and set(np.unique(full)) == set(range(k))
     assert weights.shape == (k, 6) and bool((weights.sum(1) > 0).all())
+    # Large images are resolved at max_work_side and enlarged: same contract.
+    small = SamRefiner(sam, min_iou=0.0, max_work_side=40)
+    full, weights = small.refine(small.embed(rgb), labels, (2, 3))
+    k = int(full.max()) + 1
+    assert full.shape == rgb.shape[:2] and set(np.unique(full)) == set(range(k))
+    assert weights.shape == (k, 6) and bool((weights.sum(1) > 0).all())
 
 
 def test_bad_prompts_are_refused():
