@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tag_backend.bench import CACHE, _models
+from benchmarks.engine import CACHE, _models
 
 ROOT = Path(__file__).resolve().parent.parent
 SAM_DIR = CACHE / "sam2.1-hiera-tiny-random"
