@@ -12,20 +12,19 @@ from PIL import Image
 
 from .exemplars import AliasMap, ExemplarMemory
 from .image_io import DEFAULT_MAX_PIXELS, open_image
+from .inference.forwards import BackboneForwards, TorchForwards
 from .knowledge import Knowledge
 from .models import LoadedClip, LoadedDino
 from .stages import crf as crf_stage
-from .stages.dense_clip import dense_clip_features
-from .stages.dino import dino_patch_features
 from .stages.kmeans import kmeans
 from .stages.naming import SegmentNames, name_segments
 from .stages.pooling import mask_weights, pool_segments
 from .stages.preprocess import prepare_image
 from .stages.segments import (
-    build_segments,
     drop_small_segments,
     grid_scores,
     label_map,
+    patch_weights,
     upsample_labels,
     upsample_scores,
 )
@@ -37,10 +36,18 @@ logger = logging.getLogger(__name__)
 class TagPipeline:
     """Guidance-free open-vocabulary segmentation (TAG, Kawano & Aoki 2024) with fixes.
 
+    The defaults below are the ``quality`` / ``fast`` presets' segmentation choices; the
+    ``paper`` preset's values are given in parentheses where they differ, and
+    :meth:`tag_backend.presets.Preset.pipeline_kwargs` gives every knob of a preset
+    (docs/presets.md: knob -> paper value -> preset values -> why).
+
     Arguments:
       dino, clip: loaded backbones (:mod:`tag_backend.models`).
+      forwards: the engine of the backbone forwards (:mod:`tag_backend.inference`); default
+        torch on the models' device.
       index: the concept index (``database_tools.index.ConceptIndex``): ``search(q, k, return_vectors)``.
-      text_encoder: ``TextEncoder`` for candidate names (cached); defaults to the CLIP text tower.
+      text_encoder: ``TextEncoder`` for words extracted from captions; defaults to the CLIP text
+        tower. Concept entries are scored with the vectors the index returns for them.
       exemplars: corrected-region memory; a segment within ``exemplar_threshold`` cosine of an
         exemplar takes its name.
       aliases: names annotators repeatedly corrected (predicted -> wanted); applied to the best
@@ -48,28 +55,35 @@ class TagPipeline:
       image_size (448): model input side in pixels; cost grows with its square.
       resize_mode ("squash"): paper squashes to a square; "keep_aspect" keeps the aspect ratio.
       n_segments (15): k of the per-image k-means (upper bound on segments before merging).
-      kmeans_init ("k-means++"), kmeans_restarts (8), kmeans_max_iter (100), kmeans_tol (1e-4),
-        seed (123): k-means settings (paper: random init, 8 restarts, 100 iterations, seed 123).
-      assignment ("nearest"): pixel -> segment by nearest centre; "dot" is the paper's dot product.
-      use_crf (True): dense-CRF refinement (STEGO parameters, ``crf_params``); skipped with a
-        single log line when pydensecrf2 is not installed.
-      min_segment_area (0.002): segments below this share of the image are absorbed by their
-        next-best neighbour (0 keeps every non-empty segment, as the paper did).
-      dense_method ("gem"): dense CLIP features, "gem" (paper) or "naclip"; gem_depth (7).
+      kmeans_init ("k-means++"; paper "random"), kmeans_restarts (8), kmeans_max_iter (100),
+        kmeans_tol (1e-4), kmeans_convergence ("relative": scikit-learn's test; paper
+        "mean_shift": torch-kmeans'), seed (123): k-means settings (:func:`.stages.kmeans.kmeans`).
+      assignment ("nearest"; paper "dot"): pixel -> segment by nearest centre, or by the
+        largest dot product with the centres as TAG does.
+      use_crf (True): dense-CRF refinement (STEGO parameters), skipped with a single log line
+        when pydensecrf2 is not installed. ``crf_params`` (:class:`~.stages.crf.CrfParams`):
+        iterations (10), resolution ``scale`` (1.0) and the unary: ``unary_gain=None`` is TAG's
+        softmax of the raw scores, a number calibrates the scores first (default 1.0).
+      min_segment_area (0.002; paper 0): segments below this share of the image are absorbed
+        by their next-best neighbour. Empty segments are always dropped (TAG pooled them into
+        NaN embeddings).
+      dense_method ("gem"): dense CLIP features, "gem" (paper), "naclip" or "plain"; gem_depth (7).
       top_k_captions (10), dedup_threshold (0.94), min_word_count (2), pos_filter (True):
         retrieval and TAG's word extraction.
       max_alternatives (5): alternative names kept per region.
-      merge_same_name (True): segments with the same name become one region.
+      merge_same_name (True; paper False): segments with the same name become one region.
       exemplar_threshold (0.90): cosine needed to take a corrected exemplar's name.
       max_image_pixels: decompression-bomb guard for decoded images.
     """
 
-    def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *, text_encoder=None,
+    def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *,
+                 forwards: BackboneForwards | None = None, text_encoder=None,
                  exemplars: ExemplarMemory | None = None, aliases: AliasMap | None = None,
                  image_size: int = 448,
                  resize_mode: str = "squash", n_segments: int = 15, kmeans_init: str = "k-means++",
                  kmeans_restarts: int = 8, kmeans_max_iter: int = 100, kmeans_tol: float = 1e-4,
-                 seed: int = 123, assignment: str = "nearest", use_crf: bool = True,
+                 kmeans_convergence: str = "relative", seed: int = 123,
+                 assignment: str = "nearest", use_crf: bool = True,
                  crf_params: crf_stage.CrfParams = crf_stage.CrfParams(),
                  min_segment_area: float = 0.002, dense_method: str = "gem", gem_depth: int = 7,
                  top_k_captions: int = 10, dedup_threshold: float = 0.94, min_word_count: int = 2,
@@ -82,13 +96,14 @@ class TagPipeline:
         if not 0 <= min_segment_area < 1:
             raise ValueError(f"min_segment_area must be in [0, 1), got {min_segment_area}")
         self.dino, self.clip = dino, clip
+        self.forwards = forwards or TorchForwards(dino, clip)
         self.text_encoder = text_encoder or clip.text_encoder()
         # The default snapshot; callers that refresh knowledge pass theirs to each call instead
         # of changing this one under threads that may be using it.
         self.knowledge = Knowledge(index, exemplars or ExemplarMemory(), aliases or AliasMap())
         self.image_size, self.resize_mode, self.n_segments = image_size, resize_mode, n_segments
         self.kmeans_kwargs = dict(n_init=kmeans_restarts, max_iter=kmeans_max_iter, tol=kmeans_tol,
-                                  init=kmeans_init, seed=seed)
+                                  init=kmeans_init, seed=seed, convergence=kmeans_convergence)
         self.assignment, self.use_crf, self.crf_params = assignment, use_crf, crf_params
         self.min_segment_area, self.dense_method, self.gem_depth = min_segment_area, dense_method, gem_depth
         self.naming_kwargs = dict(top_k=top_k_captions, dedup_threshold=dedup_threshold,
@@ -131,7 +146,7 @@ class TagPipeline:
             pending = [self._start_segment(prep.model_rgb, patch)
                        for prep, patch in zip(prepared, patches)]
         with _timed(t, "dense_clip"), self._lend_core_to_crf(pending) as rebalance:
-            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance), None,
+            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance),
                                   [p.clip_pixels for p in prepared])
         features = [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
                     for prep, patch, feats in zip(prepared, patches, dense)]
@@ -144,7 +159,7 @@ class TagPipeline:
         t = timings if timings is not None else {}
         prepared, patches = self._dino_forward(images, t)
         with _timed(t, "dense_clip"):
-            dense = self._batched(self._dense, None, [p.clip_pixels for p in prepared])
+            dense = self._batched(self._dense, [p.clip_pixels for p in prepared])
         return [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
                 for prep, patch, feats in zip(prepared, patches, dense)]
 
@@ -162,7 +177,7 @@ class TagPipeline:
     def feature_signature(self) -> str:
         """What, besides the image, decides the backbone features (a feature-cache key part)."""
         return repr((self.dino.model_id, str(self.dino.dtype), self.clip.encoder_id,
-                     str(self.clip.dtype), str(self.clip.device), self.image_size,
+                     str(self.clip.dtype), str(self.clip.device), self.forwards.signature, self.image_size,
                      self.resize_mode, self.dense_method, self.gem_depth))
 
     @torch.inference_mode()
@@ -172,7 +187,7 @@ class TagPipeline:
         (``features``: its kept backbone features, which spare the CLIP forward)."""
         if features is None:
             prep = self._prepare(open_image(image, self.max_image_pixels))
-            dense = self._dense(None, prep.clip_pixels)[0]
+            dense = self._dense(prep.clip_pixels)[0]
         else:
             dense = features.dense
         weights = mask_weights(masks, dense.grid)
@@ -186,7 +201,7 @@ class TagPipeline:
         with _timed(t, "preprocess"):
             prepared = [self._prepare(img) for img in images]
         with _timed(t, "dino"):
-            patches = self._batched(dino_patch_features, self.dino, [p.dino_pixels for p in prepared])
+            patches = self._batched(self.forwards.dino, [p.dino_pixels for p in prepared])
         return prepared, patches
 
     def _finish(self, features: list[ImageFeatures], pending: list, t: dict[str, float],
@@ -196,17 +211,17 @@ class TagPipeline:
         for feats, segmenting in zip(features, pending):
             # CRF result (or the raw scores), then segments below min_segment_area absorbed.
             with _timed(t, "crf"):
-                labels, logits = self._finish_segment(segmenting)
+                labels = self._finish_segment(segmenting)
             # One embedding per segment: dense CLIP features mean-pooled over the segment.
             with _timed(t, "pool"):
                 dense = feats.dense
-                embeddings = pool_segments(build_segments(labels, dense.grid, dense.features.device)
-                                           .patch_weights, dense.features)
+                embeddings = pool_segments(patch_weights(labels, dense.grid, dense.features.device),
+                                           dense.features)
             # Names: corrected exemplars first, then retrieval + CLIP image-text scoring.
             with _timed(t, "name"):
                 names = self._name(embeddings, knowledge)
             with _timed(t, "masks"):
-                results.append(self._regions(feats.original_size, labels, logits, embeddings, names))
+                results.append(self._regions(feats.original_size, labels, embeddings, names))
         return results
 
     # ------------------------------------------------------------------ stages
@@ -218,24 +233,25 @@ class TagPipeline:
             clip_std=self.clip.std, clip_dtype=self.clip.dtype, device=self.clip.device)
 
     @staticmethod
-    def _batched(fn, model, tensors: list[torch.Tensor]) -> list:
-        """Run ``fn`` on stacked tensors of equal shape, one call per distinct shape."""
+    def _batched(fn, tensors: list[torch.Tensor]) -> list:
+        """Run ``fn`` on stacked tensors of equal shape, one call per distinct shape (the whole
+        batch goes through a backbone at once; per-image stages stay per image)."""
         out: list = [None] * len(tensors)
         by_shape: dict[tuple, list[int]] = {}
         for i, x in enumerate(tensors):
             by_shape.setdefault(tuple(x.shape), []).append(i)
         for idx in by_shape.values():
-            for i, res in zip(idx, fn(model, torch.cat([tensors[i] for i in idx]))):
+            for i, res in zip(idx, fn(torch.cat([tensors[i] for i in idx]))):
                 out[i] = res
         return out
 
-    def _dense(self, _model, pixels: torch.Tensor, between_blocks=None):
-        return dense_clip_features(self.clip.model.visual, pixels, self.dense_method,
-                                   gem_depth=self.gem_depth, between_blocks=between_blocks)
+    def _dense(self, pixels: torch.Tensor, between_blocks=None):
+        return self.forwards.dense(pixels, self.dense_method, self.gem_depth, between_blocks)
 
     def _lend_core_to_crf(self, pending):
-        """On CPU, the CRF helper gets a core of its own while it runs (see ``lend_core``)."""
-        if self.clip.device.type != "cpu":
+        """On CPU, the CRF helper gets a core of its own while it runs (see ``lend_core``); a
+        compiled forward cannot hand the core back between blocks, so it keeps its threads."""
+        if self.clip.device.type != "cpu" or self.forwards.backend != "torch":
             return nullcontext(None)
         return crf_stage.lend_core(refine for _, _, refine in pending)
 
@@ -246,13 +262,12 @@ class TagPipeline:
         refine = crf_stage.submit_crf(model_rgb, scores, self.crf_params) if self.use_crf else None
         return (int(model_rgb.shape[0]), int(model_rgb.shape[1])), scores, refine
 
-    def _finish_segment(self, pending) -> tuple[np.ndarray, torch.Tensor]:
+    def _finish_segment(self, pending) -> np.ndarray:
         size, scores, refine = pending
         refined = refine() if refine is not None else None
         logits = refined if refined is not None else upsample_scores(scores, size)
         labels = label_map(logits)
-        labels = drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
-        return labels, logits
+        return drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
 
     def _name(self, embeddings: np.ndarray, knowledge: Knowledge) -> list[SegmentNames]:
         names = name_segments(embeddings, knowledge.index, self.text_encoder, **self.naming_kwargs)
@@ -271,9 +286,9 @@ class TagPipeline:
                 seg.sources = [f"alias:{best.name}->{wanted}"] + seg.sources
         return names
 
-    def _regions(self, original_size: tuple[int, int], labels: np.ndarray, logits: torch.Tensor,
+    def _regions(self, original_size: tuple[int, int], labels: np.ndarray,
                  embeddings: np.ndarray, names: list[SegmentNames]) -> list[SegmentLabel]:
-        full = upsample_labels(logits, labels, original_size)
+        full = upsample_labels(labels, original_size)
         areas = np.bincount(full.ravel(), minlength=len(names))
         groups: dict[str, list[int]] = {}
         for seg, info in enumerate(names):
