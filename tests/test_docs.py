@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import click
 from click.testing import CliRunner
 
 from tag_backend.config import ENV_VARS
@@ -165,7 +166,7 @@ def test_every_tag_backend_command_has_help():
     from tag_backend.cli import main
 
     runner = CliRunner()
-    ctx = main.make_context("tag-backend", [])
+    ctx = click.Context(main, info_name="tag-backend")
     for name in main.list_commands(ctx):
         command = main.get_command(ctx, name)
         result = runner.invoke(main, [name, "--help"])
