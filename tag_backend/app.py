@@ -1,6 +1,6 @@
 """The Label Studio ML backend: a Flask 3 app speaking the protocol of Label Studio 1.23.
 
-Routes (LABEL_STUDIO.md §1): ``/``, ``/health``, ``/setup``, ``/predict``, ``/webhook``,
+Routes (LABEL_STUDIO.md §1): ``/``, ``/health``, ``/ready``, ``/setup``, ``/predict``, ``/webhook``,
 ``/metrics``, ``/versions``. The process's services (models, store, knowledge; built once in
 :func:`create_app`) are shared by gunicorn's threads; ``/health`` and ``/setup`` never load models (LS gives
 ``/setup`` 3 s and calls it before every prediction batch). Webhooks are written to a durable
@@ -26,8 +26,9 @@ from .ls.errors import BackendRequestError
 from .ls.predict_route import predict_results
 from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, parse_setup
 from .ls.training import make_reingest
+from .ls.webhook_db_queue import webhook_queue_for
 from .ls.webhook_payload import refuse_unrecordable
-from .ls.webhook_queue import WebhookSpool
+from .readiness import ReadinessProbe
 from .request_guard import (
     TOKEN_ENVIRON_KEY,
     QuerySecretMiddleware,
@@ -51,7 +52,7 @@ class Backend:
     def __init__(self, services: Services, *, start_worker: bool = True) -> None:
         self.services = services
         self.settings = services.settings
-        self.spool = WebhookSpool(f"{self.settings.data_dir}/webhook-spool")
+        self.spool = webhook_queue_for(self.settings, services)  # PostgreSQL: shared by replicas
         self.worker = CorrectionWorker(services, self.spool, reingest=make_reingest(services))
         if start_worker:
             self.worker.start()
@@ -196,6 +197,14 @@ def _register_routes(app: Flask, backend: Backend) -> None:
     @app.get("/health")
     def health():
         return jsonify({"status": "UP", "model_class": MODEL_CLASS})
+
+    readiness = ReadinessProbe(backend.services)
+
+    @app.get("/ready")
+    def ready():
+        """Readiness for load balancers: models loaded, database reachable, index current."""
+        state = readiness.check()
+        return jsonify(state.body()), 200 if state.ready else 503
 
     @app.post("/setup")
     def setup():
