@@ -196,7 +196,11 @@ def test_a_database_at_the_first_schema_is_upgraded_on_open(db_url):
 
     store = Store(db_url)
     tables = set(inspect(engine).get_table_names())
-    assert {"prelabel_jobs", "prelabel_tasks", "prelabel_predictions", "entries"} <= tables
-    assert head_revision() == "0002" and store.db_version() >= 0
+    assert {"prelabel_jobs", "prelabel_tasks", "prelabel_predictions", "entries",
+            "knowledge_releases", "predicted_regions"} <= tables
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() \
+            == head_revision()
+    assert store.db_version() >= 0
     store.close()
     engine.dispose()
