@@ -169,6 +169,9 @@ class AnnotationEffect(Base):
         ForeignKey("exemplars.id", ondelete="SET NULL"), nullable=True
     )
     created_entry: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    #: the concept the region was predicted as, when the annotator changed it (undo notes a
+    #: concept change on it again, so ``prelabel --refresh`` sees both directions)
+    predicted_entry_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class IndexVersion(Base):

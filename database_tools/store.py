@@ -312,12 +312,13 @@ class Store:
             return insert_exemplar(txn, encoder_id, entry_id, embedding, provenance)
 
     def load_exemplars(self, encoder_id: str) -> tuple[list[str], np.ndarray]:
-        """Names and ``(n, dim)`` float32 embeddings of active concepts' exemplars."""
+        """Names and ``(n, dim)`` float32 embeddings of active concepts' served exemplars."""
         with self.read() as session:
             rows = session.execute(
                 select(Entry.text, Exemplar.dim, Exemplar.vector)
                 .join(Entry, Entry.id == Exemplar.entry_id)
-                .where(Exemplar.encoder_id == encoder_id, Entry.status == "active")
+                .where(Exemplar.encoder_id == encoder_id, Entry.status == "active",
+                       Exemplar.served.is_(True))
                 .order_by(Exemplar.id)
             ).all()
         if not rows:

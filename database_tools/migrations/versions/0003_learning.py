@@ -25,6 +25,8 @@ def upgrade() -> None:
                                       server_default='0'))
         batch_op.create_index('ix_exemplars_served_seq', ['served_seq'], unique=False)
         batch_op.create_index('ix_exemplars_entry', ['entry_id'], unique=False)
+    with op.batch_alter_table('annotation_effects', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('predicted_entry_id', sa.Integer(), nullable=True))
     op.create_table(
         'knowledge_releases',
         sa.Column('id', sa.Integer(), nullable=False),
@@ -76,6 +78,8 @@ def downgrade() -> None:
     op.drop_table('predicted_regions')
     op.drop_table('served_predictions')
     op.drop_table('knowledge_releases')
+    with op.batch_alter_table('annotation_effects', schema=None) as batch_op:
+        batch_op.drop_column('predicted_entry_id')
     with op.batch_alter_table('exemplars', schema=None) as batch_op:
         batch_op.drop_index('ix_exemplars_entry')
         batch_op.drop_index('ix_exemplars_served_seq')
