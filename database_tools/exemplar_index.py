@@ -212,13 +212,14 @@ class ExemplarIndex:
                     .join(Entry, Entry.id == Exemplar.entry_id)
                     .where(Exemplar.encoder_id == self.encoder_id, Exemplar.entry_id.in_(part),
                            Exemplar.served.is_(True))).all()
-        gone = set(mine) - {int(r[0]) for r in rows}
+        unique = list({int(r[0]): r for r in rows}.values())
+        gone = set(mine) - {int(r[0]) for r in unique}
         with self._lock:
             self._remove(list(gone))
-        return self._apply_rows(rows)
+        return self._apply_rows(unique)
 
     def _remove(self, ids: list[int]) -> None:
-        present = [i for i in ids if i in self._entry_of]
+        present = [i for i in dict.fromkeys(ids) if i in self._entry_of]
         if present and self._index is not None:
             self._index.remove_ids(np.array(present, dtype=np.int64))
         for i in present:

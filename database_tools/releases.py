@@ -52,7 +52,10 @@ NO_RELEASE = Release(0, 0)
 
 
 def _as_release(row: KnowledgeRelease) -> Release:
-    return Release(int(row.number), int(row.db_seq), row.note, row.source, row.created_at)
+    created = row.created_at
+    if created is not None and created.tzinfo is None:  # SQLite returns naive UTC
+        created = created.replace(tzinfo=timezone.utc)
+    return Release(int(row.number), int(row.db_seq), row.note, row.source, created)
 
 
 def current_release(store: Store) -> Release:
@@ -139,10 +142,8 @@ def policy_due(store: Store, policy: ReleasePolicy, now: datetime | None = None)
     if policy.kind == "minutes":
         if newest.created_at is None:
             return store.db_version() > 0
-        created = newest.created_at
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=timezone.utc)
-        return (now or datetime.now(timezone.utc)) - created >= timedelta(minutes=policy.value)
+        return (now or datetime.now(timezone.utc)) - newest.created_at \
+            >= timedelta(minutes=policy.value)
     since = newest.created_at or datetime(1970, 1, 1, tzinfo=timezone.utc)
     with store.read() as session:
         recorded = int(session.scalar(select(func.count(Annotation.id))
