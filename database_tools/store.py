@@ -329,19 +329,19 @@ class Store:
         vectors = np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
         return [r[0] for r in rows], vectors.astype(np.float32, copy=False)
 
-    def load_aliases(self, min_count: int = 1) -> dict[str, tuple[str, int]]:
-        """Predicted-name (normalised) -> (corrected active concept, count), the most frequent
-        correction per predicted name, only those corrected at least ``min_count`` times."""
+    def load_aliases(self, min_count: int = 1) -> dict[str, tuple[str, int, int]]:
+        """Predicted-name (normalised) -> (corrected active concept, count, its entry id), the
+        most frequent correction per predicted name, only those corrected ``min_count`` times."""
         with self.read() as session:
             rows = session.execute(
-                select(Alias.norm, Entry.text, Alias.count)
+                select(Alias.norm, Entry.text, Alias.count, Entry.id)
                 .join(Entry, Entry.id == Alias.entry_id)
                 .where(Entry.status == "active", Alias.count >= min_count)
                 .order_by(Alias.count.desc(), Alias.id)
             ).all()
-        aliases: dict[str, tuple[str, int]] = {}
-        for norm, text, count in rows:
-            aliases.setdefault(norm, (text, int(count)))
+        aliases: dict[str, tuple[str, int, int]] = {}
+        for norm, text, count, entry_id in rows:
+            aliases.setdefault(norm, (text, int(count), int(entry_id)))
         return aliases
 
     # -- index versions -------------------------------------------------------------------

@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .exemplars import AliasMap, ExemplarMemory
+from .exemplars import AliasMap, ExemplarIndex, empty_exemplars
 from .image_io import DEFAULT_MAX_PIXELS, open_image
 from .models import LoadedClip, LoadedDino
 from .stages import crf as crf_stage
 from .stages.dense_clip import dense_clip_features
 from .stages.dino import dino_patch_features
 from .stages.kmeans import kmeans
-from .stages.naming import SegmentNames, name_segments
+from .stages.confidence import combine, exemplar_probability, retrieval_probability
+from .stages.naming import SegmentNames, display_name, name_segments
 from .stages.pooling import mask_weights, pool_segments
 from .stages.preprocess import prepare_image
 from .stages.segments import (
@@ -40,8 +41,8 @@ class TagPipeline:
       dino, clip: loaded backbones (:mod:`tag_backend.models`).
       index: the concept index (``database_tools.index.ConceptIndex``): ``search(q, k, return_vectors)``.
       text_encoder: ``TextEncoder`` for candidate names (cached); defaults to the CLIP text tower.
-      exemplars: corrected-region memory; a segment within ``exemplar_threshold`` cosine of an
-        exemplar takes its name.
+      exemplars: corrected-region memory (an ``ExemplarIndex``); a segment within
+        ``exemplar_threshold`` cosine of an exemplar takes its concept.
       aliases: names annotators repeatedly corrected (predicted -> wanted); applied to the best
         retrieved name when no exemplar matched.
       image_size (448): model input side in pixels; cost grows with its square.
@@ -58,13 +59,14 @@ class TagPipeline:
       top_k_captions (10), dedup_threshold (0.94), min_word_count (2), pos_filter (True):
         retrieval and TAG's word extraction.
       max_alternatives (5): alternative names kept per region.
-      merge_same_name (True): segments with the same name become one region.
+      merge_same_name (True): segments with the same concept (id, or text for caption words)
+        become one region; homonyms shown with the same name stay apart.
       exemplar_threshold (0.90): cosine needed to take a corrected exemplar's name.
       max_image_pixels: decompression-bomb guard for decoded images.
     """
 
     def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *, text_encoder=None,
-                 exemplars: ExemplarMemory | None = None, aliases: AliasMap | None = None,
+                 exemplars: ExemplarIndex | None = None, aliases: AliasMap | None = None,
                  image_size: int = 448,
                  resize_mode: str = "squash", n_segments: int = 15, kmeans_init: str = "k-means++",
                  kmeans_restarts: int = 8, kmeans_max_iter: int = 100, kmeans_tol: float = 1e-4,
@@ -82,7 +84,7 @@ class TagPipeline:
             raise ValueError(f"min_segment_area must be in [0, 1), got {min_segment_area}")
         self.dino, self.clip, self.index = dino, clip, index
         self.text_encoder = text_encoder or clip.text_encoder()
-        self.exemplars = exemplars or ExemplarMemory()
+        self.exemplars = exemplars if exemplars is not None else empty_exemplars()
         self.aliases = aliases or AliasMap()
         self.image_size, self.resize_mode, self.n_segments = image_size, resize_mode, n_segments
         self.kmeans_kwargs = dict(n_init=kmeans_restarts, max_iter=kmeans_max_iter, tol=kmeans_tol,
@@ -191,31 +193,41 @@ class TagPipeline:
         return labels, logits
 
     def _name(self, embeddings: np.ndarray) -> list[SegmentNames]:
+        """Candidates per segment, best first; ``confidence`` holds the calibrated probability
+        of the first (see :mod:`tag_backend.stages.confidence`)."""
         names = name_segments(embeddings, self.index, self.text_encoder, **self.naming_kwargs)
         for seg, match in zip(names, self.exemplars.match(embeddings, self.exemplar_threshold)):
             if match is not None:
-                name, score = match
-                rest = [c for c in seg.candidates if c.name != name]
-                seg.candidates = [NameCandidate(name, score)] + rest
-                seg.sources = ["exemplar:" + name] + seg.sources
+                shown = display_name(match.name)
+                same = [c for c in seg.candidates if c.identity == match.entry_id]
+                rest = [c for c in seg.candidates if c.identity != match.entry_id]
+                cosine = same[0].score if same else 0.0
+                evidence = [exemplar_probability(match.score)]
+                if same:
+                    evidence.append(retrieval_probability(cosine, _margin(seg.candidates, same[0])))
+                seg.candidates = [NameCandidate(shown, cosine, match.entry_id, match.name)] + rest
+                seg.confidence = combine(*evidence)
+                seg.sources = ["exemplar:" + match.name] + seg.sources
                 continue
             best = seg.candidates[0]
+            seg.confidence = retrieval_probability(best.score, _margin(seg.candidates, best))
             wanted = self.aliases.lookup(best.name)
             if wanted is not None:
-                rest = [c for c in seg.candidates if c.name != wanted]
-                seg.candidates = [NameCandidate(wanted, best.score)] + rest
-                seg.sources = [f"alias:{best.name}->{wanted}"] + seg.sources
+                shown = display_name(wanted.text)
+                rest = [c for c in seg.candidates if c.name != shown]
+                seg.candidates = [NameCandidate(shown, best.score, wanted.entry_id, wanted.text)] + rest
+                seg.sources = [f"alias:{best.name}->{wanted.text}"] + seg.sources
         return names
 
     def _regions(self, prep: PreparedImage, labels: np.ndarray, logits: torch.Tensor,
                  embeddings: np.ndarray, names: list[SegmentNames]) -> list[SegmentLabel]:
         full = upsample_labels(logits, labels, prep.original_size)
         areas = np.bincount(full.ravel(), minlength=len(names))
-        groups: dict[str, list[int]] = {}
+        groups: dict[object, list[int]] = {}
         for seg, info in enumerate(names):
             if areas[seg] == 0:
                 continue
-            key = info.candidates[0].name if self.merge_same_name else f"{seg}"
+            key = info.candidates[0].identity if self.merge_same_name else f"segment {seg}"
             groups.setdefault(key, []).append(seg)
         regions = [self._merge(full, segs, areas, embeddings, names) for segs in groups.values()]
         return sorted(regions, key=lambda r: -r.area)
@@ -226,13 +238,20 @@ class TagPipeline:
         emb = (embeddings[segs] * weights[:, None]).sum(0)
         emb = (emb / max(np.linalg.norm(emb), 1e-12)).astype(np.float32)
         best = names[main].candidates[0]
-        score = float(sum(names[s].candidates[0].score * w for s, w in zip(segs, weights)) / weights.sum())
+        score = float(sum(names[s].confidence * w for s, w in zip(segs, weights)) / weights.sum())
+        cosine = float(sum(names[s].candidates[0].score * w for s, w in zip(segs, weights)) / weights.sum())
         sources = list(dict.fromkeys(src for s in segs for src in names[s].sources))
         return SegmentLabel(
             mask=np.isin(full, segs), name=best.name, score=score,
             alternatives=names[main].candidates[1:], area=int(weights.sum()), sources=sources,
-            embedding=emb, origin=_origin(sources),
+            embedding=emb, origin=_origin(sources), entry_id=best.entry_id, cosine=cosine,
         )
+
+
+def _margin(candidates: list[NameCandidate], chosen: NameCandidate) -> float:
+    """Cosine lead of ``chosen`` over the best other shown name (0 when it is alone)."""
+    others = [c.score for c in candidates if c.name != chosen.name]
+    return max(0.0, chosen.score - max(others)) if others else 0.0
 
 
 def _origin(sources: list[str]) -> str:
