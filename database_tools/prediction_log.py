@@ -68,19 +68,19 @@ def note_concept_change(txn: Txn, entry_id: int, reason: str) -> None:
     txn.session.add(ConceptChange(entry_id=int(entry_id), seq=txn.seq(), reason=reason[:32]))
 
 
-def stale_tasks(store: Store, project: str, tasks: Iterable[str]) -> set[str]:
+def stale_tasks(store: Store, tasks: Iterable[str]) -> set[str]:
     """Tasks whose newest served prediction has a region predicted as a concept that changed
     after that prediction's knowledge: renamed, merged, rejected or removed
     (``entries.updated_seq``), or corrected away from / back (``concept_changes``).
 
     Tasks never predicted by this backend are not returned (nothing is known about them).
+    Label Studio task ids are unique across projects, so no project is needed.
     """
     stale: set[str] = set()
     with store.read() as session:
         for part in chunks(sorted({str(t) for t in tasks})):
             newest = (select(ServedPrediction.task, func.max(ServedPrediction.id).label("pid"))
-                      .where(ServedPrediction.project == str(project),
-                             ServedPrediction.task.in_(part))
+                      .where(ServedPrediction.task.in_(part))
                       .group_by(ServedPrediction.task).subquery())
             base = (select(ServedPrediction.task)
                     .join(newest, newest.c.pid == ServedPrediction.id)

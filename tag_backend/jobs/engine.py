@@ -24,6 +24,7 @@ from ..ls.errors import MediaError
 from ..ls.media import MediaFetcher
 from ..ls.predictor import ENGINE_LOCK, PredictContext, place
 from ..ls.results import ResultLayout, prediction_for
+from ..ls.served import record_served
 from ..types import SegmentLabel
 
 logger = logging.getLogger(__name__)
@@ -113,11 +114,14 @@ class TaskEngine:
         return batches
 
     def item(self, image: Image.Image, regions: list[SegmentLabel], layout: ResultLayout,
-             model_version: str) -> dict:
-        """The Label Studio item of one image: cleaned masks, labels, brush RLE."""
+             model_version: str, task: Mapping[str, Any] | None = None) -> dict:
+        """The Label Studio item of one image: cleaned masks, labels, brush RLE (recorded with
+        its concept ids and knowledge state when ``task`` is given)."""
         start = time.perf_counter()
         placed = place(regions, self.context(layout, model_version))
         width, height = image.size
         item = prediction_for(placed, width, height, model_version, layout)
+        if task is not None:
+            record_served(self.runtime, task, placed, model_version)
         metrics.STAGE_SECONDS.labels(stage="results").observe(time.perf_counter() - start)
         return item

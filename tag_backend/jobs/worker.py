@@ -220,7 +220,7 @@ class Worker:
         for (claim, fetched), found in zip(good, regions):
             try:
                 layout = self.engine.layout(claim.label_config)
-                item = self.engine.item(fetched.image, found, layout, version)
+                item = self.engine.item(fetched.image, found, layout, version, claim.task)
             except Exception as exc:  # noqa: BLE001 - one bad result never stops the others
                 self._failed(claim, f"building the result failed: {type(exc).__name__}: {exc}",
                              True)

@@ -1,11 +1,13 @@
-"""The correction loop's worker: spooled webhook payloads -> concept database -> index.
+"""The correction loop's worker: spooled webhook payloads -> concept database -> live knowledge.
 
-For every annotation event the worker records each region's final name against the
-prediction it started from (``database_tools.corrections.record_annotation``), with a visual
-exemplar per named region (the region's CLIP embedding), updates the concept index
-incrementally and refreshes the runtime, so the next ``/predict`` uses the correction and
-reports a new ``model_version``. ``START_TRAINING`` re-ingests every annotated task of the
-project through the SDK. Database outages are retried with back-off; nothing is dropped.
+For every annotation event the worker records each region's final name against the concept
+it was predicted as (``database_tools.corrections.record_annotation``), with a candidate visual
+exemplar for each renamed or hand-drawn region (the region's CLIP embedding), and refreshes the
+runtime incrementally (delta index, exemplar index), so the next ``/predict`` already uses the
+correction. The base index is never rewritten here, and ``model_version`` only changes when a
+knowledge release is cut: by ``START_TRAINING`` (which also re-ingests every annotated task of
+the project through the SDK), ``tag-db release`` or ``TAG_RELEASE_POLICY``
+(docs/learning.md). Database outages are retried with back-off; nothing is dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ from .webhook_queue import SpoolItem, WebhookSpool
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY = 300.0
+
+
+def learning_for(settings):
+    """How the correction loop learns (exemplar limits, placeholder label) from ``settings``."""
+    from database_tools.corrections import Learning
+    from database_tools.exemplar_index import ExemplarLimits
+
+    from .results import DEFAULT_LAYOUT
+
+    return Learning(ExemplarLimits(settings.exemplars_per_concept, settings.exemplars_total),
+                    (DEFAULT_LAYOUT.label,))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -239,6 +252,8 @@ class CorrectionWorker:
 
     def handle(self, payload: Mapping[str, Any]) -> str:
         """Apply one payload; returns the outcome label. Raises on failure (see _failed)."""
+        from database_tools.releases import ReleasePolicy, apply_policy, cut_release
+
         action = str(payload.get("action") or "")
         if action == "START_TRAINING":
             if self.reingest is None:
@@ -249,7 +264,17 @@ class CorrectionWorker:
         logger.info("%s: %s", action or "annotation", report.summary())
         changed = bool(report.recorded or report.deleted or report.replaced)
         if changed:
-            self.update_index()
+            self.learn()
+        store = self.runtime.store
+        if action == "START_TRAINING":
+            release, created = cut_release(store, note="Label Studio Start Training",
+                                           source="label-studio")
+            logger.info("START_TRAINING: knowledge release %s%s", release.label,
+                        "" if created else " (nothing new since it)")
+        elif changed:
+            release = apply_policy(store, ReleasePolicy.parse(self.runtime.settings.release_policy))
+            if release is not None:
+                logger.info("release policy cut knowledge release %s", release.label)
         return "recorded" if changed else "unchanged"
 
     def _record(self, payload: Mapping[str, Any]):
@@ -266,19 +291,15 @@ class CorrectionWorker:
                     single,
                     embed_region=embedder,
                     new_concept_status=self.runtime.settings.new_concept_status,
+                    learning=learning_for(self.runtime.settings),
                 )
             )
         return report
 
-    def update_index(self) -> None:
-        """Apply store changes to the index and reload it with the exemplars in this process."""
-        from database_tools.index_build import update_index
+    def learn(self) -> None:
+        """Load what the store learnt into this process (delta index, exemplars, aliases).
 
-        update_index(
-            self.runtime.store,
-            self.runtime.text_encoder,
-            self.runtime.settings.resolved_index_dir,
-            progress=False,
-        )
+        Incremental: the base index is never rewritten on this path (``tag-db compact`` folds
+        the delta into a new base off the request path)."""
         self.runtime.refresh()
         metrics.DB_VERSION.set(self.runtime.store.db_version())

@@ -21,6 +21,7 @@ from .errors import MediaError
 from .guided import LabelSnapper
 from .media import MediaFetcher
 from .results import PlacedRegion, ResultLayout, prediction_for
+from .served import record_served
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class PredictContext:
     snapper: LabelSnapper | None = None
     max_regions: int = 30
     timings: dict[str, float] = field(default_factory=dict)
+    project: str = ""
 
 
 def empty_result(model_version: str) -> dict:
@@ -64,6 +66,7 @@ def predict_task(runtime, task: Mapping[str, Any], context: PredictContext) -> d
         metrics.TASKS_PREDICTED.labels(outcome="error").inc()
         return empty_result(context.model_version)
     item = prediction_for(regions, width, height, context.model_version, context.layout)
+    record_served(runtime, task, regions, context.model_version, context.project)
     metrics.TASKS_PREDICTED.labels(outcome="ok" if regions else "empty").inc()
     logger.info(
         "task %s: %d regions in %.2f s", task_label(task), len(regions), time.perf_counter() - start
@@ -111,6 +114,7 @@ def place(regions: list[SegmentLabel], context: PredictContext) -> list[PlacedRe
             logger.debug("guided mode: %r matches no project label: region dropped", name)
             continue
         placed.append(
-            PlacedRegion(mask=mask, name=name, label=label, score=float(regions[i].score))
+            PlacedRegion(mask=mask, name=name, label=label, score=float(regions[i].score),
+                         entry_id=regions[i].entry_id)
         )
     return placed

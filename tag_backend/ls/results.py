@@ -43,19 +43,25 @@ class ResultLayout:
 DEFAULT_LAYOUT = ResultLayout()
 
 
+def new_region_id() -> str:
+    """Short unique region id (Label Studio's own ids are 10 url-safe characters)."""
+    return uuid.uuid4().hex[:10]
+
+
 @dataclass
 class PlacedRegion:
-    """A region ready for Label Studio: cleaned mask, the brush label and the free-form name."""
+    """A region ready for Label Studio: cleaned mask, the brush label and the free-form name.
+
+    ``entry_id`` is the name's concept id and ``region_id`` the Label Studio region id; the
+    pair is recorded with the served prediction so corrections resolve to concept ids.
+    """
 
     mask: np.ndarray
     name: str
     label: str
     score: float
-
-
-def new_region_id() -> str:
-    """Short unique region id (Label Studio's own ids are 10 url-safe characters)."""
-    return uuid.uuid4().hex[:10]
+    entry_id: int | None = None
+    region_id: str = field(default_factory=new_region_id)
 
 
 def mask_rle(mask: np.ndarray) -> list[int]:
@@ -74,7 +80,7 @@ def region_items(
     """The result items of one region: the brush item and, if configured, its name item."""
     if region.mask.shape != (height, width):
         raise ValueError(f"mask shape {region.mask.shape} does not match image {height}x{width}")
-    rid = region_id or new_region_id()
+    rid = region_id or region.region_id
     common = {
         "id": rid,
         "to_name": layout.image_name,
@@ -119,12 +125,14 @@ def place_regions(
     for i, mask in kept:
         r = regions[i]
         label = layout.label if layout.text_name else r.name
-        placed.append(PlacedRegion(mask=mask, name=r.name, label=label, score=float(r.score)))
+        placed.append(PlacedRegion(mask=mask, name=r.name, label=label, score=float(r.score),
+                                   entry_id=r.entry_id))
     return placed
 
 
 def task_score(regions: Sequence[PlacedRegion]) -> float:
-    """Task-level score (Data Manager sorts on it): area-weighted mean region score, 0 if none."""
+    """Task-level score (Data Manager sorts on it): area-weighted mean of the regions' name
+    probabilities (the expected share of the labelled area named right), 0 if none."""
     if not regions:
         return 0.0
     areas = np.array([max(int(r.mask.sum()), 1) for r in regions], dtype=np.float64)

@@ -36,7 +36,7 @@ def make_reingest(runtime, fetcher: MediaFetcher):
         from database_tools.corrections import CorrectionReport, record_annotation
         from label_studio_sdk import LabelStudio
 
-        from .corrections import RegionEmbedder, image_field_for
+        from .corrections import RegionEmbedder, image_field_for, learning_for
 
         pid = project_id(payload.get("project"))
         if not pid or not pid.isdigit():
@@ -58,6 +58,7 @@ def make_reingest(runtime, fetcher: MediaFetcher):
                     {**task, "project": pid, "annotations": anns},
                     embed_region=embedder,
                     new_concept_status=settings.new_concept_status,
+                    learning=learning_for(settings),
                 )
             )
         logger.info("START_TRAINING project %s: %s", pid, report.summary())

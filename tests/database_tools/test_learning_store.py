@@ -78,17 +78,17 @@ def test_correction_marks_the_predicted_concept_stale_and_undo_again(store):
                       regions=[RegionConcept("x1", dog, "dog")])
     record_prediction(store, project="1", task="8", model_version="v", knowledge_seq=seq,
                       regions=[RegionConcept("y1", cat, "cat")])
-    assert stale_tasks(store, "1", ["7", "8", "9"]) == set()
+    assert stale_tasks(store, ["7", "8", "9"]) == set()
     record_annotation(store, _annotation(3, 7, [("x1", "wolf")]))
-    assert stale_tasks(store, "1", ["7", "8", "9"]) == {"7"}
+    assert stale_tasks(store, ["7", "8", "9"]) == {"7"}
     # a newer prediction of task 7 made with the new knowledge is not stale
     record_prediction(store, project="1", task="7", model_version="v",
                       knowledge_seq=store.db_version(), regions=[RegionConcept("x2", dog, "dog")])
-    assert stale_tasks(store, "1", ["7", "8"]) == set()
+    assert stale_tasks(store, ["7", "8"]) == set()
     from database_tools.curation import set_concept_status
 
     set_concept_status(store, ["cat"], "rejected")
-    assert stale_tasks(store, "1", ["7", "8"]) == {"8"}
+    assert stale_tasks(store, ["7", "8"]) == {"8"}
 
 
 def test_k_center_keeps_distinct_views():

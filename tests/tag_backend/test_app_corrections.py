@@ -50,7 +50,7 @@ def _renamed(prediction, new_name):
     return result, target, old
 
 
-def test_rename_is_learned_and_changes_model_version(loop):
+def test_rename_is_learned_live_and_released_explicitly(loop):
     client, backend, root = loop
     before = _predict(client, root / "a.png")
     version0, db0 = before["model_version"], backend.runtime.store.db_version()
@@ -80,11 +80,17 @@ def test_rename_is_learned_and_changes_model_version(loop):
     names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
     assert "zorblax widget" in names
     setup = client.post("/setup", json={"project": "5.1", "schema": CONFIG}).json
-    assert setup["model_version"] != version0
+    assert setup["model_version"] == version0  # learnt live: no new version per correction
     after = _predict(client, root / "b.png")
     texts = [i["value"]["text"][0] for i in after["result"] if i["type"] == "textarea"]
     assert "zorblax widget" in texts
-    assert after["model_version"] == setup["model_version"]
+    assert after["model_version"] == version0
+    from database_tools.releases import cut_release
+
+    cut_release(backend.runtime.store, note="test")
+    released = client.post("/setup", json={"project": "5.1", "schema": CONFIG}).json
+    assert released["model_version"] != version0 and released["model_version"].endswith("-r1")
+    assert client.get("/versions").json["versions"] == [released["model_version"], version0]
     # Deleting the annotation undoes the exemplar.
     client.post(
         "/webhook",
