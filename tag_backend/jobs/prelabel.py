@@ -9,6 +9,11 @@
    task twice.
 3. **run**: a worker (prefetch, batched engine, pushes) processes the queue while a progress bar
    shows tasks/s, ETA and failures, until the job has nothing left to compute or push.
+
+With ``refresh=True`` (``prelabel --refresh``) step 1 instead selects the tasks no annotator has
+submitted whose newest prediction by this backend has a region predicted as a concept that
+changed since that prediction's knowledge (corrected, merged, renamed, rejected:
+``database_tools.prediction_log.stale_tasks``); docs/learning.md says what the rule can miss.
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ class PrelabelPlan:
     already_predicted: int
     labeled: int
     queued: int
+    refresh: bool = False
 
 
 def _as_dict(task: Any) -> dict:
@@ -125,9 +131,31 @@ def _raise(exc: BaseException):
     raise exc
 
 
+def _refresh_selection(runtime, tasks: Iterator[dict], limit: int | None
+                       ) -> tuple[list[dict], int, int, int]:
+    """(stale unlabeled tasks, seen, up to date, labeled) for ``prelabel --refresh``."""
+    from database_tools.prediction_log import stale_tasks
+
+    candidates, seen, labeled = [], 0, 0
+    for task in tasks:
+        seen += 1
+        if is_labeled(task):
+            labeled += 1
+        else:
+            candidates.append(task_payload(task))
+    stale = stale_tasks(runtime.store, [str(t["id"]) for t in candidates])
+    selected = [t for t in candidates if str(t["id"]) in stale][:limit]
+    return selected, seen, len(candidates) - len(selected), labeled
+
+
 def plan_prelabel(runtime, queue: JobQueue, pusher: LabelStudioPusher, project_id: int, *,
-                  filter: str = "unlabeled", limit: int | None = None) -> PrelabelPlan:
-    """Queue the project's tasks that need a prediction (joining an active job if any)."""
+                  filter: str = "unlabeled", limit: int | None = None,
+                  refresh: bool = False) -> PrelabelPlan:
+    """Queue the project's tasks that need a prediction (joining an active job if any).
+
+    :param refresh: queue only tasks whose stored prediction the knowledge learnt since can
+        change (unlabeled ones; ``filter`` is ignored), whatever their model_version.
+    """
     if filter not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
     if limit is not None and limit < 1:
@@ -138,7 +166,10 @@ def plan_prelabel(runtime, queue: JobQueue, pusher: LabelStudioPusher, project_i
     TaskEngine.check_config(label_config)
     version = runtime.model_version()
     selected, seen, predicted, labeled = [], 0, 0, 0
-    for task in iter_tasks(client, project_id):
+    if refresh:
+        selected, seen, predicted, labeled = _refresh_selection(
+            runtime, iter_tasks(client, project_id), limit)
+    for task in iter_tasks(client, project_id) if not refresh else ():
         seen += 1
         if has_version(task, version):
             predicted += 1
@@ -160,7 +191,8 @@ def plan_prelabel(runtime, queue: JobQueue, pusher: LabelStudioPusher, project_i
         added = len(selected)
     else:
         added = 0
-    return PrelabelPlan(project_id, version, job_id, joined, seen, predicted, labeled, added)
+    return PrelabelPlan(project_id, version, job_id, joined, seen, predicted, labeled, added,
+                        refresh)
 
 
 def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = True,
@@ -195,13 +227,16 @@ def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = Tr
 
 
 def prelabel_project(runtime, project_id: int, *, filter: str = "unlabeled",
-                     limit: int | None = None, progress: bool = True,
+                     limit: int | None = None, progress: bool = True, refresh: bool = False,
                      options: WorkerOptions = WorkerOptions()
                      ) -> tuple[PrelabelPlan, JobProgress | None]:
     """Plan and run a project's pre-labelling; returns the plan and the final job progress."""
     pusher = LabelStudioPusher.from_settings(runtime.settings)
     queue = JobQueue.from_store(runtime.store)
-    plan = plan_prelabel(runtime, queue, pusher, project_id, filter=filter, limit=limit)
+    if refresh:
+        runtime.refresh()  # judge staleness against everything learnt so far
+    plan = plan_prelabel(runtime, queue, pusher, project_id, filter=filter, limit=limit,
+                         refresh=refresh)
     logger.info("project %s: %d tasks seen, %d already predicted, %d labeled, %d queued "
                 "(job %s%s)", project_id, plan.seen, plan.already_predicted, plan.labeled,
                 plan.queued, plan.job_id, ", joined" if plan.joined else "",
