@@ -18,7 +18,7 @@ from .stages.dense_clip import dense_clip_features
 from .stages.dino import dino_patch_features
 from .stages.kmeans import kmeans
 from .stages.confidence import combine, exemplar_probability, retrieval_probability
-from .stages.naming import SegmentNames, display_name, name_segments
+from .stages.naming import FALLBACK_NAME, SegmentNames, display_name, name_segments
 from .stages.pooling import mask_weights, pool_segments
 from .stages.preprocess import prepare_image
 from .stages.segments import (
@@ -85,6 +85,9 @@ class TagPipeline:
         self.dino, self.clip, self.index = dino, clip, index
         self.text_encoder = text_encoder or clip.text_encoder()
         self.exemplars = exemplars if exemplars is not None else empty_exemplars()
+        # CLIP's learned softmax temperature: turns name cosines into zero-shot probabilities
+        scale = getattr(clip.model, "logit_scale", None)
+        self.logit_scale = float(scale.detach().exp()) if scale is not None else 100.0
         self.aliases = aliases or AliasMap()
         self.image_size, self.resize_mode, self.n_segments = image_size, resize_mode, n_segments
         self.kmeans_kwargs = dict(n_init=kmeans_restarts, max_iter=kmeans_max_iter, tol=kmeans_tol,
@@ -204,13 +207,13 @@ class TagPipeline:
                 cosine = same[0].score if same else 0.0
                 evidence = [exemplar_probability(match.score)]
                 if same:
-                    evidence.append(retrieval_probability(cosine, _margin(seg.candidates, same[0])))
+                    evidence.append(self._retrieval_probability(seg, seg.candidates.index(same[0])))
                 seg.candidates = [NameCandidate(shown, cosine, match.entry_id, match.name)] + rest
                 seg.confidence = combine(*evidence)
                 seg.sources = ["exemplar:" + match.name] + seg.sources
                 continue
             best = seg.candidates[0]
-            seg.confidence = retrieval_probability(best.score, _margin(seg.candidates, best))
+            seg.confidence = self._retrieval_probability(seg, 0)
             wanted = self.aliases.lookup(best.name)
             if wanted is not None:
                 shown = display_name(wanted.text)
@@ -218,6 +221,13 @@ class TagPipeline:
                 seg.candidates = [NameCandidate(shown, best.score, wanted.entry_id, wanted.text)] + rest
                 seg.sources = [f"alias:{best.name}->{wanted.text}"] + seg.sources
         return names
+
+    def _retrieval_probability(self, seg: SegmentNames, chosen: int) -> float:
+        """CLIP's probability of candidate ``chosen`` among the segment's candidates."""
+        if seg.candidates[chosen].entry_id is None and seg.candidates[chosen].name == FALLBACK_NAME \
+                and len(seg.candidates) == 1:
+            return 0.0  # retrieval found nothing: the placeholder is no name
+        return retrieval_probability([c.score for c in seg.candidates], chosen, self.logit_scale)
 
     def _regions(self, prep: PreparedImage, labels: np.ndarray, logits: torch.Tensor,
                  embeddings: np.ndarray, names: list[SegmentNames]) -> list[SegmentLabel]:
@@ -246,12 +256,6 @@ class TagPipeline:
             alternatives=names[main].candidates[1:], area=int(weights.sum()), sources=sources,
             embedding=emb, origin=_origin(sources), entry_id=best.entry_id, cosine=cosine,
         )
-
-
-def _margin(candidates: list[NameCandidate], chosen: NameCandidate) -> float:
-    """Cosine lead of ``chosen`` over the best other shown name (0 when it is alone)."""
-    others = [c.score for c in candidates if c.name != chosen.name]
-    return max(0.0, chosen.score - max(others)) if others else 0.0
 
 
 def _origin(sources: list[str]) -> str:

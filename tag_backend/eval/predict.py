@@ -55,7 +55,8 @@ def config_hash(runtime, extra: dict) -> str:
     """Stable short hash of everything that changes predictions."""
     pipeline = runtime.pipeline
     knobs = {k: getattr(pipeline, k, None) for k in _KNOBS}
-    payload = {"model_version": runtime.model_version(), "encoder": runtime.clip.encoder_id,
+    payload = {"model_version": runtime.model_version(), "knowledge": runtime.knowledge_seq,
+               "encoder": runtime.clip.encoder_id,
                "knobs": knobs, **extra}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,37 +1,35 @@
 """One score scale: the probability that a region's name is right.
 
-A region's name comes from two kinds of evidence on different scales — CLIP image-text cosine
-of the name (TAG's retrieval and re-scoring; ~0.15-0.35 for CLIP ViT models) and the cosine to
-an annotator's exemplar (region-region, ~0.8-1.0 when it matches). Each is mapped through a
-logistic function to a probability, and when both support the chosen name they are combined as
-independent evidence (noisy-OR). The result is what Label Studio shows and sorts by (region and
-task score), so a region with weak evidence always sorts below one with strong evidence,
-whatever produced the name.
+A region's name comes from two kinds of evidence on different scales — CLIP image-text cosines
+of the candidate names (TAG's retrieval and re-scoring; ~0.15-0.35 for real CLIP models) and the
+cosine to an annotator's exemplar (region-region, ~0.8-1.0 when it matches). Each is turned into
+a probability, and when both support the chosen name they are combined as independent evidence
+(noisy-OR). The result is what Label Studio shows and sorts by (region and task score), so a
+region with weak evidence sorts below one with strong evidence, whatever produced the name.
 
-The constants are the decision points of each signal, not fits to one dataset:
+* **retrieval**: CLIP's own zero-shot probability of the chosen name among the segment's
+  candidate names: ``softmax(logit_scale * cosines)`` with the model's learned temperature
+  (``logit_scale.exp()``: 100 for OpenAI's CLIP). It is the probability *given that one of the
+  candidates is right*, so it is an upper bound when retrieval missed the right name. A segment
+  with a single candidate has no competing evidence: ``SINGLE_CANDIDATE`` (0.5). The
+  placeholder name given when retrieval found nothing scores 0.
+* **exemplar**: ``sigmoid(EXEMPLAR_SLOPE * (cosine - EXEMPLAR_MIDPOINT))``: 0.5 at 0.85 and
+  ~0.88 at the default take-over threshold 0.90 (``TAG_EXEMPLAR_THRESHOLD``), ~0.98 at 0.95.
 
-* retrieval: ``p = sigmoid(RETRIEVAL_SLOPE * (cosine - RETRIEVAL_MIDPOINT)
-  + MARGIN_SLOPE * margin)`` where ``margin`` is the cosine lead of the best name over the
-  next *different* shown name (a clear winner is more often right than a tie). The midpoint
-  0.25 sits between the region-text cosines of unrelated and matching names of CLIP ViT-B/16
-  and ViT-L/14 dense features (unrelated ~0.15-0.22, matching ~0.25-0.32); a slope of 30 spans
-  that range from p ~0.1 to ~0.9.
-* exemplar: ``p = sigmoid(EXEMPLAR_SLOPE * (cosine - EXEMPLAR_MIDPOINT))``: 0.5 at 0.85 and
-  ~0.88 at the default take-over threshold 0.90 (``TAG_EXEMPLAR_THRESHOLD``).
-
-They are not fitted to a labelled set (none with real weights is available to this project's
-tests); the ordering they give is what is tested. Refit them on labelled regions before trusting
-absolute values on another encoder.
+The exemplar constants are decision points chosen around the take-over threshold, not fits to a
+labelled set (none with real weights is available to this project's tests); the ordering they
+give is what is tested (a region an annotator would fix sorts below one they would keep).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-RETRIEVAL_MIDPOINT = 0.25
-RETRIEVAL_SLOPE = 30.0
-MARGIN_SLOPE = 20.0
+import numpy as np
+
 EXEMPLAR_MIDPOINT = 0.85
 EXEMPLAR_SLOPE = 40.0
+SINGLE_CANDIDATE = 0.5
 
 
 def _sigmoid(x: float) -> float:
@@ -41,9 +39,14 @@ def _sigmoid(x: float) -> float:
     return z / (1.0 + z)
 
 
-def retrieval_probability(cosine: float, margin: float = 0.0) -> float:
-    """Probability that a name retrieved with CLIP ``cosine`` (and ``margin``) is right."""
-    return _sigmoid(RETRIEVAL_SLOPE * (cosine - RETRIEVAL_MIDPOINT) + MARGIN_SLOPE * margin)
+def retrieval_probability(cosines: Sequence[float], chosen: int, logit_scale: float) -> float:
+    """CLIP's zero-shot probability of candidate ``chosen`` among ``cosines`` (one per name)."""
+    if len(cosines) < 2:
+        return SINGLE_CANDIDATE if len(cosines) else 0.0
+    logits = logit_scale * np.asarray(cosines, dtype=np.float64)
+    logits -= logits.max()
+    weights = np.exp(logits)
+    return float(weights[chosen] / weights.sum())
 
 
 def exemplar_probability(cosine: float) -> float:

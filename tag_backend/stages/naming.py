@@ -40,6 +40,9 @@ class SegmentNames:
     confidence: float = 0.0
 
 
+#: The name of a segment for which retrieval found no candidate at all.
+FALLBACK_NAME = "object"
+
 _QUALIFIER = re.compile(r"\s*\([^()]*\)\s*$")
 
 
@@ -75,7 +78,7 @@ def candidate_names(hits: list, *, min_word_count: int, pos_filter: bool, use_ca
     names = list(concepts)
     if captions and use_captions:
         names += extract_words(captions, min_count=min_word_count, pos_filter=pos_filter)
-    return list(dict.fromkeys(n for n in names if n)) or ["object"]
+    return list(dict.fromkeys(n for n in names if n)) or [FALLBACK_NAME]
 
 
 def name_segments(embeddings: np.ndarray, index, text_encoder, *, top_k: int = 10,
