@@ -12,6 +12,8 @@ from tag_backend.app import app_backend, create_app
 
 from ls_helpers import CONFIG, copy_runtime
 
+N_WEBHOOKS = 1000
+
 
 @pytest.fixture()
 def loop(tiny_runtime_session, tmp_path):
@@ -160,3 +162,46 @@ def test_bulk_annotations_created_payload_shape(loop):
     assert not list(backend.spool.failed.glob("*.json"))
     names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
     assert "bulk gizmo" in names
+
+
+@pytest.mark.slow  # 1,000 recorded annotations: ~1 min on a quiet 2-core machine
+def test_a_thousand_corrections_keep_model_version_until_a_release(loop):
+    """1,000 correction webhooks (200 of them new names): learnt live, no base-index rewrite,
+    model_version unchanged until a release, which changes it exactly once."""
+    from database_tools.releases import cut_release
+
+    client, backend, root = loop
+    runtime = backend.runtime
+    first = _predict(client, root / "a.png")
+    version0 = first["model_version"]
+    base_version = runtime.pipeline.index.version
+    region_id = first["result"][0]["id"]
+    template = [dict(i) for i in first["result"] if i["id"] == region_id]
+    seen = set()
+    for i in range(N_WEBHOOKS):
+        name = f"learnt name {i // 5}" if i % 5 == 0 else "zorblax"
+        result = copy.deepcopy(template)
+        for item in result:
+            if item["type"] == "textarea":
+                item["value"]["text"] = [name]
+        payload = {"action": "ANNOTATION_CREATED", "project": {"id": 5},
+                   "task": {"id": 1000 + i, "data": {}},
+                   "annotation": {"id": 5000 + i, "result": result, "task": 1000 + i,
+                                  "updated_at": "2024-05-01T10:00:00Z"}}
+        assert backend.worker.handle(payload) == "recorded"
+        if i % 100 == 99:
+            seen.add(client.post("/setup", json={"project": "5.1", "schema": CONFIG})
+                     .json["model_version"])
+    assert seen == {version0}
+    assert runtime.pipeline.index.version == base_version  # never rewritten on this path
+    assert runtime.pipeline.index.stats().entries >= 201  # zorblax + 200 new names in the delta
+    # the next prediction already uses what was learnt (the repeated rename became an alias)
+    after = _predict(client, root / "b.png")
+    assert "zorblax" in [i["value"]["text"][0] for i in after["result"] if i["type"] == "textarea"]
+    assert after["model_version"] == version0
+    release, created = cut_release(runtime.store, note="weekly")
+    assert created
+    versions = {client.post("/setup", json={"project": "5.1", "schema": CONFIG})
+                .json["model_version"] for _ in range(3)}
+    assert len(versions) == 1 and versions != {version0}
+    assert cut_release(runtime.store)[1] is False  # nothing new: the version stays
