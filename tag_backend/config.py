@@ -29,6 +29,9 @@ class EnvVar:
     help: str
     parse: Any = str
     secret: bool = False
+    #: How the default is described in the docs when the field's default is ``None``
+    #: (decided later, by the preset, the device or another setting).
+    default_doc: str = "unset"
 
 
 def _bool(value: str) -> bool:
@@ -113,17 +116,17 @@ class Settings:
 
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_PRESET", "preset", "Preset: `fast` (DINOv2-S/14 + CLIP ViT-B/16) or `paper` (DINOv2-B/14 + CLIP ViT-L/14 OpenAI, CRF)."),
-    EnvVar("TAG_DINO_MODEL", "dino_model", "DINOv2: a Hugging Face id (hub cache) or a local directory saved by `save_pretrained`."),
-    EnvVar("TAG_CLIP_MODEL", "clip_model", "CLIP: an open_clip model name (e.g. `ViT-B-16`) or `local-dir:DIR`."),
-    EnvVar("TAG_CLIP_PRETRAINED", "clip_pretrained", "CLIP weights: an open_clip pretrained tag (e.g. `openai`) or a checkpoint file."),
-    EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available)."),
-    EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device)."),
-    EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens)."),
+    EnvVar("TAG_DINO_MODEL", "dino_model", "DINOv2: a Hugging Face id (hub cache) or a local directory saved by `save_pretrained`.", default_doc="the preset's"),
+    EnvVar("TAG_CLIP_MODEL", "clip_model", "CLIP: an open_clip model name (e.g. `ViT-B-16`) or `local-dir:DIR`.", default_doc="the preset's"),
+    EnvVar("TAG_CLIP_PRETRAINED", "clip_pretrained", "CLIP weights: an open_clip pretrained tag (e.g. `openai`) or a checkpoint file.", default_doc="the preset's"),
+    EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available).", default_doc="`cuda` if available, else `cpu`"),
+    EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device).", default_doc="per preset and device"),
+    EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens).", default_doc="the preset's (`gem`)"),
     EnvVar("TAG_MAX_IMAGE_PIXELS", "max_image_pixels", "Decompression-bomb guard: images with more pixels are refused.", int),
-    EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live."),
-    EnvVar("TAG_DB_URL", "db_url", "Concept database URL: `sqlite:///path.db` or `postgresql+psycopg://user:pass@host/db`.", str, True),
-    EnvVar("TAG_INDEX_DIR", "index_dir", "Directory of the versioned FAISS concept indexes."),
-    EnvVar("TAG_DEFAULT_VOCABULARY", "default_vocabulary", "Concept list imported on first use (one name per line); `none` = only what you import. Default: the shipped vocabulary."),
+    EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live.", default_doc="`$XDG_DATA_HOME/tag-backend` (`~/.local/share/tag-backend`)"),
+    EnvVar("TAG_DB_URL", "db_url", "Concept database URL: `sqlite:///path.db` or `postgresql+psycopg://user:pass@host/db`.", str, True, default_doc="SQLite `concepts.db` in `TAG_DATA_DIR`"),
+    EnvVar("TAG_INDEX_DIR", "index_dir", "Directory of the versioned FAISS concept indexes.", default_doc="`index/` in `TAG_DATA_DIR`"),
+    EnvVar("TAG_DEFAULT_VOCABULARY", "default_vocabulary", "Concept list imported on first use (one name per line); `none` = only what you import. Default: the shipped vocabulary.", default_doc="the shipped vocabulary"),
     EnvVar("TAG_NEW_CONCEPT_STATUS", "new_concept_status", "Status of concepts first seen in a correction: `active` or `pending`."),
     EnvVar("TAG_EXEMPLAR_THRESHOLD", "exemplar_threshold", "Cosine above which a segment takes the name of a corrected exemplar.", float),
     EnvVar("TAG_ALIAS_MIN_COUNT", "alias_min_count", "Corrections of a predicted name to the same new name before every later prediction of it is renamed.", int),
