@@ -11,7 +11,10 @@ The total number of live candidates per encoder is capped too; at the cap new ex
 refused (the correction's names, support and aliases are still recorded).
 
 **Serving (in every process).** :class:`ExemplarIndex` holds the served exemplars of active
-concepts in an exact inner-product faiss index keyed by exemplar id, and follows the store
+concepts in a faiss inner-product index keyed by exemplar id — exact (flat) up to
+:data:`IVF_FROM` exemplars, then an inverted file (``IVF<nlist>,Flat``, trained on the served
+vectors, retrained when their number doubles; ``nprobe`` :data:`IVF_NPROBE`) because an exact
+scan of 100,000 x 512 floats per image costs tens of milliseconds — and follows the store
 incrementally: exemplars whose ``served_seq`` moved past the loaded sequence number are added or
 removed, and concepts whose status/text changed (rejected, merged, renamed, revived) have their
 exemplars remapped or dropped. Nothing is reloaded in full after the first load.
@@ -38,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PER_CONCEPT = 32
 DEFAULT_TOTAL = 200_000
+#: Exemplar count from which the serving index is an inverted file instead of a flat scan.
+IVF_FROM = 20_000
+IVF_NPROBE = 16
 
 
 @dataclass(frozen=True)
@@ -144,10 +150,17 @@ class ExemplarIndex:
     def __len__(self) -> int:
         return len(self._entry_of)
 
+    @property
+    def kind(self) -> str:
+        """``flat`` or ``ivf<nlist>`` (the serving structure)."""
+        return f"ivf{self._index.nlist}" if isinstance(self._index, faiss.IndexIVF) else "flat"
+
     def memory_bytes(self) -> int:
-        """Bytes of the vectors plus the id maps (the faiss flat index stores float32 rows)."""
+        """Approximate bytes: float32 vectors, faiss ids (and IVF direct map), Python id maps."""
         dim = self._index.d if self._index is not None else 0
-        per_row = 4 * dim + 8 + 120  # vector, faiss id, two Python dict slots (approximate)
+        per_row = 4 * dim + 8 + 120
+        if isinstance(self._index, faiss.IndexIVF):
+            per_row += 16
         return len(self._entry_of) * per_row
 
     # -- loading -----------------------------------------------------------------------------
@@ -237,6 +250,26 @@ class ExemplarIndex:
                              f"{vectors.shape[1]}, expected {self._index.d}")
         self._index.add_with_ids(vectors, np.array([r[0] for r in rows], dtype=np.int64))
         self._entry_of.update({ex: entry for ex, entry, _ in rows})
+        if len(self._entry_of) >= max(IVF_FROM, 2 * self._trained_on):
+            self._rebuild_ivf()
+
+    _trained_on = 0  # exemplar count the current IVF was trained on (0: flat)
+
+    def _rebuild_ivf(self) -> None:
+        """Move the served vectors into a freshly trained inverted file."""
+        ids = np.array(sorted(self._entry_of), dtype=np.int64)
+        vectors = np.stack([self._index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+        nlist = int(2 ** round(np.log2(4 * np.sqrt(len(ids)))))
+        quantizer = faiss.IndexFlatIP(vectors.shape[1])
+        ivf = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.own_fields = True
+        quantizer.this.disown()  # the IVF owns its quantizer from now on
+        ivf.train(vectors)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct + remove by id
+        ivf.nprobe = IVF_NPROBE
+        ivf.add_with_ids(vectors, ids)
+        self._index, self._trained_on = ivf, len(ids)
+        logger.info("exemplar index: %d exemplars in IVF%d", len(ids), nlist)
 
     # -- matching ----------------------------------------------------------------------------
     def match(self, queries: np.ndarray, threshold: float = -1.0) -> list[ExemplarMatch | None]:

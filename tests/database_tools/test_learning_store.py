@@ -217,3 +217,23 @@ def test_release_only_when_something_changed_and_policies(store):
     assert not policy_due(store, ReleasePolicy.parse("minutes:60"))
     with pytest.raises(ValueError, match="release policy"):
         ReleasePolicy.parse("hourly")
+
+
+def test_exemplar_index_switches_to_an_inverted_file_and_still_matches(monkeypatch):
+    from database_tools import exemplar_index
+
+    monkeypatch.setattr(exemplar_index, "IVF_FROM", 3000)
+    index = ExemplarIndex("clip/test")
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((6000, 16)).astype("<f4")
+    rows = [(i + 1, i % 40, vectors[i].tobytes()) for i in range(6000)]
+    index._names = {e: f"concept {e}" for e in range(40)}
+    index._add(rows[:2000])
+    assert index.kind == "flat"
+    index._add(rows[2000:])
+    assert index.kind.startswith("ivf") and len(index) == 6000
+    queries = vectors[:50] / np.linalg.norm(vectors[:50], axis=1, keepdims=True)
+    found = index.match(queries, 0.99)
+    assert all(m is not None and m.entry_id == i % 40 for i, m in enumerate(found))
+    index._remove([1, 2])
+    assert index.match(queries[:2], 0.99) == [None, None] and len(index) == 5998
