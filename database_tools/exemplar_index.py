@@ -13,7 +13,8 @@ refused (the correction's names, support and aliases are still recorded).
 **Serving (in every process).** :class:`ExemplarIndex` holds the served exemplars of active
 concepts in a faiss inner-product index keyed by exemplar id — exact (flat) up to
 :data:`IVF_FROM` exemplars, then an inverted file (``IVF<nlist>,Flat``, trained on the served
-vectors, retrained when their number doubles; ``nprobe`` :data:`IVF_NPROBE`) because an exact
+vectors, retrained when their number doubles; ``nprobe`` :data:`IVF_NPROBE`, recall in
+docs/learning.md) because an exact
 scan of 100,000 x 512 floats per image costs tens of milliseconds — and follows the store
 incrementally: exemplars whose ``served_seq`` moved past the loaded sequence number are added or
 removed, and concepts whose status/text changed (rejected, merged, renamed, revived) have their
@@ -43,7 +44,7 @@ DEFAULT_PER_CONCEPT = 32
 DEFAULT_TOTAL = 200_000
 #: Exemplar count from which the serving index is an inverted file instead of a flat scan.
 IVF_FROM = 20_000
-IVF_NPROBE = 16
+IVF_NPROBE = 8
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,8 @@ class ExemplarIndex:
         ivf = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.own_fields = True
         quantizer.this.disown()  # the IVF owns its quantizer from now on
+        ivf.cp.max_points_per_centroid = 64  # k-means on a sample: seconds, not minutes
+        ivf.cp.niter = 10
         ivf.train(vectors)
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct + remove by id
         ivf.nprobe = IVF_NPROBE
