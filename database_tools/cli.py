@@ -43,11 +43,11 @@ class AppContext:
 
     def text_encoder(self, progress: bool = True) -> Any:
         """The configured CLIP text encoder behind the store's embedding cache."""
-        from tag_backend.runtime import get_runtime
+        from tag_backend.services import Services
 
         from .embedding import CachedTextEncoder
 
-        clip = get_runtime(self.settings).clip
+        clip = Services(self.settings).models.clip
         return CachedTextEncoder(self.store, clip.text_encoder(), progress=progress)
 
     def close(self) -> None:

@@ -3,8 +3,11 @@
 Learning is live (the next prediction uses the newest corrections), but ``model_version`` only
 changes when a release is cut: explicitly (``tag-db release``, Label Studio's "Start Training")
 or by the release policy (:func:`policy_due`). A release names the store sequence number it was
-cut at. ``number`` has a unique constraint: two processes cutting a release at once both read
-the same newest number, one insert fails, and that process retries with the next number.
+cut at, and cutting one takes a sequence number of its own, so every serving process notices
+it with the one-query check it already makes for corrections. ``number`` has a unique
+constraint: two processes cutting a release at once cannot publish the same number (on
+PostgreSQL the sequence row lock serialises them; if an insert still collides, the loser
+retries with the next number).
 """
 from __future__ import annotations
 
@@ -90,6 +93,7 @@ def cut_release(store: Store, *, note: str = "", source: str = "cli",
                 seq = store_seq(session)
                 if newest is not None and not force and int(newest.db_seq) >= seq:
                     return _as_release(newest), False
+                seq = txn.seq()  # a release is news for every process (model_version changes)
                 number = (int(newest.number) if newest is not None else 0) + 1
                 row = KnowledgeRelease(number=number, db_seq=seq, note=note[:2000],
                                        source=source[:64], created_at=utcnow())

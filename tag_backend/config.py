@@ -96,6 +96,7 @@ class Settings:
     guided_threshold: float = 0.75
     guided_fallback: str | None = None
     predict_budget_seconds: float = 60.0
+    feature_cache_mb: int = 256
     log_format: str = "text"
     log_level: str = "INFO"
 
@@ -146,6 +147,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),
     EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold (unset: region dropped)."),
     EnvVar("TAG_PREDICT_BUDGET", "predict_budget_seconds", "Seconds `/predict` may compute before queueing the rest.", float),
+    EnvVar("TAG_FEATURE_CACHE_MB", "feature_cache_mb", "Memory for the backbone features of recently predicted images (a second request on the same image skips the backbones); 0 turns the cache off.", int),
     EnvVar("TAG_LOG_FORMAT", "log_format", "`text` or `json` (structured logs)."),
     EnvVar("TAG_LOG_LEVEL", "log_level", "Logging level."),
 )

@@ -12,6 +12,7 @@ from PIL import Image
 
 from .exemplars import AliasMap, ExemplarIndex, empty_exemplars
 from .image_io import DEFAULT_MAX_PIXELS, open_image
+from .knowledge import Knowledge
 from .models import LoadedClip, LoadedDino
 from .stages import crf as crf_stage
 from .stages.dense_clip import dense_clip_features
@@ -29,7 +30,7 @@ from .stages.segments import (
     upsample_labels,
     upsample_scores,
 )
-from .types import NameCandidate, PreparedImage, SegmentLabel
+from .types import ImageFeatures, NameCandidate, PreparedImage, SegmentLabel
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +83,15 @@ class TagPipeline:
             raise ValueError(f"image_size {image_size} is smaller than one patch")
         if not 0 <= min_segment_area < 1:
             raise ValueError(f"min_segment_area must be in [0, 1), got {min_segment_area}")
-        self.dino, self.clip, self.index = dino, clip, index
+        self.dino, self.clip = dino, clip
         self.text_encoder = text_encoder or clip.text_encoder()
-        self.exemplars = exemplars if exemplars is not None else empty_exemplars()
         # CLIP's learned softmax temperature: turns name cosines into zero-shot probabilities
         scale = getattr(clip.model, "logit_scale", None)
         self.logit_scale = float(scale.detach().exp()) if scale is not None else 100.0
-        self.aliases = aliases or AliasMap()
+        # The default snapshot; callers that refresh knowledge pass theirs to each call instead
+        # of changing this one under threads that may be using it.
+        self.knowledge = Knowledge(index, exemplars if exemplars is not None else empty_exemplars(),
+                                   aliases or AliasMap())
         self.image_size, self.resize_mode, self.n_segments = image_size, resize_mode, n_segments
         self.kmeans_kwargs = dict(n_init=kmeans_restarts, max_iter=kmeans_max_iter, tol=kmeans_tol,
                                   init=kmeans_init, seed=seed)
@@ -103,52 +106,114 @@ class TagPipeline:
             crf_stage.start_helper()
 
     # ------------------------------------------------------------------ public API
-    def generate(self, image, timings: dict[str, float] | None = None) -> list[SegmentLabel]:
+    def generate(self, image, timings: dict[str, float] | None = None, *,
+                 knowledge: Knowledge | None = None) -> list[SegmentLabel]:
         """Named regions of one image (path, bytes or PIL image); raises ImageError if unusable."""
-        return self.generate_batch([open_image(image, self.max_image_pixels)], timings)[0]
+        return self.generate_batch([open_image(image, self.max_image_pixels)], timings,
+                                   knowledge=knowledge)[0]
+
+    def generate_batch(self, images: list[Image.Image], timings: dict[str, float] | None = None,
+                       *, knowledge: Knowledge | None = None) -> list[list[SegmentLabel]]:
+        """Named regions for decoded RGB images; backbones run batched when input sizes agree.
+
+        ``knowledge``: the concept-database snapshot to name with (default: the one given to
+        the constructor); a caller that refreshes knowledge hands each call its snapshot.
+        """
+        return [regions for _, regions in
+                self.generate_with_features(images, timings, knowledge=knowledge)]
 
     @torch.inference_mode()
-    def generate_batch(self, images: list[Image.Image], timings: dict[str, float] | None = None
-                       ) -> list[list[SegmentLabel]]:
-        """Named regions for decoded RGB images; backbones run batched when input sizes agree."""
+    def generate_with_features(self, images: list[Image.Image],
+                               timings: dict[str, float] | None = None, *,
+                               knowledge: Knowledge | None = None
+                               ) -> list[tuple[ImageFeatures, list[SegmentLabel]]]:
+        """:meth:`generate_batch` that also returns each image's backbone features, so a
+        caller can keep them and later rerun only the stages after the forwards."""
         t = timings if timings is not None else {}
+        prepared, patches = self._dino_forward(images, t)
+        # Segment candidates: k-means on DINOv2 tokens and pixel scores; the CRF starts in its
+        # helper process and runs while the dense-CLIP forward below uses this process.
+        with _timed(t, "kmeans"):
+            pending = [self._start_segment(prep.model_rgb, patch)
+                       for prep, patch in zip(prepared, patches)]
+        with _timed(t, "dense_clip"), self._lend_core_to_crf(pending) as rebalance:
+            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance), None,
+                                  [p.clip_pixels for p in prepared])
+        features = [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
+                    for prep, patch, feats in zip(prepared, patches, dense)]
+        return list(zip(features, self._finish(features, pending, t, knowledge)))
+
+    @torch.inference_mode()
+    def features(self, images: list[Image.Image], timings: dict[str, float] | None = None
+                 ) -> list[ImageFeatures]:
+        """The backbone forwards alone (preprocessing, DINOv2, dense CLIP) of decoded images."""
+        t = timings if timings is not None else {}
+        prepared, patches = self._dino_forward(images, t)
+        with _timed(t, "dense_clip"):
+            dense = self._batched(self._dense, None, [p.clip_pixels for p in prepared])
+        return [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
+                for prep, patch, feats in zip(prepared, patches, dense)]
+
+    @torch.inference_mode()
+    def regions_from_features(self, features: list[ImageFeatures],
+                              timings: dict[str, float] | None = None, *,
+                              knowledge: Knowledge | None = None) -> list[list[SegmentLabel]]:
+        """Named regions from kept backbone features: every stage after the forwards, the same
+        maths as :meth:`generate_batch` (k-means is seeded, so the regions are the same)."""
+        t = timings if timings is not None else {}
+        with _timed(t, "kmeans"):
+            pending = [self._start_segment(f.model_rgb, f.patches) for f in features]
+        return self._finish(features, pending, t, knowledge)
+
+    def feature_signature(self) -> str:
+        """What, besides the image, decides the backbone features (a feature-cache key part)."""
+        return repr((self.dino.model_id, str(self.dino.dtype), self.clip.encoder_id,
+                     str(self.clip.dtype), str(self.clip.device), self.image_size,
+                     self.resize_mode, self.dense_method, self.gem_depth))
+
+    @torch.inference_mode()
+    def embed_regions(self, image, masks: list[np.ndarray],
+                      features: ImageFeatures | None = None) -> np.ndarray:
+        """(n, D) L2-normalised CLIP embeddings of arbitrary boolean masks of ``image``
+        (``features``: its kept backbone features, which spare the CLIP forward)."""
+        if features is None:
+            prep = self._prepare(open_image(image, self.max_image_pixels))
+            dense = self._dense(None, prep.clip_pixels)[0]
+        else:
+            dense = features.dense
+        weights = mask_weights(masks, dense.grid)
+        empty = weights.sum(1) <= 0
+        if bool(empty.any()):
+            raise ValueError(f"{int(empty.sum())} mask(s) are empty")
+        return pool_segments(weights, dense.features)
+
+    def _dino_forward(self, images: list[Image.Image], t: dict[str, float]
+                      ) -> tuple[list[PreparedImage], list]:
         with _timed(t, "preprocess"):
             prepared = [self._prepare(img) for img in images]
         with _timed(t, "dino"):
             patches = self._batched(dino_patch_features, self.dino, [p.dino_pixels for p in prepared])
-        # Segment candidates: k-means on DINOv2 tokens and pixel scores; the CRF starts in its
-        # helper process and runs while the dense-CLIP forward below uses this process.
-        with _timed(t, "kmeans"):
-            pending = [self._start_segment(prep, patch) for prep, patch in zip(prepared, patches)]
-        with _timed(t, "dense_clip"), self._lend_core_to_crf(pending) as rebalance:
-            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance), None,
-                                  [p.clip_pixels for p in prepared])
+        return prepared, patches
+
+    def _finish(self, features: list[ImageFeatures], pending: list, t: dict[str, float],
+                knowledge: Knowledge | None) -> list[list[SegmentLabel]]:
+        knowledge = knowledge or self.knowledge
         results = []
-        for prep, segmenting, feats in zip(prepared, pending, dense):
+        for feats, segmenting in zip(features, pending):
             # CRF result (or the raw scores), then segments below min_segment_area absorbed.
             with _timed(t, "crf"):
                 labels, logits = self._finish_segment(segmenting)
             # One embedding per segment: dense CLIP features mean-pooled over the segment.
             with _timed(t, "pool"):
-                embeddings = pool_segments(build_segments(labels, feats.grid, feats.features.device)
-                                           .patch_weights, feats.features)
+                dense = feats.dense
+                embeddings = pool_segments(build_segments(labels, dense.grid, dense.features.device)
+                                           .patch_weights, dense.features)
             # Names: corrected exemplars first, then retrieval + CLIP image-text scoring.
             with _timed(t, "name"):
-                names = self._name(embeddings)
+                names = self._name(embeddings, knowledge)
             with _timed(t, "masks"):
-                results.append(self._regions(prep, labels, logits, embeddings, names))
+                results.append(self._regions(feats.original_size, labels, logits, embeddings, names))
         return results
-
-    @torch.inference_mode()
-    def embed_regions(self, image, masks: list[np.ndarray]) -> np.ndarray:
-        """(n, D) L2-normalised CLIP embeddings of arbitrary boolean masks of ``image``."""
-        prep = self._prepare(open_image(image, self.max_image_pixels))
-        feats = self._dense(None, prep.clip_pixels)[0]
-        weights = mask_weights(masks, feats.grid)
-        empty = weights.sum(1) <= 0
-        if bool(empty.any()):
-            raise ValueError(f"{int(empty.sum())} mask(s) are empty")
-        return pool_segments(weights, feats.features)
 
     # ------------------------------------------------------------------ stages
     def _prepare(self, image: Image.Image) -> PreparedImage:
@@ -180,12 +245,12 @@ class TagPipeline:
             return nullcontext(None)
         return crf_stage.lend_core(refine for _, _, refine in pending)
 
-    def _start_segment(self, prep: PreparedImage, patch):
+    def _start_segment(self, model_rgb: np.ndarray, patch):
         result = kmeans(patch.tokens, self.n_segments, **self.kmeans_kwargs)
         scores = grid_scores(patch.tokens, patch.grid, result.centers, self.assignment)
         # The CRF resamples the patch-grid scores straight to its own resolution.
-        refine = crf_stage.submit_crf(prep.model_rgb, scores, self.crf_params) if self.use_crf else None
-        return prep.input_size, scores, refine
+        refine = crf_stage.submit_crf(model_rgb, scores, self.crf_params) if self.use_crf else None
+        return (int(model_rgb.shape[0]), int(model_rgb.shape[1])), scores, refine
 
     def _finish_segment(self, pending) -> tuple[np.ndarray, torch.Tensor]:
         size, scores, refine = pending
@@ -195,11 +260,11 @@ class TagPipeline:
         labels = drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
         return labels, logits
 
-    def _name(self, embeddings: np.ndarray) -> list[SegmentNames]:
+    def _name(self, embeddings: np.ndarray, knowledge: Knowledge) -> list[SegmentNames]:
         """Candidates per segment, best first; ``confidence`` holds the calibrated probability
         of the first (see :mod:`tag_backend.stages.confidence`)."""
-        names = name_segments(embeddings, self.index, self.text_encoder, **self.naming_kwargs)
-        for seg, match in zip(names, self.exemplars.match(embeddings, self.exemplar_threshold)):
+        names = name_segments(embeddings, knowledge.index, self.text_encoder, **self.naming_kwargs)
+        for seg, match in zip(names, knowledge.exemplars.match(embeddings, self.exemplar_threshold)):
             if match is not None:
                 shown = display_name(match.name)
                 same = [c for c in seg.candidates if c.identity == match.entry_id]
@@ -214,7 +279,7 @@ class TagPipeline:
                 continue
             best = seg.candidates[0]
             seg.confidence = self._retrieval_probability(seg, 0)
-            wanted = self.aliases.lookup(best.name)
+            wanted = knowledge.aliases.lookup(best.name)
             if wanted is not None:
                 shown = display_name(wanted.text)
                 rest = [c for c in seg.candidates if c.name != shown]
@@ -229,9 +294,9 @@ class TagPipeline:
             return 0.0  # retrieval found nothing: the placeholder is no name
         return retrieval_probability([c.score for c in seg.candidates], chosen, self.logit_scale)
 
-    def _regions(self, prep: PreparedImage, labels: np.ndarray, logits: torch.Tensor,
+    def _regions(self, original_size: tuple[int, int], labels: np.ndarray, logits: torch.Tensor,
                  embeddings: np.ndarray, names: list[SegmentNames]) -> list[SegmentLabel]:
-        full = upsample_labels(logits, labels, prep.original_size)
+        full = upsample_labels(logits, labels, original_size)
         areas = np.bincount(full.ravel(), minlength=len(names))
         groups: dict[object, list[int]] = {}
         for seg, info in enumerate(names):

@@ -44,13 +44,13 @@ def download_weights(preset: str | None) -> None:
     Used by the Dockerfile to bake weights into the image; loading a model is what downloads
     it, so this loads both backbones once and reports where they came from.
     """
-    from .runtime import Runtime
+    from .services import Services
 
     settings = settings_with(preset=preset, device="cpu")
     configure_logging(settings.log_level, settings.log_format)
-    runtime = Runtime(settings)
-    dino, clip = runtime.dino, runtime.clip
+    services = Services(settings)
+    dino, clip = services.models.dino, services.models.clip
     click.echo(
-        f"preset {runtime.preset.name}: DINOv2 ready ({type(dino.model).__name__}), "
+        f"preset {services.preset.name}: DINOv2 ready ({type(dino.model).__name__}), "
         f"CLIP ready ({clip.encoder_id})"
     )

@@ -122,3 +122,24 @@ class SegmentLabel:
     origin: str = "retrieval"
     entry_id: int | None = None
     cosine: float = 0.0
+
+
+@dataclass
+class ImageFeatures:
+    """Backbone outputs of one image: everything the stages after the forwards need.
+
+    model_rgb: (h, w, 3) uint8 image at the model input size (the CRF runs on it).
+    original_size: (H, W) of the EXIF-transposed original (masks are returned at this size).
+    patches: DINOv2 patch tokens; dense: dense CLIP features (both on the compute device).
+    """
+
+    model_rgb: np.ndarray
+    original_size: tuple[int, int]
+    patches: PatchFeatures
+    dense: DenseFeatures
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held (what a feature cache counts)."""
+        tensors = (self.patches.tokens, self.dense.features)
+        return int(self.model_rgb.nbytes) + sum(t.element_size() * t.nelement() for t in tensors)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TagError
-from .engine import TaskEngine, cache_key
+from ..ls.controls import parse_label_config
+from .keys import cache_key
 from .push import LabelStudioAccessError, LabelStudioPusher, classify
 from .queue import JobProgress, JobQueue, task_payload
 from .worker import Worker, WorkerOptions
@@ -131,7 +132,7 @@ def _raise(exc: BaseException):
     raise exc
 
 
-def _refresh_selection(runtime, tasks: Iterator[dict], limit: int | None
+def _refresh_selection(services, tasks: Iterator[dict], limit: int | None
                        ) -> tuple[list[dict], int, int, int]:
     """(stale unlabeled tasks, seen, up to date, labeled) for ``prelabel --refresh``."""
     from database_tools.prediction_log import stale_tasks
@@ -143,12 +144,12 @@ def _refresh_selection(runtime, tasks: Iterator[dict], limit: int | None
             labeled += 1
         else:
             candidates.append(task_payload(task))
-    stale = stale_tasks(runtime.store, [str(t["id"]) for t in candidates])
+    stale = stale_tasks(services.store, [str(t["id"]) for t in candidates])
     selected = [t for t in candidates if str(t["id"]) in stale][:limit]
     return selected, seen, len(candidates) - len(selected), labeled
 
 
-def plan_prelabel(runtime, queue: JobQueue, pusher: LabelStudioPusher, project_id: int, *,
+def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_id: int, *,
                   filter: str = "unlabeled", limit: int | None = None,
                   refresh: bool = False) -> PrelabelPlan:
     """Queue the project's tasks that need a prediction (joining an active job if any).
@@ -163,12 +164,12 @@ def plan_prelabel(runtime, queue: JobQueue, pusher: LabelStudioPusher, project_i
     client = pusher.client()
     project = _ls_call(f"project {project_id}", client.projects.get, id=project_id)
     label_config = getattr(project, "label_config", None) or ""
-    TaskEngine.check_config(label_config)
-    version = runtime.model_version()
+    parse_label_config(label_config)  # LabelConfigError if TAG cannot fill this project
+    version = services.model_version()
     selected, seen, predicted, labeled = [], 0, 0, 0
     if refresh:
         selected, seen, predicted, labeled = _refresh_selection(
-            runtime, iter_tasks(client, project_id), limit)
+            services, iter_tasks(client, project_id), limit)
     for task in iter_tasks(client, project_id) if not refresh else ():
         seen += 1
         if has_version(task, version):
@@ -226,16 +227,16 @@ def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = Tr
     return queue.progress(job_id)
 
 
-def prelabel_project(runtime, project_id: int, *, filter: str = "unlabeled",
+def prelabel_project(services, project_id: int, *, filter: str = "unlabeled",
                      limit: int | None = None, progress: bool = True, refresh: bool = False,
                      options: WorkerOptions = WorkerOptions()
                      ) -> tuple[PrelabelPlan, JobProgress | None]:
-    """Plan and run a project's pre-labelling; returns the plan and the final job progress."""
-    pusher = LabelStudioPusher.from_settings(runtime.settings)
-    queue = JobQueue.from_store(runtime.store)
-    if refresh:
-        runtime.refresh()  # judge staleness against everything learnt so far
-    plan = plan_prelabel(runtime, queue, pusher, project_id, filter=filter, limit=limit,
+    """Plan and run a project's pre-labelling; returns the plan and the final job progress.
+
+    ``services``: the command's :class:`tag_backend.services.Services`.
+    """
+    pusher, queue = services.jobs.pusher, services.jobs.queue
+    plan = plan_prelabel(services, queue, pusher, project_id, filter=filter, limit=limit,
                          refresh=refresh)
     logger.info("project %s: %d tasks seen, %d already predicted, %d labeled, %d queued "
                 "(job %s%s)", project_id, plan.seen, plan.already_predicted, plan.labeled,
@@ -243,5 +244,5 @@ def prelabel_project(runtime, project_id: int, *, filter: str = "unlabeled",
                 extra={"job_id": plan.job_id, "project_id": project_id})
     if plan.job_id is None:
         return plan, None
-    worker = Worker(queue, TaskEngine(runtime), pusher, options)
+    worker = Worker(queue, services, pusher, options)
     return plan, run_job(queue, worker, plan.job_id, progress=progress)

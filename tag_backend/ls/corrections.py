@@ -3,7 +3,7 @@
 For every annotation event the worker records each region's final name against the concept
 it was predicted as (``database_tools.corrections.record_annotation``), with a candidate visual
 exemplar for each renamed or hand-drawn region (the region's CLIP embedding), and refreshes the
-runtime incrementally (delta index, exemplar index), so the next ``/predict`` already uses the
+services' knowledge incrementally (delta index, exemplar index), so the next ``/predict`` uses the
 correction. The base index is never rewritten here, and ``model_version`` only changes when a
 knowledge release is cut: by ``START_TRAINING`` (which also re-ingests every annotated task of
 the project through the SDK), ``tag-db release`` or ``TAG_RELEASE_POLICY``
@@ -24,7 +24,6 @@ from .. import metrics
 from .controls import parse_label_config
 from .errors import LabelConfigError, MediaError
 from .media import MediaFetcher
-from .predictor import ENGINE_LOCK
 from .webhook_queue import SpoolItem, WebhookSpool
 
 logger = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ def learning_for(settings):
     from database_tools.corrections import Learning
     from database_tools.exemplar_index import ExemplarLimits
 
-    from .results import DEFAULT_LAYOUT
+    from .layout import DEFAULT_LAYOUT
 
     return Learning(ExemplarLimits(settings.exemplars_per_concept, settings.exemplars_total),
                     (DEFAULT_LAYOUT.label,))
@@ -71,15 +70,16 @@ class RegionEmbedder:
     """``embed_region(result item) -> embedding | None`` for one task's image (fetched once)."""
 
     def __init__(
-        self, runtime, fetcher: MediaFetcher, task: Mapping[str, Any] | None, image_field: str
+        self, predictor, encoder_id: str, fetcher: MediaFetcher, task: Mapping[str, Any] | None,
+        image_field: str,
     ) -> None:
-        self.runtime, self.fetcher, self.task, self.image_field = (
-            runtime,
+        self.predictor, self.fetcher, self.task, self.image_field = (
+            predictor,
             fetcher,
             task,
             image_field,
         )
-        self.encoder_id = runtime.clip.encoder_id
+        self.encoder_id = encoder_id
         self._image: Image.Image | None = None
         self._failed = False
 
@@ -113,8 +113,13 @@ class RegionEmbedder:
         mask = decode_mask(rle, item.get("original_width"), item.get("original_height"), image.size)
         if mask is None or not mask.any():
             return None
-        with ENGINE_LOCK:
-            return self.runtime.pipeline.embed_regions(image, [mask])[0]
+        return self.predictor.embed_regions(image, [mask])[0]
+
+
+def region_embedder(services, task: Mapping[str, Any] | None, image_field: str) -> RegionEmbedder:
+    """A :class:`RegionEmbedder` for one task, on the services' predictor and fetcher."""
+    return RegionEmbedder(services.predictor, services.models.clip.encoder_id, services.fetcher,
+                          task, image_field)
 
 
 def decode_mask(
@@ -175,14 +180,13 @@ class CorrectionWorker:
 
     def __init__(
         self,
-        runtime,
+        services,
         spool: WebhookSpool,
-        fetcher: MediaFetcher,
         *,
         reingest=None,
         poll_seconds: float = 1.0,
     ) -> None:
-        self.runtime, self.spool, self.fetcher = runtime, spool, fetcher
+        self.services, self.spool = services, spool
         self.reingest = reingest
         self.poll_seconds = poll_seconds
         self._wake = threading.Event()
@@ -263,18 +267,20 @@ class CorrectionWorker:
             report = self._record(payload)
         logger.info("%s: %s", action or "annotation", report.summary())
         changed = bool(report.recorded or report.deleted or report.replaced)
-        if changed:
-            self.learn()
-        store = self.runtime.store
+        store, released = self.services.store, False
         if action == "START_TRAINING":
-            release, created = cut_release(store, note="Label Studio Start Training",
-                                           source="label-studio")
+            release, released = cut_release(store, note="Label Studio Start Training",
+                                            source="label-studio")
             logger.info("START_TRAINING: knowledge release %s%s", release.label,
-                        "" if created else " (nothing new since it)")
+                        "" if released else " (nothing new since it)")
         elif changed:
-            release = apply_policy(store, ReleasePolicy.parse(self.runtime.settings.release_policy))
-            if release is not None:
+            policy = ReleasePolicy.parse(self.services.settings.release_policy)
+            release = apply_policy(store, policy)
+            released = release is not None
+            if released:
                 logger.info("release policy cut knowledge release %s", release.label)
+        if changed or released:
+            self.learn()
         return "recorded" if changed else "unchanged"
 
     def _record(self, payload: Mapping[str, Any]):
@@ -284,14 +290,14 @@ class CorrectionWorker:
         field = image_field_for(payload)
         for single in split_bulk(payload):
             task = single.get("task") if isinstance(single.get("task"), Mapping) else None
-            embedder = RegionEmbedder(self.runtime, self.fetcher, task, field)
+            embedder = region_embedder(self.services, task, field)
             report.merge(
                 record_annotation(
-                    self.runtime.store,
+                    self.services.store,
                     single,
                     embed_region=embedder,
-                    new_concept_status=self.runtime.settings.new_concept_status,
-                    learning=learning_for(self.runtime.settings),
+                    new_concept_status=self.services.settings.new_concept_status,
+                    learning=learning_for(self.services.settings),
                 )
             )
         return report
@@ -301,5 +307,6 @@ class CorrectionWorker:
 
         Incremental: the base index is never rewritten on this path (``tag-db compact`` folds
         the delta into a new base off the request path)."""
-        self.runtime.refresh()
-        metrics.DB_VERSION.set(self.runtime.store.db_version())
+        services = self.services
+        services.refresh()
+        metrics.DB_VERSION.set(services.store.db_version())

@@ -29,12 +29,12 @@ HEADERS = {"Authorization": f"Token {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_models_dir, tiny_runtime_session):
+def stack(tmp_path_factory, tiny_models_dir, tiny_services_session):
     from tag_backend.ls import recommended_label_config
 
     root = tmp_path_factory.mktemp("e2e")
-    _ = tiny_runtime_session.pipeline  # warm data dir (default index) copied for the backend
-    shutil.copytree(tiny_runtime_session.settings.data_dir, root / "tag-data")
+    tiny_services_session.pipeline()  # warm data dir (default index) copied for the backend
+    shutil.copytree(tiny_services_session.settings.data_dir, root / "tag-data")
     ls_proc, ls_url = start_label_studio(root)
     backend_env = {
         "TAG_DINO_MODEL": tiny_models_dir["dino"],

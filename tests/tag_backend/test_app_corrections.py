@@ -10,26 +10,26 @@ from PIL import Image
 
 from tag_backend.app import app_backend, create_app
 
-from ls_helpers import CONFIG, copy_runtime
+from ls_helpers import CONFIG, copy_services
 
 N_WEBHOOKS = 1000
 
 
 @pytest.fixture()
-def loop(tiny_runtime_session, tmp_path):
+def loop(tiny_services_session, tmp_path):
     from scenes import flat_shapes
 
-    runtime = copy_runtime(tiny_runtime_session, tmp_path)
     img, _ = flat_shapes(120, seed=3)
     img.save(tmp_path / "a.png")
     near = np.asarray(img).astype(np.int16) + np.random.default_rng(0).integers(
         -2, 3, (120, 120, 3)
     )
     Image.fromarray(np.clip(near, 0, 255).astype(np.uint8)).save(tmp_path / "b.png")
-    settings = runtime.settings.replace(
-        allowed_local_roots=str(tmp_path), predict_budget_seconds=1e9
+    services = copy_services(
+        tiny_services_session, tmp_path, allowed_local_roots=str(tmp_path),
+        predict_budget_seconds=1e9,
     )
-    app = create_app(settings, runtime, start_worker=False)
+    app = create_app(services=services, start_worker=False)
     return app.test_client(), app_backend(app), tmp_path
 
 
@@ -55,7 +55,7 @@ def _renamed(prediction, new_name):
 def test_rename_is_learned_live_and_released_explicitly(loop):
     client, backend, root = loop
     before = _predict(client, root / "a.png")
-    version0, db0 = before["model_version"], backend.runtime.store.db_version()
+    version0, db0 = before["model_version"], backend.services.store.db_version()
     result, region_id, old = _renamed(before, "zorblax widget")
     assert old != "zorblax widget"
     payload = {
@@ -78,8 +78,8 @@ def test_rename_is_learned_live_and_released_explicitly(loop):
     assert client.post("/webhook", json=payload).status_code == 201  # duplicate delivery
     assert backend.worker.run_once() is True
     assert backend.worker.run_once() is False  # the duplicate was merged in the spool
-    assert backend.runtime.store.db_version() > db0
-    names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
+    assert backend.services.store.db_version() > db0
+    names, _ = backend.services.store.load_exemplars(backend.services.models.clip.encoder_id)
     assert "zorblax widget" in names
     setup = client.post("/setup", json={"project": "5.1", "schema": CONFIG}).json
     assert setup["model_version"] == version0  # learnt live: no new version per correction
@@ -89,9 +89,11 @@ def test_rename_is_learned_live_and_released_explicitly(loop):
     assert after["model_version"] == version0
     from database_tools.releases import cut_release
 
-    cut_release(backend.runtime.store, note="test")
-    released = client.post("/setup", json={"project": "5.1", "schema": CONFIG}).json
+    cut_release(backend.services.store, note="test")
+    released = _predict(client, root / "b.png")  # /predict picks up the release
     assert released["model_version"] != version0 and released["model_version"].endswith("-r1")
+    setup = client.post("/setup", json={"project": "5.1", "schema": CONFIG}).json
+    assert setup["model_version"] == released["model_version"]
     assert client.get("/versions").json["versions"] == [released["model_version"], version0]
     # Deleting the annotation undoes the exemplar.
     client.post(
@@ -99,7 +101,7 @@ def test_rename_is_learned_live_and_released_explicitly(loop):
         json={"action": "ANNOTATIONS_DELETED", "project": {"id": 5}, "annotations": [{"id": 21}]},
     )
     assert backend.worker.run_once() is True
-    names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
+    names, _ = backend.services.store.load_exemplars(backend.services.models.clip.encoder_id)
     assert "zorblax widget" not in names
 
 
@@ -116,13 +118,11 @@ def test_empty_annotation_and_unknown_project_are_recorded_quietly(loop):
     assert backend.spool.depth() == 0 and not list(backend.spool.failed.iterdir())
 
 
-def test_database_unreachable_keeps_corrections_and_retries(tiny_runtime_session, tmp_path):
-    from tag_backend.runtime import Runtime
-
-    settings = tiny_runtime_session.settings.replace(
+def test_database_unreachable_keeps_corrections_and_retries(tiny_services_session, tmp_path):
+    settings = tiny_services_session.settings.replace(
         data_dir=str(tmp_path / "d"), db_url="postgresql+psycopg://u:p@127.0.0.1:9/none"
     )
-    app = create_app(settings, Runtime(settings), start_worker=False)
+    app = create_app(settings, start_worker=False)
     client, backend = app.test_client(), app_backend(app)
     assert client.get("/health").status_code == 200
     setup = client.post("/setup", json={"project": "1.1", "schema": CONFIG})
@@ -160,7 +160,7 @@ def test_bulk_annotations_created_payload_shape(loop):
     assert client.post("/webhook", json=payload).status_code == 201
     assert backend.worker.run_once() is True
     assert not list(backend.spool.failed.glob("*.json"))
-    names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
+    names, _ = backend.services.store.load_exemplars(backend.services.models.clip.encoder_id)
     assert "bulk gizmo" in names
 
 
@@ -171,10 +171,10 @@ def test_a_thousand_corrections_keep_model_version_until_a_release(loop):
     from database_tools.releases import cut_release
 
     client, backend, root = loop
-    runtime = backend.runtime
+    services = backend.services
     first = _predict(client, root / "a.png")
     version0 = first["model_version"]
-    base_version = runtime.pipeline.index.version
+    base_version = services.knowledge().index.version
     region_id = first["result"][0]["id"]
     template = [dict(i) for i in first["result"] if i["id"] == region_id]
     seen = set()
@@ -193,15 +193,16 @@ def test_a_thousand_corrections_keep_model_version_until_a_release(loop):
             seen.add(client.post("/setup", json={"project": "5.1", "schema": CONFIG})
                      .json["model_version"])
     assert seen == {version0}
-    assert runtime.pipeline.index.version == base_version  # never rewritten on this path
-    assert runtime.pipeline.index.stats().entries >= 201  # zorblax + 200 new names in the delta
+    assert services.knowledge().index.version == base_version  # never rewritten on this path
+    assert services.knowledge().index.stats().entries >= 201  # zorblax + 200 new names (delta)
     # the next prediction already uses what was learnt (the repeated rename became an alias)
     after = _predict(client, root / "b.png")
     assert "zorblax" in [i["value"]["text"][0] for i in after["result"] if i["type"] == "textarea"]
     assert after["model_version"] == version0
-    release, created = cut_release(runtime.store, note="weekly")
+    release, created = cut_release(services.store, note="weekly")
     assert created
+    released = _predict(client, root / "b.png")["model_version"]
     versions = {client.post("/setup", json={"project": "5.1", "schema": CONFIG})
-                .json["model_version"] for _ in range(3)}
+                .json["model_version"] for _ in range(3)} | {released}
     assert len(versions) == 1 and versions != {version0}
-    assert cut_release(runtime.store)[1] is False  # nothing new: the version stays
+    assert cut_release(services.store)[1] is False  # nothing new: the version stays

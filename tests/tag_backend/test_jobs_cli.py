@@ -140,29 +140,29 @@ def test_plan_skips_predicted_and_labeled_tasks_and_joins_the_active_job(tiny_se
     from tag_backend.jobs.prelabel import plan_prelabel
     from tag_backend.jobs.push import LabelStudioPusher
     from tag_backend.jobs.queue import JobQueue
-    from tag_backend.runtime import Runtime
+    from tag_backend.services import Services
 
-    runtime = Runtime(tiny_settings)
-    version = runtime.model_version()
+    services = Services(tiny_settings)
+    version = services.model_version()
     paged_ls["tasks"] = [
         {"id": i, "data": {"image": f"/data/upload/1/{i}.png"},
          "predictions": [{"model_version": version if i % 5 == 0 else "old", "result": []}],
          "total_annotations": 1 if i % 7 == 0 else 0, "is_labeled": i % 7 == 0}
         for i in range(1, 251)]
-    queue = JobQueue.from_store(runtime.store)
+    queue = JobQueue.from_store(services.store)
     pusher = LabelStudioPusher(paged_ls["url"], TOKEN)
-    plan = plan_prelabel(runtime, queue, pusher, 1, filter="unlabeled")
+    plan = plan_prelabel(services, queue, pusher, 1, filter="unlabeled")
     predicted = {i for i in range(1, 251) if i % 5 == 0}
     labeled = {i for i in range(1, 251) if i % 7 == 0} - predicted
     assert (plan.seen, plan.already_predicted, plan.labeled) == (250, len(predicted), len(labeled))
     assert plan.queued == 250 - len(predicted) - len(labeled) and not plan.joined
-    again = plan_prelabel(runtime, queue, pusher, 1, filter="all")  # a second run joins
+    again = plan_prelabel(services, queue, pusher, 1, filter="all")  # a second run joins
     assert again.joined and again.job_id == plan.job_id and again.queued == len(labeled)
     assert queue.progress(plan.job_id).total == 250 - len(predicted)
-    limited = plan_prelabel(runtime, queue, pusher, 2, filter="all", limit=10)
+    limited = plan_prelabel(services, queue, pusher, 2, filter="all", limit=10)
     assert limited.queued == 10 and limited.seen == 12 and limited.job_id != plan.job_id
     with pytest.raises(ValueError):
-        plan_prelabel(runtime, queue, pusher, 1, filter="some")
+        plan_prelabel(services, queue, pusher, 1, filter="some")
 
 
 def test_refresh_plan_queues_exactly_the_unlabeled_tasks_made_stale(tiny_settings, paged_ls):
@@ -172,21 +172,21 @@ def test_refresh_plan_queues_exactly_the_unlabeled_tasks_made_stale(tiny_setting
     from tag_backend.jobs.prelabel import plan_prelabel
     from tag_backend.jobs.push import LabelStudioPusher
     from tag_backend.jobs.queue import JobQueue
-    from tag_backend.runtime import Runtime
+    from tag_backend.services import Services
 
-    runtime = Runtime(tiny_settings)
-    store = runtime.store
+    services = Services(tiny_settings)
+    store = services.store
     store.add_entries("concept", ["dog", "cat", "cow"])
     ids = {n: store.get_entry("concept", n).id for n in ("dog", "cat", "cow")}
     concept_of = {i: "dog" if i <= 10 else "cat" if i <= 20 else "cow" for i in range(1, 41)}
     seq = store.db_version()
     for i, name in concept_of.items():
-        record_prediction(store, project="1", task=str(i), model_version=runtime.model_version(),
+        record_prediction(store, project="1", task=str(i), model_version=services.model_version(),
                           knowledge_seq=seq, regions=[RegionConcept(f"r{i}", ids[name], name)])
     labeled = {5, 15, 25}
     paged_ls["tasks"] = [
         {"id": i, "data": {"image": f"/data/upload/1/{i}.png"},
-         "predictions": [{"model_version": runtime.model_version(), "result": []}],
+         "predictions": [{"model_version": services.model_version(), "result": []}],
          "total_annotations": int(i in labeled), "is_labeled": i in labeled}
         for i in range(1, 41)]
     region = [{"id": "r5", "type": "brushlabels", "from_name": "tag", "to_name": "image",
@@ -199,7 +199,7 @@ def test_refresh_plan_queues_exactly_the_unlabeled_tasks_made_stale(tiny_setting
     set_concept_status(store, ["cat"], "rejected")
     queue = JobQueue.from_store(store)
     pusher = LabelStudioPusher(paged_ls["url"], TOKEN)
-    plan = plan_prelabel(runtime, queue, pusher, 1, refresh=True)
+    plan = plan_prelabel(services, queue, pusher, 1, refresh=True)
     expected = {i for i, name in concept_of.items() if name in ("dog", "cat")} - labeled
     queued = {c.ls_task_id for c in queue.claim("test", 100)}
     assert plan.refresh and plan.queued == len(expected) and queued == expected

@@ -1,0 +1,172 @@
+"""The one Label Studio serializer: named regions + the project's layout -> result items.
+
+Everything that decides what Label Studio shows happens here, in this order:
+
+1. **mask cleaning and the region cap** (:func:`tag_backend.masks.clean_regions`): speckle, not
+   resolution, drives the brush RLE size and the browser's memory, so masks are smoothed, tiny
+   islands removed and at most ``max_regions`` of the largest kept;
+2. **the label choice**: guided mode (the project's own labels; :data:`GuidedLabeler`, one
+   small swappable function), the fixed label of the recommended config (names go into the
+   TextArea), or the free-form name itself (a config with no TextArea and no static labels);
+3. **the items**: one ``brushlabels`` item per region (brush RLE, §9.1 of the Label Studio
+   result format) and, with a per-region TextArea, a ``textarea`` item with the **same id**
+   carrying the free-form name, so the annotator corrects the name by editing the text;
+4. **the task score** (what the Data Manager sorts on): area-weighted mean of the regions'
+   scores, each the probability that the region's name is right (docs/learning.md).
+
+Nothing else in the project builds Label Studio result JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..masks import MaskCleaning, clean_regions
+from ..types import SegmentLabel
+from .guided import LabelSnapper
+from .layout import DEFAULT_LAYOUT, ResultLayout
+from .rle import mask_to_rle
+
+logger = logging.getLogger(__name__)
+
+#: Guided mode's label choice: the regions and the project's labels -> one label per region
+#: (None: the region matches no label and is dropped).
+GuidedLabeler = Callable[[Sequence[SegmentLabel], tuple[str, ...]], list[str | None]]
+
+
+def snapping_labeler(snapper: LabelSnapper) -> GuidedLabeler:
+    """Guided labels by snapping each region's name to the closest project label (CLIP text)."""
+
+    def choose(regions: Sequence[SegmentLabel], labels: tuple[str, ...]) -> list[str | None]:
+        return [snap.label for snap in snapper.snap([r.name for r in regions], labels)]
+
+    return choose
+
+
+def new_region_id() -> str:
+    """Short unique region id (Label Studio's own ids are 10 url-safe characters)."""
+    return uuid.uuid4().hex[:10]
+
+
+@dataclass
+class PlacedRegion:
+    """A region ready for Label Studio: cleaned mask, the brush label and the free-form name.
+
+    ``entry_id`` is the name's concept id and ``region_id`` the Label Studio region id; the
+    pair is recorded with the served prediction so corrections resolve to concept ids.
+    """
+
+    mask: np.ndarray
+    name: str
+    label: str
+    score: float
+    entry_id: int | None = None
+    region_id: str = field(default_factory=new_region_id)
+
+
+def empty_item(model_version: str) -> dict:
+    """The item of a task with nothing to show (failure or no region)."""
+    return {"result": [], "score": 0.0, "model_version": str(model_version)}
+
+
+def region_items(region: PlacedRegion, width: int, height: int,
+                 layout: ResultLayout = DEFAULT_LAYOUT, region_id: str | None = None) -> list[dict]:
+    """The result items of one placed region: the brush item and, if configured, its name."""
+    if region.mask.shape != (height, width):
+        raise ValueError(f"mask shape {region.mask.shape} does not match image {height}x{width}")
+    common = {
+        "id": region_id or region.region_id,
+        "to_name": layout.image_name,
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "score": round(float(region.score), 4),
+        "readonly": False,
+    }
+    items = [{
+        **common,
+        "from_name": layout.brush_name,
+        "type": "brushlabels",
+        "value": {"format": "rle", "rle": mask_to_rle(region.mask), "brushlabels": [region.label]},
+    }]
+    if layout.text_name:
+        items.append({**common, "from_name": layout.text_name, "type": "textarea",
+                      "value": {"text": [region.name]}})
+    return items
+
+
+def task_score(regions: Sequence[PlacedRegion]) -> float:
+    """Task-level score: area-weighted mean of the regions' name probabilities (the expected
+    share of the labelled area named right), 0 if none."""
+    if not regions:
+        return 0.0
+    areas = np.array([max(int(r.mask.sum()), 1) for r in regions], dtype=np.float64)
+    scores = np.array([r.score for r in regions], dtype=np.float64)
+    return round(float((areas * scores).sum() / areas.sum()), 4)
+
+
+class Serializer:
+    """Named regions -> Label Studio prediction items (see the module docstring).
+
+    max_regions: most regions per image (the largest are kept).
+    guided: the label choice of guided mode; required to serialize for a guided layout.
+    cleaning: mask-cleaning knobs (:class:`tag_backend.masks.MaskCleaning`).
+    """
+
+    def __init__(self, *, max_regions: int = 30, guided: GuidedLabeler | None = None,
+                 cleaning: MaskCleaning = MaskCleaning()) -> None:
+        if max_regions < 0:
+            raise ValueError(f"max_regions must be >= 0, got {max_regions}")
+        self.max_regions, self.guided, self.cleaning = max_regions, guided, cleaning
+
+    def place(self, regions: Sequence[SegmentLabel], layout: ResultLayout) -> list[PlacedRegion]:
+        """Clean masks, cap their number and choose each region's label (steps 1-2)."""
+        kept = clean_regions([r.mask for r in regions], self.max_regions, self.cleaning)
+        chosen = [regions[i] for i, _ in kept]
+        placed = []
+        for (_, mask), region, label in zip(kept, chosen, self._labels(chosen, layout)):
+            if label is None:
+                logger.debug("guided mode: %r matches no project label: region dropped",
+                             region.name)
+                continue
+            placed.append(PlacedRegion(mask=mask, name=region.name, label=label,
+                                       score=float(region.score), entry_id=region.entry_id))
+        return placed
+
+    def _labels(self, regions: Sequence[SegmentLabel], layout: ResultLayout) -> list[str | None]:
+        if layout.guided_labels:
+            if self.guided is None:
+                raise ValueError("this labeling config lists its own labels (guided mode), "
+                                 "but the serializer has no guided label choice")
+            return self.guided(regions, layout.guided_labels)
+        if layout.text_name:
+            return [layout.label] * len(regions)
+        return [r.name for r in regions]  # no TextArea, no static labels: the name is the label
+
+    def item(self, regions: Sequence[SegmentLabel], width: int, height: int,
+             layout: ResultLayout, model_version: str) -> dict:
+        """One ``/predict`` result item / task prediction: ``{"result", "score",
+        "model_version"}``. Masks must be (height, width) booleans at the original size."""
+        return self.placed_item(regions, width, height, layout, model_version)[0]
+
+    def placed_item(self, regions: Sequence[SegmentLabel], width: int, height: int,
+                    layout: ResultLayout, model_version: str) -> tuple[dict, list[PlacedRegion]]:
+        """:meth:`item` and the placed regions it holds (region ids, concept ids)."""
+        placed = self.place(regions, layout)
+        result: list[dict] = []
+        for region in placed:
+            result.extend(region_items(region, width, height, layout))
+        item = {"result": result, "score": task_score(placed), "model_version": str(model_version)}
+        return item, placed
+
+    def task(self, image_ref: str, regions: Sequence[SegmentLabel], width: int, height: int,
+             layout: ResultLayout, model_version: str) -> dict:
+        """An importable Label Studio task with its prediction (``tag-backend predict``);
+        ``image_ref`` is what Label Studio should load (URL, ``/data/local-files/?d=...``)."""
+        return {"data": {layout.image_field: image_ref},
+                "predictions": [self.item(regions, width, height, layout, model_version)]}
