@@ -35,7 +35,8 @@ from .normalize import display_text, normalize_text
 from .prediction_log import RegionConcept, note_concept_change, region_concepts
 from .schema import Alias, Annotation, AnnotationEffect, Entry, utcnow
 from .sql import add_support, entry_ids, insert_for, set_status, upsert_entries
-from .store import Store, Txn
+from .store import Store
+from .txn import Txn
 
 logger = logging.getLogger(__name__)
 

@@ -51,10 +51,6 @@ def _release_policy(value: str) -> str:
     return policy.kind if policy.kind == "manual" else f"{policy.kind}:{policy.value}"
 
 
-def _optional_int(value: str) -> int | None:
-    return None if value.strip() == "" else int(value)
-
-
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the engine, the server and the database tools.
@@ -116,7 +112,7 @@ class Settings:
 
 
 ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("TAG_PRESET", "preset", "Preset: `fast` (DINOv2-S/14 + CLIP ViT-B/16) or `paper` (DINOv2-B/14 + CLIP ViT-L/14 OpenAI, CRF)."),
+    EnvVar("TAG_PRESET", "preset", "Preset (docs/presets.md): `fast` (CPU: DINOv2-S/14 + CLIP ViT-B/16, improvements), `quality` (GPU: DINOv2-B/14 + CLIP ViT-L/14 OpenAI, improvements) or `paper` (TAG as published)."),
     EnvVar("TAG_DINO_MODEL", "dino_model", "DINOv2: a Hugging Face id (hub cache) or a local directory saved by `save_pretrained`.", default_doc="the preset's"),
     EnvVar("TAG_CLIP_MODEL", "clip_model", "CLIP: an open_clip model name (e.g. `ViT-B-16`) or `local-dir:DIR`.", default_doc="the preset's"),
     EnvVar("TAG_CLIP_PRETRAINED", "clip_pretrained", "CLIP weights: an open_clip pretrained tag (e.g. `openai`) or a checkpoint file.", default_doc="the preset's"),

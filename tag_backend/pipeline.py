@@ -23,10 +23,10 @@ from .stages.naming import FALLBACK_NAME, SegmentNames, display_name, name_segme
 from .stages.pooling import mask_weights, pool_segments
 from .stages.preprocess import prepare_image
 from .stages.segments import (
-    build_segments,
     drop_small_segments,
     grid_scores,
     label_map,
+    patch_weights,
     upsample_labels,
     upsample_scores,
 )
@@ -38,10 +38,16 @@ logger = logging.getLogger(__name__)
 class TagPipeline:
     """Guidance-free open-vocabulary segmentation (TAG, Kawano & Aoki 2024) with fixes.
 
+    The defaults below are the ``quality`` / ``fast`` presets' segmentation choices; the
+    ``paper`` preset's values are given in parentheses where they differ, and
+    :meth:`tag_backend.presets.Preset.pipeline_kwargs` gives every knob of a preset
+    (docs/presets.md: knob -> paper value -> preset values -> why).
+
     Arguments:
       dino, clip: loaded backbones (:mod:`tag_backend.models`).
       index: the concept index (``database_tools.index.ConceptIndex``): ``search(q, k, return_vectors)``.
-      text_encoder: ``TextEncoder`` for candidate names (cached); defaults to the CLIP text tower.
+      text_encoder: ``TextEncoder`` for words extracted from captions; defaults to the CLIP text
+        tower. Concept entries are scored with the vectors the index returns for them.
       exemplars: corrected-region memory (an ``ExemplarIndex``); a segment within
         ``exemplar_threshold`` cosine of an exemplar takes its concept.
       aliases: names annotators repeatedly corrected (predicted -> wanted); applied to the best
@@ -49,19 +55,24 @@ class TagPipeline:
       image_size (448): model input side in pixels; cost grows with its square.
       resize_mode ("squash"): paper squashes to a square; "keep_aspect" keeps the aspect ratio.
       n_segments (15): k of the per-image k-means (upper bound on segments before merging).
-      kmeans_init ("k-means++"), kmeans_restarts (8), kmeans_max_iter (100), kmeans_tol (1e-4),
-        seed (123): k-means settings (paper: random init, 8 restarts, 100 iterations, seed 123).
-      assignment ("nearest"): pixel -> segment by nearest centre; "dot" is the paper's dot product.
-      use_crf (True): dense-CRF refinement (STEGO parameters, ``crf_params``); skipped with a
-        single log line when pydensecrf2 is not installed.
-      min_segment_area (0.002): segments below this share of the image are absorbed by their
-        next-best neighbour (0 keeps every non-empty segment, as the paper did).
-      dense_method ("gem"): dense CLIP features, "gem" (paper) or "naclip"; gem_depth (7).
+      kmeans_init ("k-means++"; paper "random"), kmeans_restarts (8), kmeans_max_iter (100),
+        kmeans_tol (1e-4), kmeans_convergence ("relative": scikit-learn's test; paper
+        "mean_shift": torch-kmeans'), seed (123): k-means settings (:func:`.stages.kmeans.kmeans`).
+      assignment ("nearest"; paper "dot"): pixel -> segment by nearest centre, or by the
+        largest dot product with the centres as TAG does.
+      use_crf (True): dense-CRF refinement (STEGO parameters), skipped with a single log line
+        when pydensecrf2 is not installed. ``crf_params`` (:class:`~.stages.crf.CrfParams`):
+        iterations (10), resolution ``scale`` (1.0) and the unary: ``unary_gain=None`` is TAG's
+        softmax of the raw scores, a number calibrates the scores first (default 1.0).
+      min_segment_area (0.002; paper 0): segments below this share of the image are absorbed
+        by their next-best neighbour. Empty segments are always dropped (TAG pooled them into
+        NaN embeddings).
+      dense_method ("gem"): dense CLIP features, "gem" (paper), "naclip" or "plain"; gem_depth (7).
       top_k_captions (10), dedup_threshold (0.94), min_word_count (2), pos_filter (True):
         retrieval and TAG's word extraction.
       max_alternatives (5): alternative names kept per region.
-      merge_same_name (True): segments with the same concept (id, or text for caption words)
-        become one region; homonyms shown with the same name stay apart.
+      merge_same_name (True; paper False): segments with the same concept (id, or text for
+        caption words) become one region; homonyms shown with the same name stay apart.
       exemplar_threshold (0.90): cosine needed to take a corrected exemplar's name.
       max_image_pixels: decompression-bomb guard for decoded images.
     """
@@ -71,7 +82,8 @@ class TagPipeline:
                  image_size: int = 448,
                  resize_mode: str = "squash", n_segments: int = 15, kmeans_init: str = "k-means++",
                  kmeans_restarts: int = 8, kmeans_max_iter: int = 100, kmeans_tol: float = 1e-4,
-                 seed: int = 123, assignment: str = "nearest", use_crf: bool = True,
+                 kmeans_convergence: str = "relative", seed: int = 123,
+                 assignment: str = "nearest", use_crf: bool = True,
                  crf_params: crf_stage.CrfParams = crf_stage.CrfParams(),
                  min_segment_area: float = 0.002, dense_method: str = "gem", gem_depth: int = 7,
                  top_k_captions: int = 10, dedup_threshold: float = 0.94, min_word_count: int = 2,
@@ -94,7 +106,7 @@ class TagPipeline:
                                    aliases or AliasMap())
         self.image_size, self.resize_mode, self.n_segments = image_size, resize_mode, n_segments
         self.kmeans_kwargs = dict(n_init=kmeans_restarts, max_iter=kmeans_max_iter, tol=kmeans_tol,
-                                  init=kmeans_init, seed=seed)
+                                  init=kmeans_init, seed=seed, convergence=kmeans_convergence)
         self.assignment, self.use_crf, self.crf_params = assignment, use_crf, crf_params
         self.min_segment_area, self.dense_method, self.gem_depth = min_segment_area, dense_method, gem_depth
         self.naming_kwargs = dict(top_k=top_k_captions, dedup_threshold=dedup_threshold,
@@ -202,17 +214,17 @@ class TagPipeline:
         for feats, segmenting in zip(features, pending):
             # CRF result (or the raw scores), then segments below min_segment_area absorbed.
             with _timed(t, "crf"):
-                labels, logits = self._finish_segment(segmenting)
+                labels = self._finish_segment(segmenting)
             # One embedding per segment: dense CLIP features mean-pooled over the segment.
             with _timed(t, "pool"):
                 dense = feats.dense
-                embeddings = pool_segments(build_segments(labels, dense.grid, dense.features.device)
-                                           .patch_weights, dense.features)
+                embeddings = pool_segments(patch_weights(labels, dense.grid, dense.features.device),
+                                           dense.features)
             # Names: corrected exemplars first, then retrieval + CLIP image-text scoring.
             with _timed(t, "name"):
                 names = self._name(embeddings, knowledge)
             with _timed(t, "masks"):
-                results.append(self._regions(feats.original_size, labels, logits, embeddings, names))
+                results.append(self._regions(feats.original_size, labels, embeddings, names))
         return results
 
     # ------------------------------------------------------------------ stages
@@ -252,13 +264,12 @@ class TagPipeline:
         refine = crf_stage.submit_crf(model_rgb, scores, self.crf_params) if self.use_crf else None
         return (int(model_rgb.shape[0]), int(model_rgb.shape[1])), scores, refine
 
-    def _finish_segment(self, pending) -> tuple[np.ndarray, torch.Tensor]:
+    def _finish_segment(self, pending) -> np.ndarray:
         size, scores, refine = pending
         refined = refine() if refine is not None else None
         logits = refined if refined is not None else upsample_scores(scores, size)
         labels = label_map(logits)
-        labels = drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
-        return labels, logits
+        return drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
 
     def _name(self, embeddings: np.ndarray, knowledge: Knowledge) -> list[SegmentNames]:
         """Candidates per segment, best first; ``confidence`` holds the calibrated probability
@@ -294,9 +305,9 @@ class TagPipeline:
             return 0.0  # retrieval found nothing: the placeholder is no name
         return retrieval_probability([c.score for c in seg.candidates], chosen, self.logit_scale)
 
-    def _regions(self, original_size: tuple[int, int], labels: np.ndarray, logits: torch.Tensor,
+    def _regions(self, original_size: tuple[int, int], labels: np.ndarray,
                  embeddings: np.ndarray, names: list[SegmentNames]) -> list[SegmentLabel]:
-        full = upsample_labels(logits, labels, original_size)
+        full = upsample_labels(labels, original_size)
         areas = np.bincount(full.ravel(), minlength=len(names))
         groups: dict[object, list[int]] = {}
         for seg, info in enumerate(names):

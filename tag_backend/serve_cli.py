@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .cli_common import configure_logging, engine_options, handle_errors, settings_with
+from .presets import PRESETS
 
 
 @click.command()
@@ -33,7 +34,7 @@ def serve(host: str, port: int, **flags) -> None:
 @click.command("download-weights")
 @click.option(
     "--preset",
-    type=click.Choice(["fast", "paper"]),
+    type=click.Choice(sorted(PRESETS)),
     default=None,
     help="Preset whose weights to fetch [env TAG_PRESET].",
 )

@@ -37,17 +37,8 @@ from .models import LoadedClip, LoadedDino, load_clip, load_dino, resolve_device
 from .pipeline import TagPipeline
 from .predictor import Predictor
 from .presets import Preset, get_preset
-from .stages.crf import CrfParams
 
 logger = logging.getLogger(__name__)
-
-
-def preset_pipeline_kwargs(preset: Preset) -> dict[str, Any]:
-    """Every :class:`TagPipeline` knob the preset sets."""
-    return dict(image_size=preset.image_size, n_segments=preset.n_segments,
-                kmeans_restarts=preset.kmeans_restarts, use_crf=preset.use_crf,
-                crf_params=CrfParams(iterations=preset.crf_iterations, scale=preset.crf_scale),
-                dense_method=preset.dense_method)
 
 
 class Models:
@@ -166,7 +157,7 @@ class Services:
 
     def _build_pipeline(self, knowledge: Knowledge) -> TagPipeline:
         s, models = self.settings, self.models
-        knobs = preset_pipeline_kwargs(self.preset)
+        knobs = self.preset.pipeline_kwargs()
         if s.dense_method:
             knobs["dense_method"] = s.dense_method
         knobs.update(exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels)

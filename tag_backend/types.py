@@ -47,23 +47,6 @@ class PatchFeatures:
 
 
 @dataclass
-class Segments:
-    """A partition of the model-input image into K segments.
-
-    labels: (h, w) int64 numpy array with values in [0, K), every id present.
-    patch_weights: (K, gh * gw) float32 tensor, share of each patch covered by each segment
-        (rows sum to the segment's area in patches); used to pool patch-level features.
-    """
-
-    labels: np.ndarray
-    patch_weights: torch.Tensor
-
-    @property
-    def count(self) -> int:
-        return int(self.patch_weights.shape[0])
-
-
-@dataclass
 class DenseFeatures:
     """Dense CLIP image features on the patch grid, in the joint image-text space.
 
@@ -109,7 +92,8 @@ class SegmentLabel:
     area: number of True pixels in mask.
     sources: texts of the retrieved database entries that produced the candidates.
     embedding: (D,) float32 L2-normalised CLIP region embedding (for exemplars / corrections).
-    origin: "retrieval", "exemplar" (taken from an annotator correction) or "fallback".
+    origin: "retrieval" (named from the concept index), "exemplar" (the name of a region an
+        annotator corrected) or "alias" (a retrieved name annotators keep renaming, renamed).
     """
 
     mask: np.ndarray

@@ -12,6 +12,7 @@ from database_tools.corrections import Learning, record_annotation
 from database_tools.exemplar_index import ExemplarIndex, ExemplarLimits, k_center
 from database_tools.prediction_log import RegionConcept, record_prediction, stale_tasks
 from database_tools.releases import ReleasePolicy, cut_release, list_releases, policy_due
+from store_helpers import add_entries, get_entry
 
 
 def _item(rid: str, name: str) -> list[dict]:
@@ -47,18 +48,18 @@ def _unit(seed: int, dim: int = 8) -> np.ndarray:
 
 
 def test_accepted_shown_name_supports_the_predicted_homonym(store):
-    store.add_entries("concept", ["bat (animal)", "bat (club)"])
-    animal = store.get_entry("concept", "bat (animal)").id
-    club = store.get_entry("concept", "bat (club)").id
+    add_entries(store, "concept", ["bat (animal)", "bat (club)"])
+    animal = get_entry(store, "concept", "bat (animal)").id
+    club = get_entry(store, "concept", "bat (club)").id
     record_prediction(store, project="1", task="5", model_version="v", knowledge_seq=1,
                       regions=[RegionConcept("ra", animal, "bat"), RegionConcept("rc", club, "bat")])
     emb = VectorFor({"ra": _unit(1), "rc": _unit(2)})
     report = record_annotation(store, _annotation(1, 5, [("ra", "bat"), ("rc", "bat")]),
                                embed_region=emb)
     assert report.accepted == 2 and report.new_concepts == [] and report.exemplars == 0
-    assert store.get_entry("concept", "bat") is None  # no shadow concept
-    assert store.get_entry("concept", "bat (animal)").support == 2  # import + accepted
-    assert store.get_entry("concept", "bat (club)").support == 2
+    assert get_entry(store, "concept", "bat") is None  # no shadow concept
+    assert get_entry(store, "concept", "bat (animal)").support == 2  # import + accepted
+    assert get_entry(store, "concept", "bat (club)").support == 2
 
 
 def test_placeholder_and_empty_names_are_never_learnt(store):
@@ -70,9 +71,9 @@ def test_placeholder_and_empty_names_are_never_learnt(store):
 
 
 def test_correction_marks_the_predicted_concept_stale_and_undo_again(store):
-    store.add_entries("concept", ["dog", "cat"])
-    dog = store.get_entry("concept", "dog").id
-    cat = store.get_entry("concept", "cat").id
+    add_entries(store, "concept", ["dog", "cat"])
+    dog = get_entry(store, "concept", "dog").id
+    cat = get_entry(store, "concept", "cat").id
     seq = store.db_version()
     record_prediction(store, project="1", task="7", model_version="v", knowledge_seq=seq,
                       regions=[RegionConcept("x1", dog, "dog")])
@@ -141,7 +142,7 @@ def test_exemplar_index_follows_curation_incrementally(store):
 
     record_annotation(store, _annotation(50, 60, [("m1", "kitty")]),
                       embed_region=VectorFor({"m1": _unit(5)}))
-    store.add_entries("concept", ["cat"])
+    add_entries(store, "concept", ["cat"])
     index = ExemplarIndex("clip/test")
     index.refresh(store)
     assert index.match(_unit(5)[None, :], 0.9)[0].name == "kitty"
@@ -161,11 +162,11 @@ def test_delta_index_merges_changes_without_rewriting_the_base(store, encoder, t
     from database_tools.delta_index import open_live_index
     from database_tools.index import build_index
 
-    store.add_entries("concept", [f"word{i}" for i in range(50)])
+    add_entries(store, "concept", [f"word{i}" for i in range(50)])
     base = build_index(store, encoder, tmp_path / "idx", progress=False)
     live = open_live_index(store, encoder, base)
     assert live.stats().entries == 0
-    store.add_entries("concept", ["zeppelin"])
+    add_entries(store, "concept", ["zeppelin"])
     set_concept_status(store, ["word3"], "rejected")
     rename_concept(store, "word4", "blimp")
     assert live.refresh(store) == 3

@@ -172,12 +172,13 @@ def test_refresh_plan_queues_exactly_the_unlabeled_tasks_made_stale(tiny_setting
     from tag_backend.jobs.prelabel import plan_prelabel
     from tag_backend.jobs.push import LabelStudioPusher
     from tag_backend.jobs.queue import JobQueue
+    from store_helpers import add_entries, get_entry
     from tag_backend.services import Services
 
     services = Services(tiny_settings)
     store = services.store
-    store.add_entries("concept", ["dog", "cat", "cow"])
-    ids = {n: store.get_entry("concept", n).id for n in ("dog", "cat", "cow")}
+    add_entries(store, "concept", ["dog", "cat", "cow"])
+    ids = {n: get_entry(store, "concept", n).id for n in ("dog", "cat", "cow")}
     concept_of = {i: "dog" if i <= 10 else "cat" if i <= 20 else "cow" for i in range(1, 41)}
     seq = store.db_version()
     for i, name in concept_of.items():

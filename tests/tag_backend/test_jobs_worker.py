@@ -105,7 +105,8 @@ def test_worker_computes_retries_and_pushes(tiny_settings, tmp_path, fake_ls):
         kinds = {r["type"] for r in created["result"]}
         assert kinds <= {"brushlabels", "textarea"} and created["result"]
     assert worker.stats.retried == 1 and worker.stats.done == 3
-    assert queue.finish_settled_jobs() == [job]
+    queue.finish_settled_jobs()  # the worker's heartbeat may have finished the job already
+    assert queue.get_job(job).status == "done"
 
 
 def test_predict_over_budget_queues_then_answers_from_the_store(tiny_settings, tmp_path):

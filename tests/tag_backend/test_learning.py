@@ -6,6 +6,7 @@ import pytest
 from scenes import flat_shapes
 from tag_backend.config import Settings
 from tag_backend.services import Services
+from store_helpers import add_entries, add_exemplar
 
 
 @pytest.fixture()
@@ -15,7 +16,7 @@ def one_concept_settings(tiny_models_dir, tmp_path) -> Settings:
 
     settings = Settings(dino_model=tiny_models_dir["dino"], clip_model=tiny_models_dir["clip"], device="cpu",
                         dtype="float32", data_dir=str(tmp_path), default_vocabulary="none")
-    Store(settings.resolved_db_url).add_entries("concept", ["thing"])
+    add_entries(Store(settings.resolved_db_url), "concept", ["thing"])
     return settings
 
 
@@ -66,7 +67,7 @@ def test_exemplar_from_a_corrected_region_names_the_same_region_again(one_concep
     image, gt = flat_shapes(seed=1)
     disc = gt == 2
     embedding = services.predictor.embed_regions(image, [disc])[0]
-    services.store.add_exemplar(services.models.clip.encoder_id, "frisbee", embedding,
+    add_exemplar(services.store, services.models.clip.encoder_id, "frisbee", embedding,
                                 {"source": "test"})
     services.refresh()
     regions = _predict(services, image)

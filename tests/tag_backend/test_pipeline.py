@@ -9,6 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from scenes import flat_shapes
 from tag_backend.errors import ImageError
 from tag_backend.pipeline import TagPipeline
+from store_helpers import add_entries
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +81,11 @@ def test_k_is_respected_and_results_are_deterministic(services):
 
 def test_same_name_segments_are_merged(services, tmp_path):
     """With a one-concept database every segment gets the same name -> one region."""
-    from database_tools.index import build_index
+    from database_tools.index_build import build_index
     from database_tools.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'one.db'}")
-    store.add_entries("concept", ["thing"])
+    add_entries(store, "concept", ["thing"])
     index = build_index(store, services.models.clip.text_encoder(), tmp_path / "index", progress=False)
     image, _ = flat_shapes(seed=4)
     merged = TagPipeline(services.models.dino, services.models.clip, index, n_segments=4).generate(image)

@@ -13,6 +13,7 @@ from tag_backend.knowledge import Knowledge
 from tag_backend.types import DenseFeatures, ImageFeatures, PatchFeatures
 
 from ls_helpers import shared_services
+from store_helpers import add_exemplar
 
 
 @pytest.fixture()
@@ -116,7 +117,7 @@ def test_refresh_swaps_a_new_snapshot_and_leaves_the_old_one_untouched(tiny_serv
     assert services.models_loaded() and services.refresh() is False  # unchanged database
     version = services.model_version()
     vector = np.ones(old.index.manifest.dim, np.float32)
-    services.store.add_exemplar(services.models.clip.encoder_id, "gizmo",
+    add_exemplar(services.store, services.models.clip.encoder_id, "gizmo",
                                 vector / np.linalg.norm(vector), {"source": "test"})
     assert services.refresh() is True
     new = services.knowledge()
