@@ -153,10 +153,10 @@ def run_correction_path(store: Store, base: ConceptIndex, encoder: SyntheticText
     images = ClusteredEmbeddings(dim, seed=11)
     every = max(1, annotations // max(new_names, 1))
     live.search(encoder.encode(["warm-up"]), 1)  # maps the base's pages once, before RSS samples
-    latencies, found, rss = [], [], [rss_mb()]
+    latencies, names, rss = [], [], [rss_mb()]
     rng = np.random.default_rng(3)
     for i in range(annotations):
-        new = i % every == 0 and len(found) < new_names
+        new = i % every == 0 and len(names) < new_names
         predicted = int(rng.integers(1, base_n + 1))
         renamed = f"learnt name {i}" if new else f"concept {int(rng.integers(0, base_n))}"
         record_prediction(store, project="1", task=str(10_000 + i), model_version="bench",
@@ -171,11 +171,15 @@ def run_correction_path(store: Store, base: ConceptIndex, encoder: SyntheticText
         store.load_aliases(min_count=3)
         latencies.append(time.perf_counter() - started)
         if new:
-            hit = live.search(encoder.encode([renamed]), 1)[0]
-            found.append(bool(hit) and hit[0].text == renamed)
+            names.append(renamed)
         if (i + 1) % max(1, annotations // 4) == 0:
             rss.append(rss_mb())
-    return np.array(latencies) * 1000, found, rss, live
+    # a sample of the new names must come back first from base + delta (a flat base scan per
+    # query is slow, so not all of them)
+    sample = names[:: max(1, len(names) // 10)]
+    found = [hit[0].text == name if hit else False
+             for name, hit in zip(sample, live.search(encoder.encode(sample), 1))]
+    return np.array(latencies) * 1000, found, rss, live, len(names)
 
 
 def run_exemplar_lookup(store: Store, n: int, dim: int, regions: int, per_concept: int = 20,
@@ -230,14 +234,14 @@ def run(base_n: int, annotations: int, new_names: int, exemplars: int, dim: int,
     build_s = time.perf_counter() - started
     index_file = base.path / "index.faiss"
     before = (sorted(p.name for p in (base.path.parent).iterdir()), index_file.stat().st_mtime_ns)
-    latencies, found, rss, live = run_correction_path(store, base, encoder, annotations,
-                                                      new_names, base_n, dim)
+    latencies, found, rss, live, n_new = run_correction_path(store, base, encoder, annotations,
+                                                             new_names, base_n, dim)
     after = (sorted(p.name for p in (base.path.parent).iterdir()), index_file.stat().st_mtime_ns)
     rewrites = len(set(after[0]) - set(before[0])) + int(after[1] != before[1])
     index, load_s, p50, p99, cpu50, recall = run_exemplar_lookup(store, exemplars, dim, regions)
     return LearningResult(
         base_entries=base_n, dim=dim, factory=base.manifest.factory, base_build_s=round(build_s, 1),
-        annotations=annotations, new_names=len(found),
+        annotations=annotations, new_names=n_new,
         learned_p50_ms=round(float(np.percentile(latencies, 50)), 1),
         learned_p99_ms=round(float(np.percentile(latencies, 99)), 1),
         learned_max_ms=round(float(latencies.max()), 1),
@@ -258,7 +262,8 @@ def format_table(r: LearningResult) -> str:
         f"| annotations (new names) | {r.annotations:,} ({r.new_names}) |",
         f"| webhook-to-learned p50 / p99 / max | {r.learned_p50_ms:.1f} / {r.learned_p99_ms:.1f}"
         f" / {r.learned_max_ms:.1f} ms |",
-        f"| new names retrievable right after | {r.new_name_found:.0%} |",
+        f"| new names found first by a search right after (sample of 10) | "
+        f"{r.new_name_found:.0%} |",
         f"| base-index rewrites | {r.base_rewrites} |",
         f"| RSS over the annotations (MB) | {' -> '.join(str(x) for x in r.rss_mb)} |",
         f"| delta entries | {r.delta_entries} |",

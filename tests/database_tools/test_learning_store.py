@@ -160,7 +160,7 @@ def test_exemplar_index_follows_curation_incrementally(store):
 def test_delta_index_merges_changes_without_rewriting_the_base(store, encoder, tmp_path):
     from database_tools.curation import rename_concept, set_concept_status
     from database_tools.delta_index import open_live_index
-    from database_tools.index import build_index
+    from database_tools.index_build import build_index
 
     add_entries(store, "concept", [f"word{i}" for i in range(50)])
     base = build_index(store, encoder, tmp_path / "idx", progress=False)
