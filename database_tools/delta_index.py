@@ -131,7 +131,7 @@ class LiveIndex:
         """Top-``k`` over base (minus hidden ids) and delta, best first."""
         with self._lock:
             hidden, texts = self._hidden, dict(self._texts)
-            delta = self._search_delta(queries, k) if texts else None
+            delta = self._search_delta(queries, k, return_vectors) if texts else None
         base_hits = self.base.search(queries, k, return_vectors=return_vectors, exclude=hidden)
         if delta is None:
             return base_hits
@@ -144,13 +144,13 @@ class LiveIndex:
             out.append(sorted(hits + extra, key=lambda h: -h.score)[:k])
         return out
 
-    def _search_delta(self, queries: np.ndarray, k: int):
+    def _search_delta(self, queries: np.ndarray, k: int, return_vectors: bool):
         arr = np.array(queries, dtype=np.float32, order="C", copy=True)
         faiss.normalize_L2(arr)
         fetch = min(k, self._delta.ntotal)
         scores, ids = self._delta.search(arr, fetch)
         vectors = np.zeros((len(arr), fetch, self.dim), dtype=np.float32)
-        for row in range(len(arr)):
+        for row in range(len(arr) if return_vectors else 0):
             for j, entry_id in enumerate(ids[row]):
                 if entry_id >= 0:
                     vectors[row, j] = self._delta.reconstruct(int(entry_id))
