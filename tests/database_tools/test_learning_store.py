@@ -238,3 +238,20 @@ def test_exemplar_index_switches_to_an_inverted_file_and_still_matches(monkeypat
     assert all(m is not None and m.entry_id == i % 40 for i, m in enumerate(found))
     index._remove([1, 2])
     assert index.match(queries[:2], 0.99) == [None, None] and len(index) == 5998
+
+
+def test_release_commands(store):
+    from click.testing import CliRunner
+
+    from database_tools.cli import cli
+
+    runner = CliRunner()
+    first = runner.invoke(cli, ["--db", store.url, "release", "--note", "first"])
+    assert first.exit_code == 0 and "release r1" in first.output
+    again = runner.invoke(cli, ["--db", store.url, "release"])
+    assert again.exit_code == 0 and "no new release" in again.output
+    forced = runner.invoke(cli, ["--db", store.url, "release", "--force"])
+    assert "release r2" in forced.output
+    listed = runner.invoke(cli, ["--db", store.url, "releases"])
+    assert listed.exit_code == 0 and listed.output.splitlines()[0].startswith("r2")
+    assert "first" in listed.output
