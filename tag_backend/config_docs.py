@@ -22,7 +22,6 @@ Variables read by libraries rather than by the backend itself:
 
 | variable | read by | meaning |
 |---|---|---|
-| `LOCAL_FILES_DOCUMENT_ROOT` | label-studio-sdk | read Label Studio Local Files storage from this directory instead of downloading it |
 | `GUNICORN_CMD_ARGS` | gunicorn | gunicorn options (the Docker image sets its bind address, workers, threads and timeout there) |
 | `HF_HOME`, `XDG_CACHE_HOME` | huggingface_hub, open_clip | where downloaded weights are cached |
 """

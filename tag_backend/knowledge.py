@@ -64,12 +64,15 @@ def read_aliases(store, alias_min_count: int) -> AliasMap:
 
 
 def read_knowledge(store, text_encoder, encoder_id: str, *, index_dir: str,
-                   vocabulary: str | None, alias_min_count: int) -> Knowledge:
+                   vocabulary: str | None, alias_min_count: int,
+                   index_store: str | None = None) -> Knowledge:
     """A first snapshot of ``store``: the current base index (built from ``vocabulary`` on first
-    use) with the changes since it was built, exemplars of ``encoder_id`` and aliases corrected
-    at least ``alias_min_count`` times.
+    use, or pulled from the shared ``index_store``) with the changes since it was built,
+    exemplars of ``encoder_id`` and aliases corrected at least ``alias_min_count`` times.
 
     ``vocabulary``: a word-list path, ``"none"`` (nothing imported) or None (the shipped list).
+    ``index_store``: shared directory of published index versions (``TAG_INDEX_STORE``): the
+    index is pulled from there, and what this process builds is published there.
     The version is read after the index is opened (building it on first use imports the
     vocabulary, which bumps the version); parts are read up to that version, so a correction
     recorded meanwhile shows up at the next refresh.
@@ -77,7 +80,13 @@ def read_knowledge(store, text_encoder, encoder_id: str, *, index_dir: str,
     from database_tools.bootstrap import ensure_index
     from database_tools.delta_index import LiveIndex
 
-    base = ensure_index(store, text_encoder, index_dir, vocabulary=_vocabulary(vocabulary))
+    words = _vocabulary(vocabulary)
+    if index_store:
+        from database_tools.index_store import ensure_shared_index
+
+        base = ensure_shared_index(store, text_encoder, index_dir, index_store, vocabulary=words)
+    else:
+        base = ensure_index(store, text_encoder, index_dir, vocabulary=words)
     version = store.db_version()
     index = LiveIndex(base, text_encoder)
     index.refresh(store, version)

@@ -165,7 +165,9 @@ def test_every_tag_backend_command_has_help():
     from tag_backend.cli import main
 
     runner = CliRunner()
-    for name, command in main.commands.items():
+    ctx = main.make_context("tag-backend", [])
+    for name in main.list_commands(ctx):
+        command = main.get_command(ctx, name)
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0 and (command.help or command.short_help), name
         for sub_name in getattr(command, "commands", {}):
