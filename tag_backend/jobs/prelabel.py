@@ -132,9 +132,18 @@ def needs_work_query(model_version: str, filter: str) -> str:
     items = [{"filter": "filter:tasks:predictions_model_versions", "operator": "not_contains",
               "type": "List", "value": [model_version]}]
     if filter == "unlabeled":
-        items.append({"filter": "filter:tasks:total_annotations", "operator": "equal",
-                      "type": "Number", "value": 0})
+        items.append(UNLABELED_FILTER)
     return json.dumps({"filters": {"conjunction": "and", "items": items}})
+
+
+#: Data Manager filter item of the tasks no annotator has submitted.
+UNLABELED_FILTER = {"filter": "filter:tasks:total_annotations", "operator": "equal",
+                    "type": "Number", "value": 0}
+
+
+def unlabeled_query() -> str:
+    """Data Manager query of the unlabeled tasks (``prelabel --refresh`` plans among them)."""
+    return json.dumps({"filters": {"conjunction": "and", "items": [UNLABELED_FILTER]}})
 
 
 def iter_tasks(client, project_id: int, page_size: int = PLAN_PAGE_SIZE, *,
@@ -208,7 +217,8 @@ def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_
     selected, seen, predicted, labeled, listed_all = [], 0, 0, 0, True
     if refresh:
         selected, seen, predicted, labeled = _refresh_selection(
-            services, iter_tasks(client, project_id, on_request=pusher.count_request), limit)
+            services, iter_tasks(client, project_id, query=unlabeled_query(),
+                                 on_request=pusher.count_request), limit)
     query = needs_work_query(version, filter)
     tasks = () if refresh else iter_tasks(client, project_id, query=query,
                                           on_request=pusher.count_request)

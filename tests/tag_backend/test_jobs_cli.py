@@ -253,4 +253,5 @@ def test_refresh_plan_queues_exactly_the_unlabeled_tasks_made_stale(tiny_setting
     expected = {i for i, name in concept_of.items() if name in ("dog", "cat")} - labeled
     queued = {c.ls_task_id for c in queue.claim("test", 100)}
     assert plan.refresh and plan.queued == len(expected) and queued == expected
-    assert (plan.seen, plan.labeled, plan.already_predicted) == (40, 3, 40 - 3 - len(expected))
+    # labeled tasks are left out by the Data Manager filter already
+    assert (plan.seen, plan.labeled, plan.already_predicted) == (37, 0, 37 - len(expected))
