@@ -28,7 +28,8 @@ from .jobs.push import LabelStudioPusher
 from .jobs.service import JobService
 from .knowledge import Knowledge, read_knowledge, refresh_knowledge
 from .ls.client import LabelStudioClient
-from .ls.guided import LabelSnapper
+from .ls.guided import LabelSnapper, clip_temperature
+from .ls.interactive import InteractivePredictor
 from .ls.media import MediaFetcher
 from .ls.predictor import TaskPredictor
 from .ls.serializer import Serializer, snapping_labeler
@@ -88,6 +89,21 @@ class Models:
         with self._lock:
             return load_clip(self.clip_model, self.clip_pretrained, self.device, self.dtype)
 
+    @cached_property
+    def refiner(self):
+        """The SAM 2 refiner when ``TAG_REFINE=sam2`` (loaded on first use), else None."""
+        if self.settings.refine != "sam2":
+            return None
+        from .sam_models import DEFAULT_SAM_MODEL, load_sam
+        from .stages.sam_refine import SamRefiner
+
+        # SAM runs in float32 unless a dtype was asked for explicitly: its mask logits are
+        # thresholded at 0, where bf16 rounding moves boundaries.
+        dtype = resolve_dtype(self.settings.dtype, self.device, prefer_bf16=False)
+        with self._lock:
+            sam = load_sam(self.settings.sam_model or DEFAULT_SAM_MODEL, self.device, dtype)
+        return SamRefiner(sam)
+
     @property
     def clip_model(self) -> str:
         return self.settings.clip_model or self.preset.clip_model
@@ -124,11 +140,13 @@ class Services:
         self.label_studio = LabelStudioClient.from_settings(settings)
         self.predictor = Predictor(self, FeatureCache(settings.feature_cache_mb * 2**20))
         self.snapper = LabelSnapper(self._encode_texts, settings.guided_threshold,
-                                    settings.guided_fallback)
+                                    settings.guided_fallback, below=settings.guided_below,
+                                    logit_scale=lambda: clip_temperature(self.models.clip.model))
         self.serializer = Serializer(max_regions=settings.max_regions,
                                      guided=snapping_labeler(self.snapper))
         self.tasks = TaskPredictor(self.fetcher, self.predictor, self.serializer,
                                    ServedRecorder(lambda: self.store))
+        self.interactive = InteractivePredictor(self)
         self.jobs = JobService(self, lambda: self.store,
                                LabelStudioPusher(client=self.label_studio))
 
@@ -184,7 +202,7 @@ class Services:
         knobs.update(self.pipeline_overrides)
         return TagPipeline(models.dino, models.clip, knowledge.index, forwards=models.forwards,
                            text_encoder=self.text_encoder, exemplars=knowledge.exemplars,
-                           aliases=knowledge.aliases, **knobs)
+                           aliases=knowledge.aliases, refiner=models.refiner, **knobs)
 
     def _read_knowledge(self) -> Knowledge:
         s = self.settings
@@ -260,7 +278,8 @@ class Services:
         """``model_version`` of knowledge release ``release``: engine version, preset, encoder
         and ``r<release>`` — not the store sequence number (docs/learning.md)."""
         encoder = self.models.clip_model.replace("local-dir:", "local-").rsplit("/", 1)[-1]
-        return f"tag-{__version__}-{self.preset.name}-{encoder}-r{release}"
+        refine = "-sam2" if self.settings.refine == "sam2" else ""
+        return f"tag-{__version__}-{self.preset.name}{refine}-{encoder}-r{release}"
 
     def model_version(self) -> str:
         """Engine version + preset + encoder + knowledge release.
