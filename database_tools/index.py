@@ -8,6 +8,8 @@ no SQL database. Versions are immutable directories switched atomically (see
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from .index_files import (
     load_excluded,
     read_entries,
 )
+from .index_filter import search_without
 from .index_policy import apply_search_params
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,27 @@ VERIFY_MAX_BYTES = 512 * 1024 * 1024
 #: faiss uses its batched BLAS path from 2 queries on (the default 20 made a 100-query
 #: batch on 1M x 512 take 5.9 s instead of 0.8-1.0 s).
 BLAS_THRESHOLD = 2
+
+_omp_lock = threading.Lock()
+
+
+@contextmanager
+def _threads_for(n_queries: int):
+    """FAISS's OpenMP team sized to the query count for one search.
+
+    FAISS parallelises flat and IVF searches over queries, so a search of a few queries uses a
+    few threads anyway; but waking the whole team right after torch has used the cores costs
+    10-40 ms (measured: 0.4 ms single-threaded vs 8-45 ms with 2 threads for one query over 3k
+    entries), which is most of an interactive click. The setting is process-wide: the lock
+    keeps save and restore paired when threads search concurrently.
+    """
+    with _omp_lock:
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(max(1, min(before, n_queries)))
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -145,21 +169,26 @@ class ConceptIndex:
                     manifest.factory)
         return cls(path, manifest, index, entries, load_excluded(path / EXCLUDED_FILE))
 
-    def search(self, queries: np.ndarray, k: int,
-               return_vectors: bool = False) -> list[list[SearchHit]]:
+    def search(self, queries: np.ndarray, k: int, return_vectors: bool = False,
+               exclude: np.ndarray | None = None) -> list[list[SearchHit]]:
         """Top-``k`` entries per query row, best first (fewer if the index is smaller).
 
         :param queries: ``(n, dim)`` float32 embeddings of the same encoder; rows are
             L2-normalised here (a copy), so scores are cosines.
         :param return_vectors: attach each hit's stored vector (exact for flat indexes, 8-bit
             decoded for SQ8) — used for TAG's near-duplicate grouping.
+        :param exclude: entry ids to skip (besides the version's own exclusion list); skipped
+            during the scan (faiss ``IDSelector``), so excluding costs no extra results.
         """
         queries = self._check_queries(queries, k)
         if len(queries) == 0 or self.index.ntotal == 0:
             return [[] for _ in range(len(queries))]
-        fetch = int(min(self.index.ntotal, k + len(self._excluded)))
-        scores, ids = self.index.search(queries, fetch)
-        keep = (ids >= 0) & ~np.isin(ids, self._excluded)
+        excluded = self._excluded if exclude is None or len(exclude) == 0 else \
+            np.union1d(self._excluded, np.asarray(exclude, dtype=np.int64))
+        with _threads_for(len(queries)):
+            scores, ids = search_without(self.index, queries, int(min(self.index.ntotal, k)),
+                                         excluded)
+        keep = ids >= 0
         per_query = [(ids[i][keep[i]][:k], scores[i][keep[i]][:k]) for i in range(len(ids))]
         flat_ids = np.concatenate([row_ids for row_ids, _ in per_query]).astype(np.int64)
         texts, kinds = self._lookup(flat_ids)

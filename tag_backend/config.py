@@ -48,6 +48,31 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true/false, got {value!r}")
 
 
+def _release_policy(value: str) -> str:
+    """A valid ``TAG_RELEASE_POLICY`` (parsed by ``database_tools.releases``), normalised."""
+    from database_tools.releases import ReleasePolicy
+
+    policy = ReleasePolicy.parse(value)
+    return policy.kind if policy.kind == "manual" else f"{policy.kind}:{policy.value}"
+
+
+def _probability(value: str) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"expected a probability between 0 and 1, got {value!r}")
+    return v
+
+
+def _choice(*choices: str):
+    def parse(value: str) -> str:
+        v = value.strip().lower()
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return v
+
+    return parse
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -77,6 +102,8 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     dense_method: str | None = None
+    refine: str = "none"
+    sam_model: str | None = None
     backend: str = "auto"
     backend_cache_dir: str = field(default_factory=_default_compiled_cache)
     backend_int8: bool = False
@@ -92,6 +119,9 @@ class Settings:
     default_vocabulary: str | None = None
     exemplar_threshold: float = 0.90
     alias_min_count: int = 3
+    exemplars_per_concept: int = 32
+    exemplars_total: int = 200_000
+    release_policy: str = "manual"
     # Label Studio backend
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
@@ -109,8 +139,9 @@ class Settings:
     max_setup_bytes: int = 2_000_000
     request_body_timeout: float = 30.0
     max_regions: int = 30
-    guided_threshold: float = 0.75
+    guided_threshold: float = 0.5
     guided_fallback: str | None = None
+    guided_below: str = "keep"
     predict_budget_seconds: float = 60.0
     feature_cache_mb: int = 256
     log_format: str = "text"
@@ -144,6 +175,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available).", default_doc="`cuda` if available, else `cpu`"),
     EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device).", default_doc="per preset and device"),
     EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens).", default_doc="the preset's (`gem`)"),
+    EnvVar("TAG_REFINE", "refine", "Mask refinement: `none` or `sam2` (SAM 2.1 boundaries for every segment; interactive clicks use SAM too; docs/interactive.md).", _choice("none", "sam2")),
+    EnvVar("TAG_SAM_MODEL", "sam_model", "SAM 2 / 2.1 weights for `TAG_REFINE=sam2`: a Hugging Face id (default `facebook/sam2.1-hiera-tiny`) or a local directory saved with `save_pretrained`.", default_doc="`facebook/sam2.1-hiera-tiny`"),
     EnvVar("TAG_BACKEND", "backend", "Engine of the backbone forwards: `torch`, `openvino`, `onnxruntime` or `auto` (OpenVINO on CPU when installed, else torch). See docs/inference-backends.md."),
     EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs are cached (under `$XDG_CACHE_HOME`, by default `~/.cache`).", default_doc="`~/.cache/tag-backend/compiled`"),
     EnvVar("TAG_BACKEND_INT8", "backend_int8", "OpenVINO only: int8 weight compression (NNCF); faster, features drift (docs/inference-backends.md).", _bool),
@@ -158,6 +191,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_NEW_CONCEPT_STATUS", "new_concept_status", "Status of concepts first seen in a correction: `active` or `pending`."),
     EnvVar("TAG_EXEMPLAR_THRESHOLD", "exemplar_threshold", "Cosine above which a segment takes the name of a corrected exemplar.", float),
     EnvVar("TAG_ALIAS_MIN_COUNT", "alias_min_count", "Corrections of a predicted name to the same new name before every later prediction of it is renamed.", int),
+    EnvVar("TAG_EXEMPLARS_PER_CONCEPT", "exemplars_per_concept", "Most exemplars served per concept (a diverse subset, k-center, of its corrected regions).", int),
+    EnvVar("TAG_EXEMPLARS_TOTAL", "exemplars_total", "Most exemplar candidates stored per encoder; at the cap new corrected regions add no exemplar.", int),
+    EnvVar("TAG_RELEASE_POLICY", "release_policy", "When a knowledge release (the `r<N>` of model_version) is cut: `manual` (tag-db release, Start Training), `corrections:N` or `minutes:T`.", _release_policy),
     EnvVar("LABEL_STUDIO_URL", "label_studio_url", "Label Studio base URL the backend fetches images from and pushes predictions to."),
     EnvVar("LABEL_STUDIO_API_KEY", "label_studio_api_key", "Label Studio personal access token or legacy token.", str, True),
     EnvVar("BASIC_AUTH_USER", "basic_auth_user", "HTTP Basic user required on every endpoint when set."),
@@ -174,8 +210,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_MAX_SETUP_BYTES", "max_setup_bytes", "Largest `/setup` body (413 above it).", int),
     EnvVar("TAG_REQUEST_BODY_TIMEOUT", "request_body_timeout", "Seconds a client has to send a request body, however slowly it trickles (408 after).", float),
     EnvVar("TAG_MAX_REGIONS", "max_regions", "Most regions returned per image (largest kept).", int),
-    EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),
-    EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold (unset: region dropped)."),
+    EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: zero-shot probability (0-1) a project label needs to label a region; a control's `model_score_threshold` overrides it (docs/interactive.md).", _probability),
+    EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold when it is one of the project's labels."),
+    EnvVar("TAG_GUIDED_BELOW", "guided_below", "Guided mode, below the threshold and no fallback label: `keep` (the free-form name is the label) or `drop` the region.", _choice("keep", "drop")),
     EnvVar("TAG_PREDICT_BUDGET", "predict_budget_seconds", "Seconds `/predict` may compute before queueing the rest.", float),
     EnvVar("TAG_FEATURE_CACHE_MB", "feature_cache_mb", "Memory for the backbone features of recently predicted images (a second request on the same image skips the backbones); 0 turns the cache off.", int),
     EnvVar("TAG_LOG_FORMAT", "log_format", "`text` or `json` (structured logs)."),

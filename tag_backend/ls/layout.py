@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .guided import ProjectLabel
+
 
 @dataclass(frozen=True)
 class ResultLayout:
@@ -15,6 +17,8 @@ class ResultLayout:
     guided_labels: the project's labels in guided mode (each region's label is chosen among
         them by the serializer's label-choice step).
     image_field: the task data key holding the image URL.
+    project_labels: the guided labels with their ``predicted_values`` synonyms.
+    score_threshold: the control's ``model_score_threshold`` (None: the setting's default).
     """
 
     brush_name: str = "tag"
@@ -23,6 +27,8 @@ class ResultLayout:
     label: str = "object"
     guided_labels: tuple[str, ...] = field(default_factory=tuple)
     image_field: str = "image"
+    project_labels: tuple[ProjectLabel, ...] = field(default_factory=tuple)
+    score_threshold: float | None = None
 
 
 DEFAULT_LAYOUT = ResultLayout()

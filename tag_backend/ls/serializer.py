@@ -11,7 +11,8 @@ Everything that decides what Label Studio shows happens here, in this order:
 3. **the items**: one ``brushlabels`` item per region (brush RLE, §9.1 of the Label Studio
    result format) and, with a per-region TextArea, a ``textarea`` item with the **same id**
    carrying the free-form name, so the annotator corrects the name by editing the text;
-4. **the task score** (what the Data Manager sorts on): area-weighted mean region score.
+4. **the task score** (what the Data Manager sorts on): area-weighted mean of the regions'
+   scores, each the probability that the region's name is right (docs/learning.md).
 
 Nothing else in the project builds Label Studio result JSON.
 """
@@ -21,45 +22,57 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..masks import MaskCleaning, clean_regions
 from ..types import SegmentLabel
-from .guided import LabelSnapper
+from .guided import LabelSnapper, ProjectLabel
 from .layout import DEFAULT_LAYOUT, ResultLayout
 from .rle import mask_to_rle
 
 logger = logging.getLogger(__name__)
 
-#: Guided mode's label choice: the regions and the project's labels -> one label per region
-#: (None: the region matches no label and is dropped).
-GuidedLabeler = Callable[[Sequence[SegmentLabel], tuple[str, ...]], list[str | None]]
+#: Guided mode's label choice: the regions and the layout -> for each region, its label (None:
+#: drop the region) and its score in that label (None: keep the region's own score).
+GuidedLabeler = Callable[[Sequence[SegmentLabel], ResultLayout], list[tuple[str | None, float | None]]]
 
 
 def snapping_labeler(snapper: LabelSnapper) -> GuidedLabeler:
-    """Guided labels by snapping each region's name to the closest project label (CLIP text)."""
+    """Guided labels (tag_backend.ls.guided): a name or ``predicted_values`` match first, else
+    zero-shot CLIP over the project's labels on the region's image embedding; a zero-shot
+    label's probability becomes the region's score."""
 
-    def choose(regions: Sequence[SegmentLabel], labels: tuple[str, ...]) -> list[str | None]:
-        return [snap.label for snap in snapper.snap([r.name for r in regions], labels)]
+    def choose(regions: Sequence[SegmentLabel], layout: ResultLayout
+               ) -> list[tuple[str | None, float | None]]:
+        labels = layout.project_labels or tuple(ProjectLabel(v) for v in layout.guided_labels)
+        snaps = snapper.snap([r.name for r in regions], [r.embedding for r in regions], labels,
+                             layout.score_threshold)
+        return [(s.label, s.score if s.method == "zero-shot" else None) for s in snaps]
 
     return choose
-
-
-@dataclass
-class PlacedRegion:
-    """A region ready for Label Studio: cleaned mask, the brush label and the free-form name."""
-
-    mask: np.ndarray
-    name: str
-    label: str
-    score: float
 
 
 def new_region_id() -> str:
     """Short unique region id (Label Studio's own ids are 10 url-safe characters)."""
     return uuid.uuid4().hex[:10]
+
+
+@dataclass
+class PlacedRegion:
+    """A region ready for Label Studio: cleaned mask, the brush label and the free-form name.
+
+    ``entry_id`` is the name's concept id and ``region_id`` the Label Studio region id; the
+    pair is recorded with the served prediction so corrections resolve to concept ids.
+    """
+
+    mask: np.ndarray
+    name: str
+    label: str
+    score: float
+    entry_id: int | None = None
+    region_id: str = field(default_factory=new_region_id)
 
 
 def empty_item(model_version: str) -> dict:
@@ -73,7 +86,7 @@ def region_items(region: PlacedRegion, width: int, height: int,
     if region.mask.shape != (height, width):
         raise ValueError(f"mask shape {region.mask.shape} does not match image {height}x{width}")
     common = {
-        "id": region_id or new_region_id(),
+        "id": region_id or region.region_id,
         "to_name": layout.image_name,
         "original_width": int(width),
         "original_height": int(height),
@@ -94,7 +107,8 @@ def region_items(region: PlacedRegion, width: int, height: int,
 
 
 def task_score(regions: Sequence[PlacedRegion]) -> float:
-    """Task-level score: area-weighted mean region score, 0 if none."""
+    """Task-level score: area-weighted mean of the regions' name probabilities (the expected
+    share of the labelled area named right), 0 if none."""
     if not regions:
         return 0.0
     areas = np.array([max(int(r.mask.sum()), 1) for r in regions], dtype=np.float64)
@@ -121,34 +135,47 @@ class Serializer:
         kept = clean_regions([r.mask for r in regions], self.max_regions, self.cleaning)
         chosen = [regions[i] for i, _ in kept]
         placed = []
-        for (_, mask), region, label in zip(kept, chosen, self._labels(chosen, layout)):
+        for (_, mask), region, (label, score) in zip(kept, chosen, self._labels(chosen, layout)):
             if label is None:
-                logger.debug("guided mode: %r matches no project label: region dropped",
-                             region.name)
+                logger.debug("guided mode: %r is below the threshold: region dropped", region.name)
                 continue
             placed.append(PlacedRegion(mask=mask, name=region.name, label=label,
-                                       score=float(region.score)))
+                                       score=float(region.score if score is None else score),
+                                       entry_id=region.entry_id))
         return placed
 
-    def _labels(self, regions: Sequence[SegmentLabel], layout: ResultLayout) -> list[str | None]:
+    def _labels(self, regions: Sequence[SegmentLabel], layout: ResultLayout
+                ) -> list[tuple[str | None, float | None]]:
         if layout.guided_labels:
             if self.guided is None:
                 raise ValueError("this labeling config lists its own labels (guided mode), "
                                  "but the serializer has no guided label choice")
-            return self.guided(regions, layout.guided_labels)
+            return self.guided(regions, layout)
         if layout.text_name:
-            return [layout.label] * len(regions)
-        return [r.name for r in regions]  # no TextArea, no static labels: the name is the label
+            return [(layout.label, None)] * len(regions)
+        # No TextArea, no static labels: the name is the label.
+        return [(r.name, None) for r in regions]
 
     def item(self, regions: Sequence[SegmentLabel], width: int, height: int,
-             layout: ResultLayout, model_version: str) -> dict:
+             layout: ResultLayout, model_version: str, label: str | None = None) -> dict:
         """One ``/predict`` result item / task prediction: ``{"result", "score",
-        "model_version"}``. Masks must be (height, width) booleans at the original size."""
+        "model_version"}``. Masks must be (height, width) booleans at the original size.
+        ``label``: every region gets this label (the label an annotator chose on a smart tool)."""
+        return self.placed_item(regions, width, height, layout, model_version, label)[0]
+
+    def placed_item(self, regions: Sequence[SegmentLabel], width: int, height: int,
+                    layout: ResultLayout, model_version: str, label: str | None = None
+                    ) -> tuple[dict, list[PlacedRegion]]:
+        """:meth:`item` and the placed regions it holds (region ids, concept ids)."""
         placed = self.place(regions, layout)
+        if label is not None:
+            placed = [PlacedRegion(p.mask, p.name, label, p.score, p.entry_id, p.region_id)
+                      for p in placed]
         result: list[dict] = []
         for region in placed:
             result.extend(region_items(region, width, height, layout))
-        return {"result": result, "score": task_score(placed), "model_version": str(model_version)}
+        item = {"result": result, "score": task_score(placed), "model_version": str(model_version)}
+        return item, placed
 
     def task(self, image_ref: str, regions: Sequence[SegmentLabel], width: int, height: int,
              layout: ResultLayout, model_version: str) -> dict:

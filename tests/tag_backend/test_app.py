@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
@@ -130,7 +129,7 @@ def test_guided_mode_snaps_to_project_labels(tiny_services_session, tmp_path, im
     )
     task = {"id": 1, "data": {"photo": str(images / "s2.png")}}
     loose = make_app(
-        tiny_services_session, tmp_path / "a", images, guided_threshold=-1.0
+        tiny_services_session, tmp_path / "a", images, guided_threshold=0.0
     ).test_client()
     items = loose.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][
         0
@@ -138,7 +137,7 @@ def test_guided_mode_snaps_to_project_labels(tiny_services_session, tmp_path, im
     assert items and all(i["value"]["brushlabels"][0] in ("cat", "dog", "thing") for i in items)
     assert all(i["from_name"] == "b" and i["to_name"] == "img" for i in items)
     strict = make_app(
-        tiny_services_session, tmp_path / "b", images, guided_threshold=1.0
+        tiny_services_session, tmp_path / "b", images, guided_threshold=1.0, guided_below="drop"
     ).test_client()
     assert (
         strict.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][0][
@@ -153,6 +152,13 @@ def test_guided_mode_snaps_to_project_labels(tiny_services_session, tmp_path, im
         "results"
     ][0]["result"]
     assert items and {i["value"]["brushlabels"][0] for i in items} == {"thing"}
+    kept = make_app(
+        tiny_services_session, tmp_path / "d", images, guided_threshold=1.0
+    ).test_client()
+    items = kept.post("/predict", json={"tasks": [task], "label_config": config}).json[
+        "results"
+    ][0]["result"]
+    assert items and not {i["value"]["brushlabels"][0] for i in items} & {"cat", "dog", "thing"}
 
 
 def _basic(user, pw):
@@ -207,10 +213,10 @@ def test_webhook_acknowledges_fast_and_persists(client):
         "annotation": {"id": 7, "result": [], "updated_at": "2024-01-01T00:00:00Z"},
         "task": {"id": 1, "data": {}},
     }
-    start = time.perf_counter()
     r = client.post("/webhook", json=payload)
     assert r.status_code == 201 and r.json["status"] == "ok"
-    assert time.perf_counter() - start < 0.5
+    # Acknowledged before any learning ran (Label Studio waits 1 s): the payload is still queued.
+    assert backend.spool.depth() == 1
     client.post("/webhook", json=payload)  # delivered twice
     assert backend.spool.depth() == 1  # persisted before answering, once
     # Payloads that could never be recorded are refused, not acknowledged and dropped later.

@@ -9,7 +9,6 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from tag_backend.ls.controls import parse_label_config
 from tag_backend.ls.errors import LabelConfigError
-from tag_backend.ls.guided import LabelSnapper
 from tag_backend.ls.layout import DEFAULT_LAYOUT
 from tag_backend.ls.serializer import Serializer
 from tag_backend.masks import MaskCleaning, clean_mask, clean_regions
@@ -84,22 +83,6 @@ def test_parse_config_modes_and_errors():
             parse_label_config(bad)
 
 
-def test_guided_snapping_with_real_clip(tiny_services_session):
-    clip = tiny_services_session.models.clip
-    snapper = LabelSnapper(clip.encode_text, threshold=0.999, fallback="other")
-    snaps = snapper.snap(["Cat", "cat", "a thing"], ("cat", "dog", "other"))
-    assert snaps[0].label == "cat" and snaps[1].label == "cat"
-    assert snaps[2].label in ("cat", "dog", "other")
-    strict = LabelSnapper(clip.encode_text, threshold=1.0, fallback=None)
-    assert strict.snap(["zebra crossing"], ("cat", "dog"))[0].label is None
-    loose = LabelSnapper(clip.encode_text, threshold=-1.0, fallback=None)
-    sims = clip.encode_text(["zebra crossing"]) @ clip.encode_text(["cat", "dog"]).T
-    assert (
-        loose.snap(["zebra crossing"], ("cat", "dog"))[0].label
-        == ("cat", "dog")[int(sims.argmax())]
-    )
-
-
 def _regions(h=100, w=120):
     return [SegmentLabel(mask=_disc(h, w, 50, 60, 30), name="dog", score=0.5),
             SegmentLabel(mask=_disc(h, w, 15, 15, 8), name="ball", score=0.1),
@@ -129,14 +112,16 @@ def test_guided_label_choice_is_one_swappable_function():
         '<Label value="animal"/><Label value="toy"/></BrushLabels></View>')
     seen = []
 
-    def choose(regions, labels):
-        seen.append(([r.name for r in regions], labels))
-        return ["toy" if r.name == "ball" else ("animal" if r.name == "dog" else None)
+    def choose(regions, layout):
+        seen.append(([r.name for r in regions], layout.guided_labels))
+        # (label, score in that label): None drops the region / keeps the region's own score.
+        return [("toy", 0.9) if r.name == "ball" else (("animal", None) if r.name == "dog" else (None, None))
                 for r in regions]
 
     item = Serializer(guided=choose).item(_regions(), 120, 100, guided, "v2")
     assert seen == [(["dog", "ball", "cat"], ("animal", "toy"))]
     assert [i["value"]["brushlabels"][0] for i in item["result"]] == ["animal", "toy"]  # cat dropped
+    assert [i["score"] for i in item["result"]] == [0.5, 0.9]
     assert all(i["from_name"] == "b" and i["to_name"] == "img" for i in item["result"])
     with pytest.raises(ValueError, match="guided"):
         Serializer().item(_regions(), 120, 100, guided, "v2")

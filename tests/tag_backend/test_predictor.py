@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scenes import flat_shapes
-from tag_backend.exemplars import ExemplarMemory
+from tag_backend.exemplars import ExemplarIndex
 from tag_backend.feature_cache import FeatureCache, image_digest
 from tag_backend.knowledge import Knowledge
 from tag_backend.types import DenseFeatures, ImageFeatures, PatchFeatures
@@ -27,22 +27,21 @@ def services(tiny_services_session, tmp_path):
 
 @pytest.fixture()
 def forwards(monkeypatch):
-    """Counts the DINOv2 and dense-CLIP forwards the pipeline runs (images per forward)."""
-    from tag_backend import pipeline as pipeline_module
+    """Counts the DINOv2 and dense-CLIP forwards the pipeline runs (images per forward), on
+    whichever inference backend the settings select."""
+    from tag_backend.inference.forwards import CompiledForwards, TorchForwards
 
     counts = {"dino": 0, "clip": 0}
-    dino, clip = pipeline_module.dino_patch_features, pipeline_module.dense_clip_features
 
-    def count_dino(model, pixels, *args, **kwargs):
-        counts["dino"] += int(pixels.shape[0])
-        return dino(model, pixels, *args, **kwargs)
+    def counting(method, key):
+        def wrapper(self, pixels, *args, **kwargs):
+            counts[key] += int(pixels.shape[0])
+            return method(self, pixels, *args, **kwargs)
+        return wrapper
 
-    def count_clip(visual, pixels, *args, **kwargs):
-        counts["clip"] += int(pixels.shape[0])
-        return clip(visual, pixels, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline_module, "dino_patch_features", count_dino)
-    monkeypatch.setattr(pipeline_module, "dense_clip_features", count_clip)
+    for cls in (TorchForwards, CompiledForwards):
+        monkeypatch.setattr(cls, "dino", counting(cls.dino, "dino"))
+        monkeypatch.setattr(cls, "dense", counting(cls.dense, "clip"))
     return counts
 
 
@@ -96,8 +95,10 @@ def test_each_call_names_with_the_snapshot_it_is_given(services):
     current = services.knowledge()
     plain = services.predictor.predict([image], knowledge=current)[0]
     target = max(plain, key=lambda r: r.area)
-    taught = Knowledge(current.index, ExemplarMemory(["zorblax"], target.embedding[None, :]),
-                       current.aliases, current.db_version)
+    memory = ExemplarIndex("test")
+    memory._add([(1, 7, target.embedding.astype("<f4").tobytes())])
+    memory._names[7] = "zorblax"
+    taught = Knowledge(current.index, memory, current.aliases, current.db_version)
     named = services.predictor.predict([image], knowledge=taught)[0]
     assert "zorblax" in {r.name for r in named}
     assert "zorblax" not in {r.name for r in services.predictor.predict([image])[0]}
@@ -120,8 +121,14 @@ def test_refresh_swaps_a_new_snapshot_and_leaves_the_old_one_untouched(tiny_serv
     assert services.refresh() is True
     new = services.knowledge()
     assert new is not old and new.db_version > old.db_version
-    assert "gizmo" in new.exemplars.names and "gizmo" not in old.exemplars.names
-    assert services.model_version() != version == services.version_for(old)
+    # the exemplar memory is followed incrementally (shared, not re-read): the new snapshot
+    # knows the exemplar; model_version only moves with a knowledge release
+    assert new.exemplars.match(vector[None, :] / np.linalg.norm(vector), 0.99)[0].name == "gizmo"
+    assert services.model_version() == version == services.version_for(old)
+    from database_tools.releases import cut_release
+
+    cut_release(services.store)
+    assert services.refresh() is True and services.model_version() != version
 
 
 def test_feature_cache_is_bounded_by_bytes_lru():
