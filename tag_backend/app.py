@@ -22,7 +22,7 @@ from .config import Settings, settings_from_env
 from .errors import TagError
 from .ls.controls import parse_label_config
 from .ls.corrections import CorrectionWorker
-from .ls.errors import BackendRequestError
+from .ls.errors import BackendRequestError, LabelConfigWithoutImage
 from .ls.guided import LabelSnapper
 from .ls.media import MediaFetcher
 from .ls.predictor import PredictContext
@@ -202,7 +202,12 @@ def _register_routes(app: Flask, backend: Backend) -> None:
     def setup():
         req = parse_setup(json_body(request.get_data()))
         if req.schema:
-            parse_label_config(req.schema)  # LabelConfigError -> 400 with the reason
+            try:
+                parse_label_config(req.schema)  # LabelConfigError -> 400 with the reason
+            except LabelConfigWithoutImage as exc:
+                # A new project: the model may be connected before the labeling interface is set.
+                logger.warning("/setup for project %s: %s; /predict will refuse it until an <Image> is added",
+                               req.project, exc)
         return jsonify({"model_version": backend.model_version()})
 
     @app.post("/predict")

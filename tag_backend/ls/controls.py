@@ -1,10 +1,13 @@
 """Read a project's labeling config: where masks and names go, and whether guided mode is on.
 
-Rules (README.md "The labeling config"):
+Rules (docs/label-studio.md, "The labeling config"):
 
 * The config needs an ``<Image>`` and a ``<BrushLabels>`` whose ``toName`` is that image.
 * A ``<TextArea perRegion="true">`` on the same image receives each region's free-form name
-  (open vocabulary, editable by annotators: LABEL_STUDIO.md §9.4, §10 route 1).
+  (open vocabulary, editable by annotators; Label Studio pairs a per-region TextArea item with
+  the region whose ``id`` it shares).
+* Controls with ``model_skip="true"`` are left to the annotators, as with Label Studio's own ML
+  backends: the backend neither fills nor reads them.
 * Guided mode is on when the BrushLabels lists the project's own labels: more than one label,
   or any label when there is no per-region TextArea. Each name is then snapped to the closest
   label (tag_backend.ls.guided). With a TextArea and a single label (the recommended config),
@@ -19,7 +22,7 @@ from collections import OrderedDict
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from .errors import LabelConfigError
+from .errors import LabelConfigError, LabelConfigWithoutImage
 from .results import ResultLayout
 
 logger = logging.getLogger(__name__)
@@ -35,7 +38,7 @@ def parse_label_config(config: str | None) -> ResultLayout:
     Cached by config text: Label Studio sends the config with every ``/predict``.
     """
     if not config or not isinstance(config, str) or not config.strip():
-        raise LabelConfigError(
+        raise LabelConfigWithoutImage(
             "the labeling config is empty (expected <View> with <Image> and "
             "<BrushLabels>; see tag_backend/ls/label_config.xml)"
         )
@@ -58,15 +61,17 @@ def _parse(config: str) -> ResultLayout:
         raise LabelConfigError(f"the labeling config is not valid XML: {exc}") from None
     images = {o.name: o for o in interface.objects if o.tag.lower() == "image"}
     if not images:
-        raise LabelConfigError(
+        raise LabelConfigWithoutImage(
             "the labeling config has no <Image> tag: TAG labels images "
             "(use tag_backend/ls/label_config.xml)"
         )
-    brushes = [
-        c
-        for c in interface.controls
-        if c.tag.lower() == "brushlabels" and any(t in images for t in c.to_name)
-    ]
+    controls = [c for c in interface.controls if not _skipped(c)]
+    brushes = [c for c in controls if c.tag.lower() == "brushlabels" and any(t in images for t in c.to_name)]
+    if not brushes and any(c.tag.lower() == "brushlabels" for c in interface.controls):
+        raise LabelConfigError(
+            'every <BrushLabels> of the labeling config has model_skip="true": remove it from the one '
+            "the backend should fill"
+        )
     if not brushes:
         raise LabelConfigError(
             "the labeling config has no <BrushLabels> pointing at an <Image>: "
@@ -74,7 +79,7 @@ def _parse(config: str) -> ResultLayout:
         )
     brush = brushes[0]
     image_name = next(t for t in brush.to_name if t in images)
-    text_name = _per_region_textarea(interface, image_name)
+    text_name = _per_region_textarea(controls, image_name)
     labels = tuple(brush.labels) if not brush.dynamic_value else ()
     guided = len(labels) > 1 or (bool(labels) and text_name is None)
     value = images[image_name].value or "$image"
@@ -88,8 +93,13 @@ def _parse(config: str) -> ResultLayout:
     )
 
 
-def _per_region_textarea(interface: LabelInterface, image_name: str) -> str | None:
-    for control in interface.controls:
+def _skipped(control) -> bool:
+    """``model_skip="true"``: the control belongs to the annotators (Label Studio ML convention)."""
+    return str(control.attr.get("model_skip", "")).strip().lower() == "true"
+
+
+def _per_region_textarea(controls, image_name: str) -> str | None:
+    for control in controls:
         if control.tag.lower() != "textarea" or image_name not in control.to_name:
             continue
         if str(control.attr.get("perRegion", "")).lower() == "true":
