@@ -229,6 +229,7 @@ def _register_routes(app: Flask, backend: Backend) -> None:
             fetcher=backend.fetcher,
             snapper=backend.snapper if layout.guided_labels else None,
             max_regions=settings.max_regions,
+            polygon_tolerance=settings.polygon_tolerance,
         )
         # --- jobs integration (tag_backend.jobs.budget): answer stored predictions, compute
         # what fits in TAG_PREDICT_BUDGET, queue the rest as a background job (pushed to LS).

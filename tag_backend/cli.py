@@ -57,7 +57,9 @@ def _register_optional_commands() -> None:
 
     for module, attr in (("tag_backend.serve_cli", "serve"), ("tag_backend.serve_cli", "download_weights"),
                          ("tag_backend.eval.cli", "eval_command"), ("tag_backend.jobs.cli", "prelabel"),
-                         ("tag_backend.jobs.cli", "jobs")):
+                         ("tag_backend.jobs.cli", "jobs"),
+                         ("tag_backend.ls.connect_cli", "ls_connect"),
+                         ("tag_backend.export.cli", "export_command")):
         try:
             command = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError):

@@ -86,6 +86,7 @@ class Settings:
     max_download_bytes: int = 50_000_000
     download_timeout: float = 20.0
     max_regions: int = 30
+    polygon_tolerance: float = 1.5
     guided_threshold: float = 0.75
     guided_fallback: str | None = None
     predict_budget_seconds: float = 60.0
@@ -138,6 +139,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_MAX_DOWNLOAD_BYTES", "max_download_bytes", "Largest image download accepted.", int),
     EnvVar("TAG_DOWNLOAD_TIMEOUT", "download_timeout", "Seconds before an image download is abandoned.", float),
     EnvVar("TAG_MAX_REGIONS", "max_regions", "Most regions returned per image (largest kept).", int),
+    EnvVar("TAG_POLYGON_TOLERANCE", "polygon_tolerance", "`PolygonLabels` output: the most a simplified outline strays from the mask, in pixels (0 keeps every corner).", float),
     EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),
     EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold (unset: region dropped)."),
     EnvVar("TAG_PREDICT_BUDGET", "predict_budget_seconds", "Seconds `/predict` may compute before queueing the rest.", float),

@@ -93,7 +93,8 @@ class TaskEngine:
         if layout.guided_labels:
             snapper = self._guided_snapper()
         return PredictContext(layout=layout, model_version=model_version, fetcher=self.fetcher,
-                              snapper=snapper, max_regions=self.settings.max_regions)
+                              snapper=snapper, max_regions=self.settings.max_regions,
+                              polygon_tolerance=self.settings.polygon_tolerance)
 
     def _guided_snapper(self):
         from ..ls.guided import LabelSnapper
@@ -116,8 +117,10 @@ class TaskEngine:
              model_version: str) -> dict:
         """The Label Studio item of one image: cleaned masks, labels, brush RLE."""
         start = time.perf_counter()
-        placed = place(regions, self.context(layout, model_version))
+        context = self.context(layout, model_version)
+        placed = place(regions, context)
         width, height = image.size
-        item = prediction_for(placed, width, height, model_version, layout)
+        item = prediction_for(placed, width, height, model_version, layout,
+                              polygon_tolerance=context.polygon_tolerance)
         metrics.STAGE_SECONDS.labels(stage="results").observe(time.perf_counter() - start)
         return item

@@ -2,13 +2,16 @@
 
 Rules (docs/label-studio.md, "The labeling config"):
 
-* The config needs an ``<Image>`` and a ``<BrushLabels>`` whose ``toName`` is that image.
+* The config needs an ``<Image>`` and a ``<BrushLabels>``, ``<PolygonLabels>`` or
+  ``<RectangleLabels>`` whose ``toName`` is that image; each one present is filled from the same
+  regions (masks, simplified outlines, boxes: tag_backend.ls.shapes).
 * A ``<TextArea perRegion="true">`` on the same image receives each region's free-form name
   (open vocabulary, editable by annotators; Label Studio pairs a per-region TextArea item with
   the region whose ``id`` it shares).
 * Controls with ``model_skip="true"`` are left to the annotators, as with Label Studio's own ML
   backends: the backend neither fills nor reads them.
-* Guided mode is on when the BrushLabels lists the project's own labels: more than one label,
+* Guided mode is on when the first shape control (brush, else polygon, else rectangle) lists the
+  project's own labels: more than one label,
   or any label when there is no per-region TextArea. Each name is then snapped to the closest
   label (tag_backend.ls.guided). With a TextArea and a single label (the recommended config),
   every region gets that label and the name lives in the TextArea.
@@ -26,6 +29,9 @@ from .errors import LabelConfigError, LabelConfigWithoutImage
 from .results import ResultLayout
 
 logger = logging.getLogger(__name__)
+
+#: Controls the backend fills, in order of preference for the labels (brush carries the exact mask).
+SHAPE_TAGS = ("brushlabels", "polygonlabels", "rectanglelabels")
 
 _cache: "OrderedDict[str, ResultLayout]" = OrderedDict()
 _cache_lock = threading.Lock()
@@ -66,31 +72,47 @@ def _parse(config: str) -> ResultLayout:
             "(use tag_backend/ls/label_config.xml)"
         )
     controls = [c for c in interface.controls if not _skipped(c)]
-    brushes = [c for c in controls if c.tag.lower() == "brushlabels" and any(t in images for t in c.to_name)]
-    if not brushes and any(c.tag.lower() == "brushlabels" for c in interface.controls):
+    shapes = {tag: [c for c in controls if c.tag.lower() == tag and any(t in images for t in c.to_name)]
+              for tag in SHAPE_TAGS}
+    present = [found[0] for found in shapes.values() if found]
+    if not present:
+        skipped = any(c.tag.lower() in SHAPE_TAGS for c in interface.controls)
+        if skipped:
+            raise LabelConfigError(
+                'every <BrushLabels>/<PolygonLabels>/<RectangleLabels> of the labeling config has model_skip="true": '
+                "remove it from the one the backend should fill"
+            )
         raise LabelConfigError(
-            'every <BrushLabels> of the labeling config has model_skip="true": remove it from the one '
-            "the backend should fill"
+            "the labeling config has no <BrushLabels>, <PolygonLabels> or <RectangleLabels> pointing at an "
+            "<Image>: TAG predicts masks, polygons or boxes (use tag_backend/ls/label_config.xml)"
         )
-    if not brushes:
-        raise LabelConfigError(
-            "the labeling config has no <BrushLabels> pointing at an <Image>: "
-            "TAG predicts brush masks (use tag_backend/ls/label_config.xml)"
-        )
-    brush = brushes[0]
-    image_name = next(t for t in brush.to_name if t in images)
+    primary = present[0]  # brush first: it carries the exact mask
+    image_name = next(t for t in primary.to_name if t in images)
     text_name = _per_region_textarea(controls, image_name)
-    labels = tuple(brush.labels) if not brush.dynamic_value else ()
+    labels = _static_labels(primary)
     guided = len(labels) > 1 or (bool(labels) and text_name is None)
     value = images[image_name].value or "$image"
+
+    def on_image(tag: str):
+        return next((c for c in shapes[tag] if image_name in c.to_name), None)
+
+    brush, polygon, rectangle = on_image("brushlabels"), on_image("polygonlabels"), on_image("rectanglelabels")
     return ResultLayout(
-        brush_name=brush.name,
+        brush_name=brush.name if brush is not None else None,
+        polygon_name=polygon.name if polygon is not None else None,
+        polygon_labels=_static_labels(polygon) if polygon is not None else (),
+        rectangle_name=rectangle.name if rectangle is not None else None,
+        rectangle_labels=_static_labels(rectangle) if rectangle is not None else (),
         image_name=image_name,
         text_name=text_name,
         label=labels[0] if labels else "object",
         guided_labels=labels if guided else (),
         image_field=value.lstrip("$") or "image",
     )
+
+
+def _static_labels(control) -> tuple[str, ...]:
+    return tuple(control.labels) if not control.dynamic_value else ()
 
 
 def _skipped(control) -> bool:

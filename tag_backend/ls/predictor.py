@@ -38,6 +38,7 @@ class PredictContext:
     fetcher: MediaFetcher
     snapper: LabelSnapper | None = None
     max_regions: int = 30
+    polygon_tolerance: float = 1.5
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -63,7 +64,8 @@ def predict_task(runtime, task: Mapping[str, Any], context: PredictContext) -> d
         logger.exception("task %s: prediction failed", task_label(task))
         metrics.TASKS_PREDICTED.labels(outcome="error").inc()
         return empty_result(context.model_version)
-    item = prediction_for(regions, width, height, context.model_version, context.layout)
+    item = prediction_for(regions, width, height, context.model_version, context.layout,
+                          polygon_tolerance=context.polygon_tolerance)
     metrics.TASKS_PREDICTED.labels(outcome="ok" if regions else "empty").inc()
     logger.info(
         "task %s: %d regions in %.2f s", task_label(task), len(regions), time.perf_counter() - start

@@ -18,6 +18,7 @@ import numpy as np
 from ..masks import MaskCleaning, clean_regions
 from ..types import SegmentLabel
 from .rle import mask_to_rle
+from .shape_items import control_label, polygon_values, rectangle_values
 
 logger = logging.getLogger(__name__)
 
@@ -27,17 +28,23 @@ class ResultLayout:
     """Where results go in the project's labeling config.
 
     brush_name / image_name: the BrushLabels control and the Image object it labels.
+    polygon_name / rectangle_name: PolygonLabels / RectangleLabels controls filled from the same
+    regions (None: absent), with their static labels.
     text_name: the per-region TextArea holding the free-form name (None: no TextArea).
     label: the brush label given when names go into the TextArea (open mode).
     guided_labels: the project's labels in guided mode (names are snapped to them upstream).
     """
 
-    brush_name: str = "tag"
+    brush_name: str | None = "tag"
     image_name: str = "image"
     text_name: str | None = "name"
     label: str = "object"
     guided_labels: tuple[str, ...] = field(default_factory=tuple)
     image_field: str = "image"
+    polygon_name: str | None = None
+    polygon_labels: tuple[str, ...] = field(default_factory=tuple)
+    rectangle_name: str | None = None
+    rectangle_labels: tuple[str, ...] = field(default_factory=tuple)
 
 
 DEFAULT_LAYOUT = ResultLayout()
@@ -70,13 +77,14 @@ def region_items(
     height: int,
     layout: ResultLayout,
     region_id: str | None = None,
+    polygon_tolerance: float = 1.5,
 ) -> list[dict]:
-    """The result items of one region: the brush item and, if configured, its name item."""
+    """The result items of one region: brush, polygon and box items for the shape controls the
+    config has, each paired with its name item when the config has a per-region TextArea."""
     if region.mask.shape != (height, width):
         raise ValueError(f"mask shape {region.mask.shape} does not match image {height}x{width}")
     rid = region_id or new_region_id()
     common = {
-        "id": rid,
         "to_name": layout.image_name,
         "original_width": int(width),
         "original_height": int(height),
@@ -84,23 +92,24 @@ def region_items(
         "score": round(float(region.score), 4),
         "readonly": False,
     }
-    items = [
-        {
-            **common,
-            "from_name": layout.brush_name,
-            "type": "brushlabels",
-            "value": {"format": "rle", "rle": mask_rle(region.mask), "brushlabels": [region.label]},
-        }
-    ]
-    if layout.text_name:
-        items.append(
-            {
-                **common,
-                "from_name": layout.text_name,
-                "type": "textarea",
-                "value": {"text": [region.name]},
-            }
-        )
+    shapes: list[tuple[str, str, dict]] = []  # (from_name, type, value)
+    if layout.brush_name:
+        shapes.append((layout.brush_name, "brushlabels",
+                       {"format": "rle", "rle": mask_rle(region.mask), "brushlabels": [region.label]}))
+    if layout.polygon_name:
+        label = control_label(region.label, layout.polygon_labels)
+        shapes += [(layout.polygon_name, "polygonlabels", v)
+                   for v in polygon_values(region.mask, label, polygon_tolerance)]
+    if layout.rectangle_name:
+        label = control_label(region.label, layout.rectangle_labels)
+        shapes += [(layout.rectangle_name, "rectanglelabels", v) for v in rectangle_values(region.mask, label)]
+    items = []
+    for k, (from_name, kind, value) in enumerate(shapes):
+        item_id = rid if k == 0 else f"{rid}-{k}"
+        items.append({"id": item_id, **common, "from_name": from_name, "type": kind, "value": value})
+        if layout.text_name:
+            items.append({"id": item_id, **common, "from_name": layout.text_name, "type": "textarea",
+                          "value": {"text": [region.name]}})
     return items
 
 
@@ -138,11 +147,12 @@ def prediction_for(
     height: int,
     model_version: str,
     layout: ResultLayout = DEFAULT_LAYOUT,
+    polygon_tolerance: float = 1.5,
 ) -> dict:
     """One ``/predict`` result item / task prediction: ``{"result", "score", "model_version"}``."""
     result: list[dict] = []
     for region in regions:
-        result.extend(region_items(region, width, height, layout))
+        result.extend(region_items(region, width, height, layout, polygon_tolerance=polygon_tolerance))
     return {"result": result, "score": task_score(regions), "model_version": str(model_version)}
 
 
