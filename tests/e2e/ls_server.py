@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import requests
+from filelock import FileLock
 
 LS_VERSION = "1.23.2"
 CACHE = Path(os.environ.get("TAG_TEST_CACHE", Path.home() / ".cache" / "tag-backend-tests"))
@@ -24,21 +25,26 @@ def free_port() -> int:
 
 
 def ls_venv() -> Path:
-    """The Label Studio virtualenv (created once, ~90 s; reused when the version matches)."""
+    """The Label Studio virtualenv (created once, ~90 s; reused when the version matches).
+
+    Several test processes may ask at once (the cache is per user): a file lock makes one of
+    them build it while the others wait, instead of clearing each other's half-built venv.
+    """
     venv = CACHE / "ls-venv"
     python = venv / "bin" / "python"
     check = [str(python), "-c", "import label_studio; print(label_studio.__version__)"]
-    if python.exists():
-        out = subprocess.run(check, capture_output=True, text=True)
-        if out.stdout.strip() == LS_VERSION:
-            return venv
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"],
-        check=True,
-        timeout=1200,
-    )
+    with FileLock(str(CACHE / "ls-venv.lock"), timeout=1800):
+        if python.exists():
+            out = subprocess.run(check, capture_output=True, text=True)
+            if out.stdout.strip() == LS_VERSION:
+                return venv
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", f"label-studio=={LS_VERSION}"],
+            check=True,
+            timeout=1200,
+        )
     return venv
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from database_tools.bench import ClusteredEmbeddings, main
+from benchmarks.index import ClusteredEmbeddings, main
 from database_tools.index_policy import (
     EXACT_LIMIT,
     ExactTopK,

@@ -1,6 +1,7 @@
 """Benchmarks of the Label Studio backend (prints numbers; not a test).
 
-    python -m tag_backend.ls.bench --dino DIR --clip local-dir:DIR [--tasks 50] [--memory-runs 1000]
+    python -m benchmarks.label_studio --dino DIR --clip local-dir:DIR [--tasks 50]
+        [--memory-runs 1000]
 
 1. ``/predict`` on N tasks vs the engine alone on the same images: per-task time and overhead
    (fetching, mask cleaning, RLE, JSON). Target: overhead <= 10 %.
@@ -47,7 +48,7 @@ def _images(root: Path, n: int, size: int) -> list[Path]:
 
 
 def bench_overhead(client, runtime, config: str, paths: list[Path]) -> dict:
-    from ..image_io import open_image
+    from tag_backend.image_io import open_image
 
     images = [open_image(p) for p in paths]
     runtime.pipeline.generate_batch([images[0]])  # warm-up
@@ -113,10 +114,10 @@ def bench_memory(client, config: str, path: Path, runs: int) -> dict:
 
 
 def bench_rle(repeats: int = 5) -> dict:
-    """Milliseconds per mask: label_studio_sdk's ``mask2rle`` vs :func:`~.rle.mask_to_rle`."""
+    """Milliseconds per mask: label_studio_sdk's ``mask2rle`` vs :func:`~tag_backend.ls.rle.mask_to_rle`."""
     from label_studio_sdk.converter.brush import mask2rle
 
-    from .rle import mask_to_rle
+    from tag_backend.ls.rle import mask_to_rle
 
     yy, xx = np.mgrid[:1024, :1024]
     masks = {
@@ -144,9 +145,9 @@ def bench_rle(repeats: int = 5) -> dict:
 
 
 def main() -> None:
-    from ..app import create_app
-    from ..config import settings_from_env
-    from . import recommended_label_config
+    from tag_backend.app import create_app
+    from tag_backend.config import settings_from_env
+    from tag_backend.ls import recommended_label_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dino")

@@ -1,6 +1,6 @@
 """Benchmark of the concept-index policy on synthetic clustered embeddings.
 
-    python -m database_tools.bench --n 1000000 [--n 10000000] [--dim 768] [--queries 1000]
+    python -m benchmarks.index --n 1000000 [--n 10000000] [--dim 768] [--queries 1000]
 
 Builds, for each ``--n``, exactly the index :func:`database_tools.index.build_index` would build
 for that size (shared :func:`~database_tools.index_policy.plan_index`, :func:`make_index`,
@@ -9,7 +9,7 @@ held at once). Prints build time, peak RSS, batched / single-query latency and r
 exact search (ground truth computed with flat inner product on a query subset while adding;
 ``nprobe`` is tuned on one half of that subset and recall reported on the other half).
 
-Uniform random vectors say nothing about recall on real embeddings (PERFORMANCE.md), so the data
+Uniform random vectors say nothing about recall on real embeddings, so the data
 mimic text embeddings (:class:`ClusteredEmbeddings`): topics inside super-topics on the unit
 sphere, and inside a topic a low-dimensional variation with a decaying spectrum, so that a
 caption's nearest neighbours are clearly closer than the rest of its topic. Only the faiss
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 
-from .index_policy import ExactTopK, make_index, plan_index, recall_at_k, tune_search
+from database_tools.index_policy import ExactTopK, make_index, plan_index, recall_at_k, tune_search
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _timed(fn) -> float:
 
 
 def format_table(results: list[BenchResult]) -> str:
-    """Markdown table of results (pasted into README.md ("Concept index"))."""
+    """Markdown table of results (as pasted into the documentation of the concept index)."""
     head = ("| n | dim | index | search params | build (train+add) | data generation | peak RSS "
             "| batched / query | single query | recall@10 |\n|---|---|---|---|---|---|---|---|---|---|")
     rows = [f"| {r.n:,} | {r.dim} | `{r.factory}` | {r.search_params or '-'} | {r.build_s:.0f} s "
