@@ -170,3 +170,14 @@ def test_every_tag_backend_command_has_help():
         assert result.exit_code == 0 and (command.help or command.short_help), name
         for sub_name in getattr(command, "commands", {}):
             assert runner.invoke(main, [name, sub_name, "--help"]).exit_code == 0, (name, sub_name)
+
+
+def test_every_python_module_the_docs_run_exists():
+    import importlib.util
+
+    missing = []
+    for doc in DOC_FILES:
+        for module in re.findall(r"python -m ([\w.]+)", doc.read_text()):
+            if importlib.util.find_spec(module) is None:
+                missing.append((doc.name, module))
+    assert not missing, missing
