@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 #: (hashing 8 GB on each worker start would take a minute). ``verify=True`` forces the hash.
 VERIFY_MAX_BYTES = 512 * 1024 * 1024
 #: faiss uses its batched BLAS path from 2 queries on (the default 20 made a 100-query
-#: batch on 1M x 512 take 5.9 s instead of 0.8-1.0 s; PERFORMANCE.md).
+#: batch on 1M x 512 take 5.9 s instead of 0.8-1.0 s, measured on the project machine).
 BLAS_THRESHOLD = 2
 
 

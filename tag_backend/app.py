@@ -1,6 +1,6 @@
 """The Label Studio ML backend: a Flask 3 app speaking the protocol of Label Studio 1.23.
 
-Routes (LABEL_STUDIO.md §1): ``/``, ``/health``, ``/setup``, ``/predict``, ``/webhook``,
+Routes (Label Studio's ML backend protocol): ``/``, ``/health``, ``/setup``, ``/predict``, ``/webhook``,
 ``/metrics``, ``/versions``. The heavy runtime (models, store, index) is built once per process
 and shared by gunicorn's threads; ``/health`` and ``/setup`` never load models (LS gives
 ``/setup`` 3 s and calls it before every prediction batch). Webhooks are written to a durable

@@ -95,6 +95,16 @@ def test_docs_point_only_at_files_users_have():
             assert name not in doc.read_text(), (doc, name)
 
 
+def test_code_comments_cite_sources_users_have():
+    cited = []
+    for package in ("tag_backend", "database_tools", "benchmarks", "scripts"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            cited += [(path.name, n) for n in ("TAG.md", "LABEL_STUDIO.md", "PERFORMANCE.md", "shared/reference")
+                      if n in text]
+    assert not cited, cited
+
+
 def test_readme_is_short_and_starts_with_the_two_commands():
     lines = README.split("\n")
     assert len(lines) <= 200

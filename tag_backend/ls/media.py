@@ -1,7 +1,7 @@
 """Fetch a task's image the way Label Studio's own tools do, but capped and fenced.
 
 URLs are resolved with label-studio-sdk's ``get_local_path`` (uploads, Local Files storage,
-cloud presigned URLs, plain http(s); LABEL_STUDIO.md §8) with three additions:
+cloud presigned URLs, plain http(s); label-studio-sdk's ``get_local_path``) with three additions:
 
 * a policy: only the URL kinds the settings allow (``Settings.allow_http_urls``; plain local
   paths only under ``Settings.allowed_local_roots``; ``/data/local-files/`` only under the SDK's

@@ -2,7 +2,7 @@
 
 :func:`predict_task` is the unit of work shared by ``/predict`` and the pre-labelling job
 engine. It never raises for a bad task: the task gets an empty result and the reason is logged
-(Label Studio needs exactly one item per task, in order: LABEL_STUDIO.md §2).
+(Label Studio needs exactly one item per task, in order: ``ml/models.py`` stores nothing otherwise).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Named regions -> Label Studio result items (brush RLE + per-region name).
 
-Each region becomes one ``brushlabels`` item (LABEL_STUDIO.md §9.1) and, when the config has a
+Each region becomes one ``brushlabels`` item (Label Studio's BrushLabels result) and, when the config has a
 per-region TextArea, a ``textarea`` item with the **same id** carrying the free-form name
-(§9.4): the name is shown on the region and the annotator corrects it by editing the text.
+(Label Studio pairs items by ``id``): the name is shown on the region and the annotator corrects it by editing the text.
 Masks are cleaned first (tag_backend.masks) so the RLE stays small and the browser fast.
 """
 
@@ -66,8 +66,8 @@ def new_region_id() -> str:
 
 
 def mask_rle(mask: np.ndarray) -> list[int]:
-    """Brush RLE of a boolean (H, W) mask: the bytes of the SDK's ``mask2rle`` on the 0/255 mask
-    (§9.2), encoded vectorised (:mod:`.rle`, 10-20x faster)."""
+    """Brush RLE of a boolean (H, W) mask: the bytes of the SDK's ``mask2rle`` on the 0/255 mask,
+    encoded vectorised (:mod:`.rle`, 10-20x faster)."""
     return mask_to_rle(mask)
 
 

@@ -1,6 +1,6 @@
 """TAG's caption -> candidate-word extraction (CaSED rules), offline.
 
-Steps (TAG.md §8): clean the joined captions (tags, URLs, file extensions, special characters,
+Steps (as in TAG's released code, after CaSED): clean the joined captions (tags, URLs, file extensions, special characters,
 ``_``/``-`` to spaces, words shorter than 3 letters, non-letters), lowercase, singularise with
 ``inflect`` (except words ending in ss/us/is/ies/oes), drop TAG's banned words, keep words seen at
 least ``min_count`` times (falling back to the highest count), keep nouns/adjectives/-ing/-ed
