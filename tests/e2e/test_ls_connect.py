@@ -4,7 +4,6 @@ predictions on every task with no other step, and a second run that changes noth
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ls_server import TOKEN, free_port, start_backend, start_label_studio, stop
+from ls_server import TOKEN, free_port, start_backend, start_label_studio, stop, tiny_backend_env
 
 pytestmark = pytest.mark.slow
 HEADERS = {"Authorization": f"Token {TOKEN}"}
@@ -30,21 +29,9 @@ def stack(tmp_path_factory, tiny_models_dir, tiny_runtime_session):
     for i, folder in enumerate((images, images, images / "nested")):
         flat_shapes(128, seed=10 + i)[0].save(folder / f"scene{i}.png")
     (images / "notes.txt").write_text("not an image: the storage filter skips it")
-    _ = tiny_runtime_session.pipeline  # warm data dir (default index) copied for the backend
-    shutil.copytree(tiny_runtime_session.settings.data_dir, root / "tag-data")
+    backend_env = {**tiny_backend_env(root, tiny_models_dir, tiny_runtime_session), "TAG_WEBHOOK_SECRET": SECRET}
     ls_proc, ls_url = start_label_studio(root)
-    backend_env = {
-        "TAG_DINO_MODEL": tiny_models_dir["dino"],
-        "TAG_CLIP_MODEL": tiny_models_dir["clip"],
-        "TAG_DATA_DIR": str(root / "tag-data"),
-        "TAG_DEVICE": "cpu",
-        "TAG_DTYPE": "float32",
-        "LABEL_STUDIO_URL": ls_url,
-        "LABEL_STUDIO_API_KEY": TOKEN,
-        "TAG_WEBHOOK_SECRET": SECRET,
-        "HF_HUB_OFFLINE": "1",
-    }
-    be_proc, be_url = start_backend(root, backend_env)
+    be_proc, be_url = start_backend(root, {**backend_env, "LABEL_STUDIO_URL": ls_url})
     try:
         yield {"root": root, "images": images, "ls": ls_url, "backend": be_url}
     finally:
