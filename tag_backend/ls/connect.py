@@ -235,7 +235,10 @@ def _sync(calls: _Calls, kind_client: Any, storage_id: int, label: str, wait: fl
         if status == "failed":
             raise LabelStudioSetupError(
                 f"Label Studio could not sync {label}: {getattr(state, 'traceback', '') or 'no reason given'}")
-        if status == "completed":
+        if status == "completed_with_errors":
+            logger.warning("Label Studio synced %s with errors (some files were not imported): %s", label,
+                           getattr(state, "traceback", "") or "see the storage in Label Studio")
+        if status in ("completed", "completed_with_errors"):
             return
         if time.monotonic() > deadline:
             raise LabelStudioSetupError(f"{label} is still syncing after {wait:.0f} s ({status}); run again later")
