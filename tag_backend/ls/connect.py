@@ -5,7 +5,8 @@ Steps, each one checked before it changes anything, so running it twice changes 
 1. reach Label Studio with the token;
 2. find or create the project (by id, or by title) and give it the shipped labeling config when
    it has no usable one; turn on "use predictions to pre-label";
-3. add the image folder as Local Files storage (or reuse the project's cloud storages) and sync;
+3. add the image folder as Local Files storage (or, without a folder, sync the storages the
+   project already has: Local Files or cloud);
 4. connect this backend (interactive pre-annotations on, Basic auth when the backend requires it)
    and give the project webhook the shared secret when one is set;
 5. optionally ask Label Studio to retrieve predictions for every task (tasks that already hold a
@@ -216,7 +217,7 @@ def _storages(calls: _Calls, request: ConnectRequest, report: ConnectReport) -> 
         _sync(calls, storage.local, match.id, f"Local Files storage {match.id} ({path})")
         report.storage_ids.append(match.id)
         return
-    for kind in CLOUD_STORAGES:
+    for kind in ("local", *CLOUD_STORAGES):  # an existing project: sync the storages it has
         kind_client = getattr(storage, kind, None)
         if kind_client is None:
             continue
