@@ -2,7 +2,7 @@
 
     python -m benchmarks.index --n 1000000 [--n 10000000] [--dim 768] [--queries 1000]
 
-Builds, for each ``--n``, exactly the index :func:`database_tools.index.build_index` would build
+Builds, for each ``--n``, exactly the index :func:`database_tools.index_build.build_index` would build
 for that size (shared :func:`~database_tools.index_policy.plan_index`, :func:`make_index`,
 :func:`tune_search`), from vectors generated chunk by chunk (10M x 768 float32 is 30 GB: never
 held at once). Prints build time, peak RSS, batched / single-query latency and recall@10 against

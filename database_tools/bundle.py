@@ -27,7 +27,8 @@ from .errors import BundleError
 from .migrate import head_revision, known_revisions
 from .schema import Alias, Entry, Exemplar, ImportSource, utcnow
 from .sql import insert_for
-from .store import Store, Txn
+from .store import Store
+from .txn import Txn
 
 logger = logging.getLogger(__name__)
 

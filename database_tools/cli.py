@@ -10,45 +10,47 @@ from typing import Any
 import click
 
 from .errors import DatabaseToolsError
+from .plugin import ENTRY_POINT_GROUP, DatabaseDefaults, EncoderProvider, load_provider
 
 logger = logging.getLogger(__name__)
 
 
 class AppContext:
-    """Settings and the store, created on first use so ``--help`` never touches the DB."""
+    """Options, the encoder provider and the store, created on first use so ``--help`` never
+    touches the database or loads a model."""
 
-    def __init__(self, db_url: str | None) -> None:
-        self.db_url = db_url
-        self._settings: Any = None
+    def __init__(self, db_url: str | None, encoder: str | None) -> None:
+        self._db_url = db_url
+        self._encoder = encoder
+        self._provider: EncoderProvider | None = None
         self._store: Any = None
 
     @property
-    def settings(self) -> Any:
-        if self._settings is None:
-            from tag_backend.config import settings_from_env
+    def provider(self) -> EncoderProvider:
+        if self._provider is None:
+            self._provider = load_provider(self._encoder)
+        return self._provider
 
-            self._settings = settings_from_env().replace(db_url=self.db_url)
-        return self._settings
+    @property
+    def defaults(self) -> DatabaseDefaults:
+        return self.provider.defaults()
 
     @property
     def store(self) -> Any:
         if self._store is None:
             from .store import Store
 
-            self._store = Store(self.settings.resolved_db_url)
+            self._store = Store(self._db_url or self.defaults.db_url)
         return self._store
 
     def index_dir(self, override: str | None) -> str:
-        return override or self.settings.resolved_index_dir
+        return override or self.defaults.index_dir
 
     def text_encoder(self, progress: bool = True) -> Any:
-        """The configured CLIP text encoder behind the store's embedding cache."""
-        from tag_backend.runtime import get_runtime
-
+        """The provider's text encoder behind the store's embedding cache."""
         from .embedding import CachedTextEncoder
 
-        clip = get_runtime(self.settings).clip
-        return CachedTextEncoder(self.store, clip.text_encoder(), progress=progress)
+        return CachedTextEncoder(self.store, self.provider.text_encoder(), progress=progress)
 
     def close(self) -> None:
         if self._store is not None:
@@ -60,11 +62,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from tag_backend.errors import TagError
-
         try:
             return func(*args, **kwargs)
-        except (DatabaseToolsError, TagError, ValueError, TypeError, OSError) as exc:
+        except (DatabaseToolsError, ValueError, TypeError, OSError) as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
     return wrapper
@@ -75,14 +75,17 @@ pass_app = click.make_pass_decorator(AppContext)
 
 @click.group()
 @click.option("--db", "db_url", metavar="URL", default=None,
-              help="Database URL (sqlite:///file.db or postgresql://...); default TAG_DB_URL "
-                   "or a SQLite file in TAG_DATA_DIR.")
+              help="Database URL (sqlite:///file.db or postgresql://...); default: the text "
+                   "encoder provider's (tag-backend: TAG_DB_URL or a SQLite file in TAG_DATA_DIR).")
+@click.option("--encoder", default=None, metavar="NAME",
+              help=f"Text encoder provider (entry point in {ENTRY_POINT_GROUP}); default: the "
+                   "only one installed (tag-backend: the configured CLIP text tower).")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 @click.pass_context
-def cli(ctx: click.Context, db_url: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, db_url: str | None, encoder: str | None, verbose: bool) -> None:
     """Manage the TAG concept database: import, curate, correct, index, export."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    app = AppContext(db_url)
+    app = AppContext(db_url, encoder)
     ctx.obj = app
     ctx.call_on_close(app.close)
 
@@ -140,7 +143,7 @@ def import_(app: AppContext, files: tuple[str, ...], kind: str | None, fmt: str 
 def build_index_cmd(app: AppContext, index_dir: str | None, factory: str | None,
                     incremental: bool) -> None:
     """Encode the active entries with the configured CLIP and publish a new index version."""
-    from .index import build_index, update_index
+    from .index_build import build_index, update_index
 
     encoder, directory = app.text_encoder(), app.index_dir(index_dir)
     if incremental:

@@ -88,7 +88,7 @@ def _register_exchange(cli: click.Group, pass_app: Callable, handle_errors: Call
         """Learn from a Label Studio JSON export (names, aliases; no images, no exemplars)."""
         from .corrections import ingest_export
 
-        status = new_concept_status or app.settings.new_concept_status
+        status = new_concept_status or app.defaults.new_concept_status
         report = ingest_export(app.store, export_json, new_concept_status=status, progress=True)
         click.echo(report.summary())
 

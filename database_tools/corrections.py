@@ -22,7 +22,8 @@ from .ls_results import Region, regions
 from .normalize import display_text, normalize_text
 from .schema import Alias, Annotation, AnnotationEffect, Entry, Exemplar, utcnow
 from .sql import add_support, entry_ids, insert_exemplar, insert_for, set_status, upsert_entries
-from .store import Store, Txn
+from .store import Store
+from .txn import Txn
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from .errors import ConceptNotFound
 from .normalize import display_text, normalize_text
 from .schema import USER_STATUSES, Alias, AnnotationEffect, Entry, Exemplar, utcnow
 from .sql import insert_for, set_status
-from .store import Store, Txn
+from .store import Store
+from .txn import Txn
 
 logger = logging.getLogger(__name__)
 

@@ -53,8 +53,6 @@ class CachedTextEncoder:
         self.dim = int(encoder.dim)
         self.batch_size = batch_size
         self.progress = progress
-        self.hits = 0
-        self.misses = 0
 
     def lookup(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Cached vectors of ``texts`` (missing ones absent from the result)."""
@@ -80,8 +78,6 @@ class CachedTextEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         cached = self.lookup(texts)
         missing = list(dict.fromkeys(t for t in texts if t not in cached))
-        self.hits += len(texts) - len(missing)
-        self.misses += len(missing)
         bar = tqdm(total=len(missing), desc="encoding", unit="text", disable=not self.progress)
         with bar:
             for part in chunks(missing, self.batch_size):

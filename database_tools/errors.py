@@ -40,3 +40,7 @@ class IndexCorrupt(DatabaseToolsError):
 
 class IndexBuildError(DatabaseToolsError):
     """An index cannot be built from the store (no entries, bad vectors, bad factory string)."""
+
+
+class EncoderUnavailable(DatabaseToolsError):
+    """No text encoder could be obtained for a command that encodes text (see ``plugin``)."""

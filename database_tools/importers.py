@@ -18,7 +18,7 @@ from sqlalchemy import select
 from tqdm.auto import tqdm
 
 from .errors import ImportFormatError
-from .normalize import KINDS, display_text, normalize_text
+from .normalize import KINDS, count_texts
 from .readers import FORMATS, Record, detect_format, read_records
 from .schema import ImportSource, utcnow
 from .sql import entry_ids, insert_for, upsert_entries
@@ -90,12 +90,7 @@ def _commit_chunk(
             select(ImportSource).where(ImportSource.id == source_id).with_for_update()
         )
         skip = max(0, src.records_done - start)  # a concurrent run of the same file got here
-        rows: dict[str, tuple[str, int]] = {}
-        for record in chunk[skip:]:
-            norm = normalize_text(record.text, kind) if record.text else ""
-            if norm:
-                shown, count = rows.get(norm, (display_text(record.text, kind), 0))
-                rows[norm] = (shown, count + 1)
+        rows = count_texts((record.text for record in chunk[skip:]), kind)
         existing = entry_ids(txn.session, kind, list(rows))
         upsert_entries(txn, kind, rows, source=source, status=status)
         src.records_done = max(src.records_done, start + len(chunk))

@@ -3,8 +3,7 @@
 A faiss index of L2-normalised text embeddings (inner product = cosine) of the store's active
 entries, one per encoder, plus an Arrow sidecar with each entry's text and kind so a search needs
 no SQL database. Versions are immutable directories switched atomically (see
-:mod:`database_tools.index_files`); :func:`build_index` and :func:`update_index` live in
-:mod:`database_tools.index_build` and are re-exported here.
+:mod:`database_tools.index_files`); they are written by :mod:`database_tools.index_build`.
 """
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ logger = logging.getLogger(__name__)
 #: (hashing 8 GB on each worker start would take a minute). ``verify=True`` forces the hash.
 VERIFY_MAX_BYTES = 512 * 1024 * 1024
 #: faiss uses its batched BLAS path from 2 queries on (the default 20 made a 100-query
-#: batch on 1M x 512 take 5.9 s instead of 0.8-1.0 s, measured on the project machine).
+#: batch on 1M x 512 take 5.9 s instead of 0.8-1.0 s).
 BLAS_THRESHOLD = 2
 
 
@@ -230,7 +229,3 @@ def _check_manifest(path: Path, manifest: IndexManifest, encoder_id: str,
                             f"(normalised={manifest.normalised}); "
                             "expected normalised inner product")
 
-
-from .index_build import build_index, update_index  # noqa: E402  (re-export; needs ConceptIndex)
-
-__all__ = ["ConceptIndex", "SearchHit", "build_index", "update_index"]

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from filelock import FileLock
 from tqdm.auto import tqdm
 
 from .embedding import CachedTextEncoder, TextEncoder
-from .index import ConceptIndex
 from .errors import IndexBuildError, IndexNotFound
+from .index import ConceptIndex
 from .index_files import (
     ENTRIES_FILE,
     EXCLUDED_FILE,
@@ -53,6 +52,7 @@ from .index_policy import (
     plan_index,
     tune_search,
 )
+from .index_update import apply_changes
 
 if TYPE_CHECKING:
     from .store import Store
@@ -240,8 +240,6 @@ def update_locked(store: Store, encoder: TextEncoder, root: Path, index_dir: str
     if _crosses_policy(manifest, manifest.count + len(adds)):
         logger.info("index grows past the exact-search limit: full rebuild")
         return build_locked(store, encoder, root, index_dir, **rebuild)
-    from .index_update import apply_changes  # local: keeps this module small
-
     result = apply_changes(current, cached_encoder(store, encoder), changes)
     if result is None:  # index type cannot remove a re-added id: rebuild
         return build_locked(store, encoder, root, index_dir, **rebuild)
@@ -275,7 +273,3 @@ def _publish_update(store: Store, root: Path, index_dir: str | Path, current: Co
         raise
     return _after_publish(store, root, index_dir, manifest, keep)
 
-
-def sort_entries(table: pa.Table) -> pa.Table:
-    """Entries table sorted by id (the order :class:`ConceptIndex` binary-searches)."""
-    return table.take(pc.sort_indices(table, sort_keys=[("entry_id", "ascending")]))

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from .errors import IndexCorrupt, IndexNotFound
@@ -228,6 +229,12 @@ def read_entries(path: Path) -> pa.Table:
             return ipc.open_file(source).read_all()
     except (OSError, pa.ArrowInvalid) as exc:
         raise IndexCorrupt(f"index metadata {path} is unreadable: {exc}") from None
+
+
+def sort_entries(table: pa.Table) -> pa.Table:
+    """Entries table sorted by id (the order :class:`~database_tools.index.ConceptIndex`
+    binary-searches)."""
+    return table.take(pc.sort_indices(table, sort_keys=[("entry_id", "ascending")]))
 
 
 def write_entries_table(path: Path, table: pa.Table) -> None:

@@ -1,7 +1,7 @@
 """Which faiss index to build for a given size, and how to tune its search parameters.
 
-Shared by :mod:`database_tools.index` and the benchmark :mod:`database_tools.bench`, so the
-benchmark measures exactly what ``build_index`` would build. Policy (README.md ("Concept index")):
+Shared by :mod:`database_tools.index_build` and the benchmark ``benchmarks.index``, so the
+benchmark measures exactly what ``build_index`` would build. Policy (docs/concept-database.md):
 
 * fewer than :data:`EXACT_LIMIT` entries: exact search, ``IDMap2,Flat`` (inner product on
   L2-normalised vectors = cosine), recall 1.0. Its cost is a full pass over the vectors per query

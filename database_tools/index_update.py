@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from .embedding import CachedTextEncoder
 from .errors import IndexCorrupt
-from .index_files import ENTRY_SCHEMA, INDEX_FILE
+from .index_files import ENTRY_SCHEMA, INDEX_FILE, sort_entries
 
 if TYPE_CHECKING:
     from .index import ConceptIndex
@@ -82,7 +82,5 @@ def apply_changes(
             schema=ENTRY_SCHEMA,
         )
         entries = pa.concat_tables([entries.cast(ENTRY_SCHEMA), new_rows])
-    from .index_build import sort_entries
-
     logger.info("index update: %d removed, %d added", len(present), len(adds))
     return index, sort_entries(entries), excluded

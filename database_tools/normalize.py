@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
 
 _WS = re.compile(r"\s+")
 _CONCEPT_STRIP = " \t\"'`.,;:!?"
@@ -35,6 +36,20 @@ def normalize_text(text: str, kind: str = "concept") -> str:
 def display_text(text: str, kind: str) -> str:
     """The text stored and encoded: concepts in normalised (lower-case) form, captions as written."""
     return normalize_text(text, kind) if kind == "concept" else clean_text(text)
+
+
+def count_texts(texts: Iterable[str], kind: str) -> dict[str, tuple[str, int]]:
+    """Normalised text -> (shown text of its first occurrence, occurrences); empty texts dropped.
+
+    The row shape :func:`database_tools.sql.upsert_entries` takes.
+    """
+    rows: dict[str, tuple[str, int]] = {}
+    for text in texts:
+        norm = normalize_text(text, kind) if text else ""
+        if norm:
+            shown, count = rows.get(norm, (display_text(text, kind), 0))
+            rows[norm] = (shown, count + 1)
+    return rows
 
 
 def text_hash(text: str) -> str:

@@ -14,7 +14,7 @@ from .schema import Entry, Exemplar, TextEmbedding, utcnow
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from .store import Txn
+    from .txn import Txn
 
 IN_CHUNK = 500  # stays far below SQLite's bound-parameter limit
 

@@ -13,23 +13,22 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import StoreUnavailable
 from .migrate import READONLY_OPTION, migrate_to_head
-from .normalize import display_text, normalize_text
 from .schema import Alias, Entry, Exemplar, IndexVersion, Meta, utcnow
-from .sql import upsert_entries
+from .txn import Txn
 
 logger = logging.getLogger(__name__)
 
@@ -61,27 +60,6 @@ class EntryChange:
     text: str
     status: str
     updated_seq: int
-
-
-class Txn:
-    """A write transaction; :meth:`seq` bumps ``db_version`` once, on first content change."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._seq: int | None = None
-
-    def seq(self) -> int:
-        """The new ``db_version`` of this transaction (bumped and row-locked on first call)."""
-        if self._seq is None:
-            self.session.execute(
-                update(Meta).where(Meta.id == 1).values(db_version=Meta.db_version + 1)
-            )
-            self._seq = int(self.session.scalar(select(Meta.db_version).where(Meta.id == 1)))
-        return self._seq
-
-    @property
-    def changed(self) -> bool:
-        return self._seq is not None
 
 
 def _make_engine(url: str) -> Engine:
@@ -205,28 +183,6 @@ class Store:
             return int(session.scalar(select(Meta.db_version).where(Meta.id == 1)) or 0)
 
     # -- entries --------------------------------------------------------------------------
-    def add_entries(
-        self, kind: str, texts: Iterable[str], *, source: str = "", status: str = "active"
-    ) -> int:
-        """Add (or count again) entries in one transaction; returns how many texts were taken."""
-        rows: dict[str, tuple[str, int]] = {}
-        for text in texts:
-            norm = normalize_text(text, kind)
-            if norm:
-                shown, count = rows.get(norm, (display_text(text, kind), 0))
-                rows[norm] = (shown, count + 1)
-        if not rows:
-            return 0
-        with self.write() as txn:
-            upsert_entries(txn, kind, rows, source=source, status=status)
-        return sum(count for _, count in rows.values())
-
-    def get_entry(self, kind: str, text: str) -> Entry | None:
-        """The entry whose normalised text matches ``text`` (any status), or None."""
-        norm = normalize_text(text, kind)
-        with self.read() as session:
-            return session.scalar(select(Entry).where(Entry.kind == kind, Entry.norm == norm))
-
     def iter_entries(
         self,
         kinds: Sequence[str] = ("caption", "concept"),
@@ -297,20 +253,6 @@ class Store:
         return digest.hexdigest()
 
     # -- exemplars ------------------------------------------------------------------------
-    def add_exemplar(
-        self, encoder_id: str, name: str, embedding: np.ndarray, provenance: dict[str, Any]
-    ) -> int:
-        """Store a region embedding named ``name`` (concept created if new); returns its id."""
-        from .sql import insert_exemplar
-
-        with self.write() as txn:
-            entry_ids = upsert_entries(
-                txn, "concept", {normalize_text(name): (display_text(name, "concept"), 0)},
-                source=str(provenance.get("source", "exemplar")), status="active",
-            )
-            entry_id = next(iter(entry_ids.values()))
-            return insert_exemplar(txn, encoder_id, entry_id, embedding, provenance)
-
     def load_exemplars(self, encoder_id: str) -> tuple[list[str], np.ndarray]:
         """Names and ``(n, dim)`` float32 embeddings of active concepts' exemplars."""
         with self.read() as session:
@@ -365,13 +307,3 @@ class Store:
             txn.session.add(row)
             txn.session.flush()
             return int(row.id)
-
-    def latest_index_version(self, encoder_id: str) -> IndexVersion | None:
-        """The most recently recorded index version of ``encoder_id``."""
-        with self.read() as session:
-            return session.scalar(
-                select(IndexVersion)
-                .where(IndexVersion.encoder_id == encoder_id)
-                .order_by(IndexVersion.id.desc())
-                .limit(1)
-            )

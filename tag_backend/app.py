@@ -1,8 +1,8 @@
 """The Label Studio ML backend: a Flask 3 app speaking the protocol of Label Studio 1.23.
 
 Routes (Label Studio's ML backend protocol): ``/``, ``/health``, ``/setup``, ``/predict``, ``/webhook``,
-``/metrics``, ``/versions``. The heavy runtime (models, store, index) is built once per process
-and shared by gunicorn's threads; ``/health`` and ``/setup`` never load models (LS gives
+``/metrics``, ``/versions``. The process's services (models, store, knowledge; built once in
+:func:`create_app`) are shared by gunicorn's threads; ``/health`` and ``/setup`` never load models (LS gives
 ``/setup`` 3 s and calls it before every prediction batch). Webhooks are written to a durable
 spool and acknowledged at once (LS waits 1 s); a background worker does the learning.
 """
@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import hmac
 import logging
-import threading
 import time
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
-from . import __version__, metrics
+from . import metrics
 from .config import Settings, settings_from_env
 from .errors import TagError
 from .ls.controls import parse_label_config
 from .ls.corrections import CorrectionWorker
 from .ls.errors import BackendRequestError, LabelConfigWithoutImage
-from .ls.guided import LabelSnapper
-from .ls.media import MediaFetcher
-from .ls.predictor import PredictContext
+from .ls.predict_route import predict_results
 from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, parse_setup
 from .ls.training import make_reingest
 from .ls.webhook_queue import WebhookSpool
+from .services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -37,68 +35,26 @@ WEBHOOK_SECRET_HEADER = "X-Tag-Webhook-Secret"
 
 
 class Backend:
-    """Process-wide state of the server: runtime, fetcher, snapper, spool and worker."""
+    """The server's state: the process's services, the webhook spool and the correction worker."""
 
-    def __init__(self, settings: Settings, runtime=None, *, start_worker: bool = True) -> None:
-        from .runtime import get_runtime
-
-        self.settings = settings
-        self.runtime = runtime or get_runtime(settings)
-        self.fetcher = MediaFetcher(settings)
-        self.spool = WebhookSpool(f"{settings.data_dir}/webhook-spool")
-        self.worker = CorrectionWorker(
-            self.runtime,
-            self.spool,
-            self.fetcher,
-            reingest=make_reingest(self.runtime, self.fetcher),
-        )
-        self._snapper: LabelSnapper | None = None
-        self._lock = threading.Lock()
-        self._last_version: str | None = None
+    def __init__(self, services: Services, *, start_worker: bool = True) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.spool = WebhookSpool(f"{self.settings.data_dir}/webhook-spool")
+        self.worker = CorrectionWorker(services, self.spool, reingest=make_reingest(services))
         if start_worker:
             self.worker.start()
             try:  # resume queued pre-labelling jobs right after a restart, not at the next /predict
-                from .jobs.service import ensure_worker
-
-                ensure_worker(self.runtime, self.fetcher)
+                services.jobs.ensure_worker()
             except Exception:
                 logger.exception("job worker not started (it starts on the next /predict)")
 
-    @property
-    def snapper(self) -> LabelSnapper:
-        with self._lock:
-            if self._snapper is None:
-                self._snapper = LabelSnapper(
-                    self.runtime.text_encoder.encode,
-                    self.settings.guided_threshold,
-                    self.settings.guided_fallback,
-                )
-            return self._snapper
-
     def model_version(self) -> str:
-        """``Runtime.model_version()``; the last known one if the database is unreachable."""
-        try:
-            self._last_version = self.runtime.model_version()
-        except Exception as exc:
-            logger.warning(
-                "concept database unreachable for model_version: %s", str(exc).splitlines()[0][:200]
-            )
-            if self._last_version is None:
-                preset = self.settings.preset
-                return f"tag-{__version__}-{preset}-db-unavailable"
-        return self._last_version
+        return self.services.model_version()
 
     def warm_up(self) -> None:
         """Load models, store and index in the background so the first /predict is not slow."""
-
-        def run() -> None:
-            try:
-                _ = self.runtime.pipeline
-                logger.info("runtime ready: %s", self.model_version())
-            except Exception:
-                logger.exception("warm-up failed; the first /predict will retry")
-
-        threading.Thread(target=run, name="tag-warmup", daemon=True).start()
+        self.services.wait_until_loaded(0)
 
 
 def _check_basic_auth(settings: Settings) -> Response | None:
@@ -130,15 +86,18 @@ def _webhook_secret_ok(settings: Settings) -> bool:
 
 def create_app(
     settings: Settings | None = None,
-    runtime=None,
     *,
+    services: Services | None = None,
     start_worker: bool = True,
     warm_up: bool = False,
 ) -> Flask:
-    """The WSGI app; ``runtime`` may be injected (tests share one across apps)."""
-    settings = settings or settings_from_env()
+    """The WSGI app on ``services`` (built from ``settings``, default: the environment, when
+    not given). ``start_worker``: start the correction and job workers now."""
+    if services is not None and settings is not None and settings != services.settings:
+        raise ValueError("create_app: pass settings or services, not both")
+    services = services or Services(settings or settings_from_env())
     app = Flask(__name__)
-    backend = Backend(settings, runtime, start_worker=start_worker)
+    backend = Backend(services, start_worker=start_worker)
     app.extensions["tag_backend"] = backend
     if warm_up:
         backend.warm_up()
@@ -191,8 +150,6 @@ def _register_hooks(app: Flask, backend: Backend) -> None:
 
 
 def _register_routes(app: Flask, backend: Backend) -> None:
-    settings = backend.settings
-
     @app.get("/")
     @app.get("/health")
     def health():
@@ -215,28 +172,8 @@ def _register_routes(app: Flask, backend: Backend) -> None:
         started = time.perf_counter()
         req = parse_predict(json_body(request.get_data()))
         layout = parse_label_config(req.label_config)
-        try:
-            backend.runtime.refresh()  # close the correction loop: newest exemplars and index
-        except Exception as exc:
-            logger.warning(
-                "cannot refresh from the concept database (predicting with the loaded state): %s",
-                str(exc).splitlines()[0][:200],
-            )
-        version = backend.model_version()
-        context = PredictContext(
-            layout=layout,
-            model_version=version,
-            fetcher=backend.fetcher,
-            snapper=backend.snapper if layout.guided_labels else None,
-            max_regions=settings.max_regions,
-            polygon_tolerance=settings.polygon_tolerance,
-        )
-        # --- jobs integration (tag_backend.jobs.budget): answer stored predictions, compute
-        # what fits in TAG_PREDICT_BUDGET, queue the rest as a background job (pushed to LS).
-        from .jobs.budget import predict_request
-
-        results = predict_request(backend, req, context)
-        # --- end jobs integration
+        # Stored predictions, what fits in TAG_PREDICT_BUDGET, a background job for the rest.
+        results, version = predict_results(backend.services, req, layout)
         metrics.PREDICT_SECONDS.observe(time.perf_counter() - started)
         return jsonify({"results": results, "model_version": version})
 

@@ -52,7 +52,7 @@ def bench_preset(preset: str, runs: int, image_path: str) -> dict:
     from PIL import Image
 
     from .config import Settings
-    from .runtime import Runtime
+    from .services import Services
     from .stages.dense_clip import dense_clip_features
     from .stages.dino import dino_patch_features
 
@@ -60,16 +60,16 @@ def bench_preset(preset: str, runs: int, image_path: str) -> dict:
     dino_dir, clip_dir = _models(preset)
     settings = Settings(preset=preset, dino_model=dino_dir, clip_model=clip_dir, device="cpu",
                         data_dir=str(CACHE / preset / "data"))
-    runtime = Runtime(settings)
-    pipeline = runtime.pipeline
+    services = Services(settings)
+    pipeline = services.pipeline()
     image = Image.open(image_path).convert("RGB")
     pipeline.generate(image)  # warm-up: lazy imports, text-embedding cache, allocator
     prep = pipeline._prepare(image)
 
     def backbones():
         with torch.inference_mode():
-            dino_patch_features(runtime.dino, prep.dino_pixels)
-            dense_clip_features(runtime.clip.model.visual, prep.clip_pixels, pipeline.dense_method,
+            dino_patch_features(services.models.dino, prep.dino_pixels)
+            dense_clip_features(services.models.clip.model.visual, prep.clip_pixels, pipeline.dense_method,
                                 gem_depth=pipeline.gem_depth)
 
     stage_runs: list[dict] = []
@@ -86,7 +86,7 @@ def bench_preset(preset: str, runs: int, image_path: str) -> dict:
         e.append(_median_time(end_to_end, 1))
     stages = {k: statistics.median(r[k] for r in stage_runs) for k in stage_runs[0]}
     return {
-        "preset": preset, "dtype": str(runtime.dtype).replace("torch.", ""),
+        "preset": preset, "dtype": str(services.models.dtype).replace("torch.", ""),
         "image": f"{image.width}x{image.height}", "backbone_forwards_s": statistics.median(b),
         "end_to_end_s": statistics.median(e), "ratio": statistics.median(e) / statistics.median(b),
         "stages_s": stages, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

@@ -6,6 +6,11 @@ import sys
 import click
 
 from .cli_common import configure_logging, engine_options, handle_errors, settings_with
+from .eval.cli import eval_command
+from .export.cli import export_command
+from .jobs.cli import jobs, prelabel
+from .ls.connect_cli import ls_connect
+from .serve_cli import download_weights, serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,11 +32,11 @@ def main() -> None:
 def predict(inputs, out, document_root, url_prefix, quiet, **flags) -> None:
     """Predict named masks for images and write a Label Studio-importable task list."""
     from .predict_files import local_files_url, predict_files, write_tasks
-    from .runtime import get_runtime
+    from .services import Services
 
     settings = settings_with(**flags)
     configure_logging(settings.log_level, settings.log_format)
-    report = predict_files(get_runtime(settings), inputs, local_files_url(document_root, url_prefix),
+    report = predict_files(Services(settings), inputs, local_files_url(document_root, url_prefix),
                            progress=not quiet)
     write_tasks(report.tasks, out)
     for path, reason in report.failures:
@@ -51,20 +56,5 @@ def models() -> None:
     click.echo(describe_models(settings_with()))
 
 
-def _register_optional_commands() -> None:
-    """Commands implemented in their own modules (server, evaluator, jobs)."""
-    import importlib
-
-    for module, attr in (("tag_backend.serve_cli", "serve"), ("tag_backend.serve_cli", "download_weights"),
-                         ("tag_backend.eval.cli", "eval_command"), ("tag_backend.jobs.cli", "prelabel"),
-                         ("tag_backend.jobs.cli", "jobs"),
-                         ("tag_backend.ls.connect_cli", "ls_connect"),
-                         ("tag_backend.export.cli", "export_command")):
-        try:
-            command = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        main.add_command(command)
-
-
-_register_optional_commands()
+for command in (serve, download_weights, eval_command, prelabel, jobs, ls_connect, export_command):
+    main.add_command(command)

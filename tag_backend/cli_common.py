@@ -8,12 +8,13 @@ import click
 
 from .config import Settings, settings_from_env
 from .errors import TagError
+from .presets import PRESETS
 
 
 def engine_options(fn):
     """--preset/--dino/--clip/--clip-pretrained/--db/--index-dir/--device (each has an env var)."""
     options = [
-        click.option("--preset", type=click.Choice(["fast", "paper"]), help="Preset [env TAG_PRESET]."),
+        click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Preset [env TAG_PRESET]."),
         click.option("--dino", "dino_model", metavar="ID_OR_DIR", help="DINOv2 hub id or local dir [TAG_DINO_MODEL]."),
         click.option("--clip", "clip_model", metavar="NAME|local-dir:DIR", help="open_clip model [TAG_CLIP_MODEL]."),
         click.option("--clip-pretrained", metavar="TAG_OR_FILE", help="open_clip weights [TAG_CLIP_PRETRAINED]."),

@@ -46,10 +46,6 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true/false, got {value!r}")
 
 
-def _optional_int(value: str) -> int | None:
-    return None if value.strip() == "" else int(value)
-
-
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the engine, the server and the database tools.
@@ -90,6 +86,7 @@ class Settings:
     guided_threshold: float = 0.75
     guided_fallback: str | None = None
     predict_budget_seconds: float = 60.0
+    feature_cache_mb: int = 256
     log_format: str = "text"
     log_level: str = "INFO"
     # Server process layout (gunicorn; `tag-backend serve` uses the port)
@@ -113,7 +110,7 @@ class Settings:
 
 
 ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("TAG_PRESET", "preset", "Preset: `fast` (DINOv2-S/14 + CLIP ViT-B/16) or `paper` (DINOv2-B/14 + CLIP ViT-L/14 OpenAI, CRF)."),
+    EnvVar("TAG_PRESET", "preset", "Preset (docs/presets.md): `fast` (CPU: DINOv2-S/14 + CLIP ViT-B/16, improvements), `quality` (GPU: DINOv2-B/14 + CLIP ViT-L/14 OpenAI, improvements) or `paper` (TAG as published)."),
     EnvVar("TAG_DINO_MODEL", "dino_model", "DINOv2: a Hugging Face id (hub cache) or a local directory saved by `save_pretrained`.", default_doc="the preset's"),
     EnvVar("TAG_CLIP_MODEL", "clip_model", "CLIP: an open_clip model name (e.g. `ViT-B-16`) or `local-dir:DIR`.", default_doc="the preset's"),
     EnvVar("TAG_CLIP_PRETRAINED", "clip_pretrained", "CLIP weights: an open_clip pretrained tag (e.g. `openai`) or a checkpoint file.", default_doc="the preset's"),
@@ -143,6 +140,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),
     EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold (unset: region dropped)."),
     EnvVar("TAG_PREDICT_BUDGET", "predict_budget_seconds", "Seconds `/predict` may compute before queueing the rest.", float),
+    EnvVar("TAG_FEATURE_CACHE_MB", "feature_cache_mb", "Memory for the backbone features of recently predicted images (a second request on the same image skips the backbones); 0 turns the cache off.", int),
     EnvVar("TAG_LOG_FORMAT", "log_format", "`text` or `json` (structured logs)."),
     EnvVar("TAG_LOG_LEVEL", "log_level", "Logging level."),
     EnvVar("TAG_PORT", "port", "Port the server listens on (gunicorn in the Docker image, `tag-backend serve`).", int),

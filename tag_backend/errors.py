@@ -16,7 +16,3 @@ class WeightsNotFoundError(TagError):
 
 class ImageError(TagError):
     """One image cannot be used (unreadable, corrupt, too large, too small, ...)."""
-
-
-class IndexUnavailableError(TagError):
-    """The concept index is missing, corrupt, or built with another encoder."""

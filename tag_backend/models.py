@@ -76,11 +76,6 @@ def _cached(key: tuple, build):
         return _cache[key]
 
 
-def clear_cache() -> None:
-    with _cache_lock:
-        _cache.clear()
-
-
 def file_fingerprint(path: str | Path) -> str:
     """Cheap stable identity of a weights file: size + sha256 of its first and last 4 MiB."""
     path = Path(path)
@@ -345,8 +340,3 @@ def load_clip(model: str, pretrained: str | None, device: torch.device, dtype: t
     """Load (once per process) an open_clip model by name + tag/file, or ``local-dir:DIR``."""
     key = ("clip", model, pretrained, str(device), str(dtype))
     return _cached(key, lambda: _build_clip(model, pretrained, device, dtype))
-
-
-def describe_local_dir(path: str | Path) -> dict:
-    """The model config of an open_clip ``local-dir`` (for `tag-backend models`)."""
-    return json.loads((Path(path) / "open_clip_config.json").read_text())

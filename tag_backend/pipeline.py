@@ -12,6 +12,7 @@ from PIL import Image
 
 from .exemplars import AliasMap, ExemplarMemory
 from .image_io import DEFAULT_MAX_PIXELS, open_image
+from .knowledge import Knowledge
 from .models import LoadedClip, LoadedDino
 from .stages import crf as crf_stage
 from .stages.dense_clip import dense_clip_features
@@ -21,14 +22,14 @@ from .stages.naming import SegmentNames, name_segments
 from .stages.pooling import mask_weights, pool_segments
 from .stages.preprocess import prepare_image
 from .stages.segments import (
-    build_segments,
     drop_small_segments,
     grid_scores,
     label_map,
+    patch_weights,
     upsample_labels,
     upsample_scores,
 )
-from .types import NameCandidate, PreparedImage, SegmentLabel
+from .types import ImageFeatures, NameCandidate, PreparedImage, SegmentLabel
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,16 @@ logger = logging.getLogger(__name__)
 class TagPipeline:
     """Guidance-free open-vocabulary segmentation (TAG, Kawano & Aoki 2024) with fixes.
 
+    The defaults below are the ``quality`` / ``fast`` presets' segmentation choices; the
+    ``paper`` preset's values are given in parentheses where they differ, and
+    :meth:`tag_backend.presets.Preset.pipeline_kwargs` gives every knob of a preset
+    (docs/presets.md: knob -> paper value -> preset values -> why).
+
     Arguments:
       dino, clip: loaded backbones (:mod:`tag_backend.models`).
       index: the concept index (``database_tools.index.ConceptIndex``): ``search(q, k, return_vectors)``.
-      text_encoder: ``TextEncoder`` for candidate names (cached); defaults to the CLIP text tower.
+      text_encoder: ``TextEncoder`` for words extracted from captions; defaults to the CLIP text
+        tower. Concept entries are scored with the vectors the index returns for them.
       exemplars: corrected-region memory; a segment within ``exemplar_threshold`` cosine of an
         exemplar takes its name.
       aliases: names annotators repeatedly corrected (predicted -> wanted); applied to the best
@@ -47,18 +54,23 @@ class TagPipeline:
       image_size (448): model input side in pixels; cost grows with its square.
       resize_mode ("squash"): paper squashes to a square; "keep_aspect" keeps the aspect ratio.
       n_segments (15): k of the per-image k-means (upper bound on segments before merging).
-      kmeans_init ("k-means++"), kmeans_restarts (8), kmeans_max_iter (100), kmeans_tol (1e-4),
-        seed (123): k-means settings (paper: random init, 8 restarts, 100 iterations, seed 123).
-      assignment ("nearest"): pixel -> segment by nearest centre; "dot" is the paper's dot product.
-      use_crf (True): dense-CRF refinement (STEGO parameters, ``crf_params``); skipped with a
-        single log line when pydensecrf2 is not installed.
-      min_segment_area (0.002): segments below this share of the image are absorbed by their
-        next-best neighbour (0 keeps every non-empty segment, as the paper did).
-      dense_method ("gem"): dense CLIP features, "gem" (paper) or "naclip"; gem_depth (7).
+      kmeans_init ("k-means++"; paper "random"), kmeans_restarts (8), kmeans_max_iter (100),
+        kmeans_tol (1e-4), kmeans_convergence ("relative": scikit-learn's test; paper
+        "mean_shift": torch-kmeans'), seed (123): k-means settings (:func:`.stages.kmeans.kmeans`).
+      assignment ("nearest"; paper "dot"): pixel -> segment by nearest centre, or by the
+        largest dot product with the centres as TAG does.
+      use_crf (True): dense-CRF refinement (STEGO parameters), skipped with a single log line
+        when pydensecrf2 is not installed. ``crf_params`` (:class:`~.stages.crf.CrfParams`):
+        iterations (10), resolution ``scale`` (1.0) and the unary: ``unary_gain=None`` is TAG's
+        softmax of the raw scores, a number calibrates the scores first (default 1.0).
+      min_segment_area (0.002; paper 0): segments below this share of the image are absorbed
+        by their next-best neighbour. Empty segments are always dropped (TAG pooled them into
+        NaN embeddings).
+      dense_method ("gem"): dense CLIP features, "gem" (paper), "naclip" or "plain"; gem_depth (7).
       top_k_captions (10), dedup_threshold (0.94), min_word_count (2), pos_filter (True):
         retrieval and TAG's word extraction.
       max_alternatives (5): alternative names kept per region.
-      merge_same_name (True): segments with the same name become one region.
+      merge_same_name (True; paper False): segments with the same name become one region.
       exemplar_threshold (0.90): cosine needed to take a corrected exemplar's name.
       max_image_pixels: decompression-bomb guard for decoded images.
     """
@@ -68,7 +80,8 @@ class TagPipeline:
                  image_size: int = 448,
                  resize_mode: str = "squash", n_segments: int = 15, kmeans_init: str = "k-means++",
                  kmeans_restarts: int = 8, kmeans_max_iter: int = 100, kmeans_tol: float = 1e-4,
-                 seed: int = 123, assignment: str = "nearest", use_crf: bool = True,
+                 kmeans_convergence: str = "relative", seed: int = 123,
+                 assignment: str = "nearest", use_crf: bool = True,
                  crf_params: crf_stage.CrfParams = crf_stage.CrfParams(),
                  min_segment_area: float = 0.002, dense_method: str = "gem", gem_depth: int = 7,
                  top_k_captions: int = 10, dedup_threshold: float = 0.94, min_word_count: int = 2,
@@ -80,13 +93,14 @@ class TagPipeline:
             raise ValueError(f"image_size {image_size} is smaller than one patch")
         if not 0 <= min_segment_area < 1:
             raise ValueError(f"min_segment_area must be in [0, 1), got {min_segment_area}")
-        self.dino, self.clip, self.index = dino, clip, index
+        self.dino, self.clip = dino, clip
         self.text_encoder = text_encoder or clip.text_encoder()
-        self.exemplars = exemplars or ExemplarMemory()
-        self.aliases = aliases or AliasMap()
+        # The default snapshot; callers that refresh knowledge pass theirs to each call instead
+        # of changing this one under threads that may be using it.
+        self.knowledge = Knowledge(index, exemplars or ExemplarMemory(), aliases or AliasMap())
         self.image_size, self.resize_mode, self.n_segments = image_size, resize_mode, n_segments
         self.kmeans_kwargs = dict(n_init=kmeans_restarts, max_iter=kmeans_max_iter, tol=kmeans_tol,
-                                  init=kmeans_init, seed=seed)
+                                  init=kmeans_init, seed=seed, convergence=kmeans_convergence)
         self.assignment, self.use_crf, self.crf_params = assignment, use_crf, crf_params
         self.min_segment_area, self.dense_method, self.gem_depth = min_segment_area, dense_method, gem_depth
         self.naming_kwargs = dict(top_k=top_k_captions, dedup_threshold=dedup_threshold,
@@ -98,52 +112,114 @@ class TagPipeline:
             crf_stage.start_helper()
 
     # ------------------------------------------------------------------ public API
-    def generate(self, image, timings: dict[str, float] | None = None) -> list[SegmentLabel]:
+    def generate(self, image, timings: dict[str, float] | None = None, *,
+                 knowledge: Knowledge | None = None) -> list[SegmentLabel]:
         """Named regions of one image (path, bytes or PIL image); raises ImageError if unusable."""
-        return self.generate_batch([open_image(image, self.max_image_pixels)], timings)[0]
+        return self.generate_batch([open_image(image, self.max_image_pixels)], timings,
+                                   knowledge=knowledge)[0]
+
+    def generate_batch(self, images: list[Image.Image], timings: dict[str, float] | None = None,
+                       *, knowledge: Knowledge | None = None) -> list[list[SegmentLabel]]:
+        """Named regions for decoded RGB images; backbones run batched when input sizes agree.
+
+        ``knowledge``: the concept-database snapshot to name with (default: the one given to
+        the constructor); a caller that refreshes knowledge hands each call its snapshot.
+        """
+        return [regions for _, regions in
+                self.generate_with_features(images, timings, knowledge=knowledge)]
 
     @torch.inference_mode()
-    def generate_batch(self, images: list[Image.Image], timings: dict[str, float] | None = None
-                       ) -> list[list[SegmentLabel]]:
-        """Named regions for decoded RGB images; backbones run batched when input sizes agree."""
+    def generate_with_features(self, images: list[Image.Image],
+                               timings: dict[str, float] | None = None, *,
+                               knowledge: Knowledge | None = None
+                               ) -> list[tuple[ImageFeatures, list[SegmentLabel]]]:
+        """:meth:`generate_batch` that also returns each image's backbone features, so a
+        caller can keep them and later rerun only the stages after the forwards."""
         t = timings if timings is not None else {}
+        prepared, patches = self._dino_forward(images, t)
+        # Segment candidates: k-means on DINOv2 tokens and pixel scores; the CRF starts in its
+        # helper process and runs while the dense-CLIP forward below uses this process.
+        with _timed(t, "kmeans"):
+            pending = [self._start_segment(prep.model_rgb, patch)
+                       for prep, patch in zip(prepared, patches)]
+        with _timed(t, "dense_clip"), self._lend_core_to_crf(pending) as rebalance:
+            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance), None,
+                                  [p.clip_pixels for p in prepared])
+        features = [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
+                    for prep, patch, feats in zip(prepared, patches, dense)]
+        return list(zip(features, self._finish(features, pending, t, knowledge)))
+
+    @torch.inference_mode()
+    def features(self, images: list[Image.Image], timings: dict[str, float] | None = None
+                 ) -> list[ImageFeatures]:
+        """The backbone forwards alone (preprocessing, DINOv2, dense CLIP) of decoded images."""
+        t = timings if timings is not None else {}
+        prepared, patches = self._dino_forward(images, t)
+        with _timed(t, "dense_clip"):
+            dense = self._batched(self._dense, None, [p.clip_pixels for p in prepared])
+        return [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
+                for prep, patch, feats in zip(prepared, patches, dense)]
+
+    @torch.inference_mode()
+    def regions_from_features(self, features: list[ImageFeatures],
+                              timings: dict[str, float] | None = None, *,
+                              knowledge: Knowledge | None = None) -> list[list[SegmentLabel]]:
+        """Named regions from kept backbone features: every stage after the forwards, the same
+        maths as :meth:`generate_batch` (k-means is seeded, so the regions are the same)."""
+        t = timings if timings is not None else {}
+        with _timed(t, "kmeans"):
+            pending = [self._start_segment(f.model_rgb, f.patches) for f in features]
+        return self._finish(features, pending, t, knowledge)
+
+    def feature_signature(self) -> str:
+        """What, besides the image, decides the backbone features (a feature-cache key part)."""
+        return repr((self.dino.model_id, str(self.dino.dtype), self.clip.encoder_id,
+                     str(self.clip.dtype), str(self.clip.device), self.image_size,
+                     self.resize_mode, self.dense_method, self.gem_depth))
+
+    @torch.inference_mode()
+    def embed_regions(self, image, masks: list[np.ndarray],
+                      features: ImageFeatures | None = None) -> np.ndarray:
+        """(n, D) L2-normalised CLIP embeddings of arbitrary boolean masks of ``image``
+        (``features``: its kept backbone features, which spare the CLIP forward)."""
+        if features is None:
+            prep = self._prepare(open_image(image, self.max_image_pixels))
+            dense = self._dense(None, prep.clip_pixels)[0]
+        else:
+            dense = features.dense
+        weights = mask_weights(masks, dense.grid)
+        empty = weights.sum(1) <= 0
+        if bool(empty.any()):
+            raise ValueError(f"{int(empty.sum())} mask(s) are empty")
+        return pool_segments(weights, dense.features)
+
+    def _dino_forward(self, images: list[Image.Image], t: dict[str, float]
+                      ) -> tuple[list[PreparedImage], list]:
         with _timed(t, "preprocess"):
             prepared = [self._prepare(img) for img in images]
         with _timed(t, "dino"):
             patches = self._batched(dino_patch_features, self.dino, [p.dino_pixels for p in prepared])
-        # Segment candidates: k-means on DINOv2 tokens and pixel scores; the CRF starts in its
-        # helper process and runs while the dense-CLIP forward below uses this process.
-        with _timed(t, "kmeans"):
-            pending = [self._start_segment(prep, patch) for prep, patch in zip(prepared, patches)]
-        with _timed(t, "dense_clip"), self._lend_core_to_crf(pending) as rebalance:
-            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance), None,
-                                  [p.clip_pixels for p in prepared])
+        return prepared, patches
+
+    def _finish(self, features: list[ImageFeatures], pending: list, t: dict[str, float],
+                knowledge: Knowledge | None) -> list[list[SegmentLabel]]:
+        knowledge = knowledge or self.knowledge
         results = []
-        for prep, segmenting, feats in zip(prepared, pending, dense):
+        for feats, segmenting in zip(features, pending):
             # CRF result (or the raw scores), then segments below min_segment_area absorbed.
             with _timed(t, "crf"):
-                labels, logits = self._finish_segment(segmenting)
+                labels = self._finish_segment(segmenting)
             # One embedding per segment: dense CLIP features mean-pooled over the segment.
             with _timed(t, "pool"):
-                embeddings = pool_segments(build_segments(labels, feats.grid, feats.features.device)
-                                           .patch_weights, feats.features)
+                dense = feats.dense
+                embeddings = pool_segments(patch_weights(labels, dense.grid, dense.features.device),
+                                           dense.features)
             # Names: corrected exemplars first, then retrieval + CLIP image-text scoring.
             with _timed(t, "name"):
-                names = self._name(embeddings)
+                names = self._name(embeddings, knowledge)
             with _timed(t, "masks"):
-                results.append(self._regions(prep, labels, logits, embeddings, names))
+                results.append(self._regions(feats.original_size, labels, embeddings, names))
         return results
-
-    @torch.inference_mode()
-    def embed_regions(self, image, masks: list[np.ndarray]) -> np.ndarray:
-        """(n, D) L2-normalised CLIP embeddings of arbitrary boolean masks of ``image``."""
-        prep = self._prepare(open_image(image, self.max_image_pixels))
-        feats = self._dense(None, prep.clip_pixels)[0]
-        weights = mask_weights(masks, feats.grid)
-        empty = weights.sum(1) <= 0
-        if bool(empty.any()):
-            raise ValueError(f"{int(empty.sum())} mask(s) are empty")
-        return pool_segments(weights, feats.features)
 
     # ------------------------------------------------------------------ stages
     def _prepare(self, image: Image.Image) -> PreparedImage:
@@ -175,24 +251,23 @@ class TagPipeline:
             return nullcontext(None)
         return crf_stage.lend_core(refine for _, _, refine in pending)
 
-    def _start_segment(self, prep: PreparedImage, patch):
+    def _start_segment(self, model_rgb: np.ndarray, patch):
         result = kmeans(patch.tokens, self.n_segments, **self.kmeans_kwargs)
         scores = grid_scores(patch.tokens, patch.grid, result.centers, self.assignment)
         # The CRF resamples the patch-grid scores straight to its own resolution.
-        refine = crf_stage.submit_crf(prep.model_rgb, scores, self.crf_params) if self.use_crf else None
-        return prep.input_size, scores, refine
+        refine = crf_stage.submit_crf(model_rgb, scores, self.crf_params) if self.use_crf else None
+        return (int(model_rgb.shape[0]), int(model_rgb.shape[1])), scores, refine
 
-    def _finish_segment(self, pending) -> tuple[np.ndarray, torch.Tensor]:
+    def _finish_segment(self, pending) -> np.ndarray:
         size, scores, refine = pending
         refined = refine() if refine is not None else None
         logits = refined if refined is not None else upsample_scores(scores, size)
         labels = label_map(logits)
-        labels = drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
-        return labels, logits
+        return drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
 
-    def _name(self, embeddings: np.ndarray) -> list[SegmentNames]:
-        names = name_segments(embeddings, self.index, self.text_encoder, **self.naming_kwargs)
-        for seg, match in zip(names, self.exemplars.match(embeddings, self.exemplar_threshold)):
+    def _name(self, embeddings: np.ndarray, knowledge: Knowledge) -> list[SegmentNames]:
+        names = name_segments(embeddings, knowledge.index, self.text_encoder, **self.naming_kwargs)
+        for seg, match in zip(names, knowledge.exemplars.match(embeddings, self.exemplar_threshold)):
             if match is not None:
                 name, score = match
                 rest = [c for c in seg.candidates if c.name != name]
@@ -200,16 +275,16 @@ class TagPipeline:
                 seg.sources = ["exemplar:" + name] + seg.sources
                 continue
             best = seg.candidates[0]
-            wanted = self.aliases.lookup(best.name)
+            wanted = knowledge.aliases.lookup(best.name)
             if wanted is not None:
                 rest = [c for c in seg.candidates if c.name != wanted]
                 seg.candidates = [NameCandidate(wanted, best.score)] + rest
                 seg.sources = [f"alias:{best.name}->{wanted}"] + seg.sources
         return names
 
-    def _regions(self, prep: PreparedImage, labels: np.ndarray, logits: torch.Tensor,
+    def _regions(self, original_size: tuple[int, int], labels: np.ndarray,
                  embeddings: np.ndarray, names: list[SegmentNames]) -> list[SegmentLabel]:
-        full = upsample_labels(logits, labels, prep.original_size)
+        full = upsample_labels(labels, original_size)
         areas = np.bincount(full.ravel(), minlength=len(names))
         groups: dict[str, list[int]] = {}
         for seg, info in enumerate(names):

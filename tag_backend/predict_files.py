@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from .errors import ImageError, TagError
 from .image_io import open_image
-from .runtime import Runtime
+from .ls.layout import DEFAULT_LAYOUT
+from .services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +60,18 @@ def local_files_url(document_root: str | Path, prefix: str = "/data/local-files/
     return url
 
 
-def predict_files(runtime: Runtime, inputs: Iterable[str], url_for: Callable[[Path], str],
+def predict_files(services: Services, inputs: Iterable[str], url_for: Callable[[Path], str],
                   progress: bool = True) -> PredictReport:
-    """Run the pipeline on every image; a bad file is reported and skipped, the batch goes on."""
-    from .ls.results import task_for_image
-
+    """Run the predictor on every image and serialize each as a task of the recommended config;
+    a bad file is reported and skipped, the batch goes on."""
     files, failures = expand_inputs(inputs)
     report = PredictReport(failures=failures)
-    pipeline = runtime.pipeline  # load models once, before the progress bar starts
-    version = runtime.model_version()
+    knowledge = services.knowledge()  # load models once, before the progress bar starts
+    version = services.version_for(knowledge)
     for path in tqdm(files, desc="predict", unit="img", disable=not progress):
         try:
-            image = open_image(path, runtime.settings.max_image_pixels)
-            regions = pipeline.generate(image)
+            image = open_image(path, services.settings.max_image_pixels)
+            regions = services.predictor.predict([image], knowledge=knowledge)[0]
         except (ImageError, TagError) as exc:
             report.failures.append((str(path), str(exc)))
             continue
@@ -80,7 +80,8 @@ def predict_files(runtime: Runtime, inputs: Iterable[str], url_for: Callable[[Pa
             report.failures.append((str(path), f"prediction failed: {type(exc).__name__}: {exc}"))
             continue
         report.regions += len(regions)
-        report.tasks.append(task_for_image(url_for(path), regions, image.width, image.height, version))
+        report.tasks.append(services.serializer.task(url_for(path), regions, image.width,
+                                                     image.height, DEFAULT_LAYOUT, version))
     return report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .cli_common import configure_logging, engine_options, handle_errors, settings_with
+from .presets import PRESETS
 
 
 @click.command()
@@ -34,7 +35,7 @@ def serve(host: str, port: int | None, **flags) -> None:
 @click.command("download-weights")
 @click.option(
     "--preset",
-    type=click.Choice(["fast", "paper"]),
+    type=click.Choice(sorted(PRESETS)),
     default=None,
     help="Preset whose weights to fetch [env TAG_PRESET].",
 )
@@ -45,13 +46,13 @@ def download_weights(preset: str | None) -> None:
     Used by the Dockerfile to bake weights into the image; loading a model is what downloads
     it, so this loads both backbones once and reports where they came from.
     """
-    from .runtime import Runtime
+    from .services import Services
 
     settings = settings_with(preset=preset, device="cpu")
     configure_logging(settings.log_level, settings.log_format)
-    runtime = Runtime(settings)
-    dino, clip = runtime.dino, runtime.clip
+    services = Services(settings)
+    dino, clip = services.models.dino, services.models.clip
     click.echo(
-        f"preset {runtime.preset.name}: DINOv2 ready ({type(dino.model).__name__}), "
+        f"preset {services.preset.name}: DINOv2 ready ({type(dino.model).__name__}), "
         f"CLIP ready ({clip.encoder_id})"
     )

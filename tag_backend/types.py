@@ -47,23 +47,6 @@ class PatchFeatures:
 
 
 @dataclass
-class Segments:
-    """A partition of the model-input image into K segments.
-
-    labels: (h, w) int64 numpy array with values in [0, K), every id present.
-    patch_weights: (K, gh * gw) float32 tensor, share of each patch covered by each segment
-        (rows sum to the segment's area in patches); used to pool patch-level features.
-    """
-
-    labels: np.ndarray
-    patch_weights: torch.Tensor
-
-    @property
-    def count(self) -> int:
-        return int(self.patch_weights.shape[0])
-
-
-@dataclass
 class DenseFeatures:
     """Dense CLIP image features on the patch grid, in the joint image-text space.
 
@@ -92,7 +75,8 @@ class SegmentLabel:
     area: number of True pixels in mask.
     sources: texts of the retrieved database entries that produced the candidates.
     embedding: (D,) float32 L2-normalised CLIP region embedding (for exemplars / corrections).
-    origin: "retrieval", "exemplar" (taken from an annotator correction) or "fallback".
+    origin: "retrieval" (named from the concept index), "exemplar" (the name of a region an
+        annotator corrected) or "alias" (a retrieved name annotators keep renaming, renamed).
     """
 
     mask: np.ndarray
@@ -103,3 +87,24 @@ class SegmentLabel:
     sources: list[str] = field(default_factory=list)
     embedding: np.ndarray | None = None
     origin: str = "retrieval"
+
+
+@dataclass
+class ImageFeatures:
+    """Backbone outputs of one image: everything the stages after the forwards need.
+
+    model_rgb: (h, w, 3) uint8 image at the model input size (the CRF runs on it).
+    original_size: (H, W) of the EXIF-transposed original (masks are returned at this size).
+    patches: DINOv2 patch tokens; dense: dense CLIP features (both on the compute device).
+    """
+
+    model_rgb: np.ndarray
+    original_size: tuple[int, int]
+    patches: PatchFeatures
+    dense: DenseFeatures
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held (what a feature cache counts)."""
+        tensors = (self.patches.tokens, self.dense.features)
+        return int(self.model_rgb.nbytes) + sum(t.element_size() * t.nelement() for t in tensors)

@@ -44,12 +44,13 @@ def tiny_settings(tiny_models_dir, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def tiny_runtime_session(tiny_models_dir, tmp_path_factory):
-    """One runtime (pipeline + store + default-vocabulary index) shared by read-only tests."""
+def tiny_services_session(tiny_models_dir, tmp_path_factory):
+    """One services object (pipeline + store + default-vocabulary index) shared by read-only
+    tests."""
     from tag_backend.config import Settings
-    from tag_backend.runtime import Runtime
+    from tag_backend.services import Services
 
-    data = tmp_path_factory.mktemp("runtime-data")
+    data = tmp_path_factory.mktemp("services-data")
     settings = Settings(preset="fast", dino_model=tiny_models_dir["dino"], clip_model=tiny_models_dir["clip"],
                         device="cpu", dtype="float32", data_dir=str(data))
-    return Runtime(settings)
+    return Services(settings)

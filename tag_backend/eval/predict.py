@@ -51,12 +51,13 @@ def prediction_from_regions(regions, shape: tuple[int, int], seconds: float = 0.
     )
 
 
-def config_hash(runtime, extra: dict) -> str:
-    """Stable short hash of everything that changes predictions."""
-    pipeline = runtime.pipeline
+def config_hash(services, extra: dict) -> str:
+    """Stable short hash of everything that changes predictions (``services``: the
+    :class:`tag_backend.services.Services` that predicts)."""
+    pipeline = services.pipeline()
     knobs = {k: getattr(pipeline, k, None) for k in _KNOBS}
-    payload = {"model_version": runtime.model_version(), "encoder": runtime.clip.encoder_id,
-               "knobs": knobs, **extra}
+    payload = {"model_version": services.model_version(),
+               "encoder": services.models.clip.encoder_id, "knobs": knobs, **extra}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

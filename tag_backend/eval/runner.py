@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..config import Settings
 from ..errors import TagError
+from ..services import Services
 from .datasets import Dataset, Sample, SampleError, load_sample, read_dataset
 from .mapping import DEFAULT_STRICT_THRESHOLD, NameMapper, encoder_kind, make_mapping_encoder
 from .metrics import Protocol
@@ -79,27 +80,38 @@ def load_eval_dataset(config: EvalConfig) -> Dataset:
     return dataset
 
 
-def _apply_knobs(runtime, config: EvalConfig) -> None:
-    """Evaluation-only overrides of pipeline knobs (smaller input, fewer segments)."""
-    pipeline = runtime.pipeline
+def _knobs(config: EvalConfig) -> dict:
+    """Evaluation-only pipeline knobs (smaller input, fewer segments)."""
+    knobs = {}
     if config.image_size is not None:
-        if config.image_size < max(pipeline.dino.patch_size, pipeline.clip.patch_size):
-            raise EvalError(f"--image-size {config.image_size} is smaller than one patch")
-        pipeline.image_size = config.image_size
+        knobs["image_size"] = config.image_size
     if config.n_segments is not None:
         if config.n_segments < 1:
             raise EvalError("--n-segments must be >= 1")
-        pipeline.n_segments = config.n_segments
+        knobs["n_segments"] = config.n_segments
+    return knobs
 
 
-def _predict(runtime, dataset: Dataset, sample: Sample, cache: PredictionCache):
+def _with_knobs(services: Services, config: EvalConfig) -> Services:
+    """``services``, or services on the same settings whose pipeline has the config's knobs."""
+    knobs = _knobs(config)
+    if "image_size" in knobs:
+        models = services.models
+        if knobs["image_size"] < max(models.dino.patch_size, models.clip.patch_size):
+            raise EvalError(f"--image-size {config.image_size} is smaller than one patch")
+    if all(services.pipeline_overrides.get(k) == v for k, v in knobs.items()):
+        return services
+    return Services(services.settings, pipeline_overrides={**services.pipeline_overrides, **knobs})
+
+
+def _predict(services: Services, dataset: Dataset, sample: Sample, cache: PredictionCache):
     """(image, gt, prediction); raises SampleError for anything wrong with this image."""
-    image, gt = load_sample(dataset, sample, runtime.settings.max_image_pixels)
+    image, gt = load_sample(dataset, sample, services.settings.max_image_pixels)
     prediction = cache.get(sample.image_id, gt.shape)
     if prediction is None:
         start = time.perf_counter()
         try:
-            regions = runtime.pipeline.generate_batch([image])[0]
+            regions = services.predictor.predict([image])[0]
             prediction = prediction_from_regions(regions, gt.shape, time.perf_counter() - start)
         except (KeyboardInterrupt, MemoryError):
             raise
@@ -110,20 +122,20 @@ def _predict(runtime, dataset: Dataset, sample: Sample, cache: PredictionCache):
     return image, gt, prediction
 
 
-def _cache_for(runtime, config: EvalConfig, dataset: Dataset) -> PredictionCache:
-    digest = config_hash(runtime, {"dataset": dataset.name, "split": config.split,
+def _cache_for(services: Services, config: EvalConfig, dataset: Dataset) -> PredictionCache:
+    digest = config_hash(services, {"dataset": dataset.name, "split": config.split,
                                    "root": str(dataset.root.resolve())})
     return PredictionCache(config.report_dir / "cache" / digest)
 
 
-def evaluate(runtime, config: EvalConfig, dataset: Dataset, samples: list[Sample], mapper: NameMapper,
+def evaluate(services: Services, config: EvalConfig, dataset: Dataset, samples: list[Sample], mapper: NameMapper,
              protocols: list[Protocol], desc: str = "eval") -> _Pass:
-    """Score ``samples`` with the runtime as it is now (per-image failures listed)."""
-    cache = _cache_for(runtime, config, dataset)
+    """Score ``samples`` with the services' current knowledge (per-image failures listed)."""
+    cache = _cache_for(services, config, dataset)
     result = _Pass(Scorer(dataset, mapper, protocols), [], [])
     for sample in tqdm(samples, desc=desc, unit="img", disable=not config.progress):
         try:
-            image, gt, prediction = _predict(runtime, dataset, sample, cache)
+            image, gt, prediction = _predict(services, dataset, sample, cache)
             result.scorer.add(sample.image_id, gt, prediction)
         except (SampleError, ValueError) as exc:
             logger.warning("skipped %s: %s", sample.image_id, exc)
@@ -137,7 +149,7 @@ def evaluate(runtime, config: EvalConfig, dataset: Dataset, samples: list[Sample
     return result
 
 
-def _replay(runtime, config: EvalConfig, dataset: Dataset, samples: list[Sample], mapper: NameMapper,
+def _replay(services: Services, config: EvalConfig, dataset: Dataset, samples: list[Sample], mapper: NameMapper,
             strict: Protocol, state_file: Path) -> list[CorrectionStep]:
     """Correct ``samples`` one by one (resumable: finished images are listed in ``state_file``)."""
     done = json.loads(state_file.read_text()) if state_file.exists() else []
@@ -148,9 +160,9 @@ def _replay(runtime, config: EvalConfig, dataset: Dataset, samples: list[Sample]
             continue
         cache = PredictionCache(None)
         try:
-            image, gt, prediction = _predict(runtime, dataset, sample, cache)
+            image, gt, prediction = _predict(services, dataset, sample, cache)
             final, judged, corrected = annotator_names(prediction, gt, dataset, mapper, strict)
-            record_correction(runtime, image, sample.image_id, prediction, final)
+            record_correction(services, image, sample.image_id, prediction, final)
         except (SampleError, ValueError) as exc:
             logger.warning("correction of %s skipped: %s", sample.image_id, exc)
             continue
@@ -175,16 +187,14 @@ def _curve_row(images: int, steps: list[CorrectionStep], summary: dict) -> dict:
             "mask_miou": summary["mask_quality"]["hungarian_miou"]}
 
 
-def _simulation_runtime(settings: Settings, config: EvalConfig):
-    from ..runtime import Runtime
-
+def _simulation_services(settings: Settings, config: EvalConfig) -> tuple[Services, Path]:
     key = json.dumps([settings.resolved_db_url, settings.preset, settings.clip_model,
                       settings.dino_model, config.dataset, str(config.root), config.simulate_corrections])
     scratch = config.report_dir / f"simulation-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    return Runtime(scratch_settings(settings, scratch)), scratch
+    return Services(scratch_settings(settings, scratch), pipeline_overrides=_knobs(config)), scratch
 
 
-def _run_with_corrections(runtime, config, dataset, mapper, protocols, scratch: Path):
+def _run_with_corrections(services, config, dataset, mapper, protocols, scratch: Path):
     n = config.simulate_corrections
     if n >= len(dataset.samples):
         raise EvalError(f"--simulate-corrections {n} leaves no image to evaluate "
@@ -197,30 +207,33 @@ def _run_with_corrections(runtime, config, dataset, mapper, protocols, scratch: 
     points = _checkpoints(n, config.curve_points)
     curve, steps, last = [], [], None
     for k in points:
-        steps = _replay(runtime, config, dataset, train[:k], mapper, strict, scratch / "replayed.json")
+        steps = _replay(services, config, dataset, train[:k], mapper, strict, scratch / "replayed.json")
         if k in saved and k != points[-1]:  # resumed run: earlier checkpoints are history
             curve.append(saved[k])
             continue
-        last = evaluate(runtime, config, dataset, held, mapper, protocols, desc=f"eval@{k}")
+        last = evaluate(services, config, dataset, held, mapper, protocols, desc=f"eval@{k}")
         curve.append(_curve_row(k, steps, last.scorer.summary()))
         curve_file.write_text(json.dumps(curve, indent=1))
     return last, curve, steps
 
 
-def run_eval(config: EvalConfig, settings: Settings, runtime=None) -> EvalResult:
-    """Run one evaluation and write ``report.md``, ``report.json`` and ``examples.png``."""
-    from ..runtime import Runtime
+def run_eval(config: EvalConfig, settings: Settings, services: Services | None = None
+             ) -> EvalResult:
+    """Run one evaluation and write ``report.md``, ``report.json`` and ``examples.png``.
 
+    ``services``: the process's services (built from ``settings`` when not given); simulated
+    corrections always run on services of a scratch copy of the database.
+    """
     config.report_dir.mkdir(parents=True, exist_ok=True)
     dataset = load_eval_dataset(config)
     scratch = None
     if config.simulate_corrections:
         if config.simulate_corrections < 0:
             raise EvalError("--simulate-corrections must be >= 0")
-        runtime, scratch = _simulation_runtime(settings, config)
-    runtime = runtime or Runtime(settings)
-    _apply_knobs(runtime, config)
-    encoder = make_mapping_encoder(config.mapping_model, runtime.clip.text_encoder(), settings.device)
+        services, scratch = _simulation_services(settings, config)
+    services = _with_knobs(services or Services(settings), config)
+    encoder = make_mapping_encoder(config.mapping_model, services.models.clip.text_encoder(),
+                                   settings.device)
     threshold = config.strict_threshold
     if threshold is None:
         threshold = DEFAULT_STRICT_THRESHOLD[encoder_kind(encoder)]
@@ -228,11 +241,11 @@ def run_eval(config: EvalConfig, settings: Settings, runtime=None) -> EvalResult
     protocols = default_protocols(dataset, threshold)
     curve, steps = None, None
     if scratch is not None:
-        final, curve, steps = _run_with_corrections(runtime, config, dataset, mapper, protocols, scratch)
+        final, curve, steps = _run_with_corrections(services, config, dataset, mapper, protocols, scratch)
     else:
-        final = evaluate(runtime, config, dataset, dataset.samples, mapper, protocols)
+        final = evaluate(services, config, dataset, dataset.samples, mapper, protocols)
     summary = final.scorer.summary()
-    summary.update(_run_info(config, dataset, runtime, encoder, final))
+    summary.update(_run_info(config, dataset, services, encoder, final))
     if curve is not None:
         summary["corrections"] = {"curve": curve, "steps": [s.__dict__ for s in steps]}
     files = write_report(config.report_dir, summary, final.failures, final.examples, dataset,
@@ -240,21 +253,22 @@ def run_eval(config: EvalConfig, settings: Settings, runtime=None) -> EvalResult
     return EvalResult(summary, final.failures, files)
 
 
-def _run_info(config: EvalConfig, dataset: Dataset, runtime, encoder, final: _Pass) -> dict:
+def _run_info(config: EvalConfig, dataset: Dataset, services: Services, encoder,
+              final: _Pass) -> dict:
     import torch
 
-    pipeline = runtime.pipeline
+    pipeline = services.pipeline()
     return {
         "dataset": {"name": dataset.name, "root": str(dataset.root), "split": config.split,
                     "classes": len(dataset.classes), "images_listed": len(dataset.samples)},
         "failures": {"count": len(final.failures),
                      "items": [{"image_id": i, "reason": r} for i, r in final.failures]},
-        "model_version": runtime.model_version(),
-        "encoder_id": runtime.clip.encoder_id,
+        "model_version": services.model_version(),
+        "encoder_id": services.models.clip.encoder_id,
         "mapping_encoder": encoder.encoder_id,
         "pipeline": {"image_size": pipeline.image_size, "n_segments": pipeline.n_segments,
                      "use_crf": pipeline.use_crf, "dense_method": pipeline.dense_method},
-        "environment": {"device": str(runtime.device), "torch": torch.__version__,
+        "environment": {"device": str(services.models.device), "torch": torch.__version__,
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "mask_quality_note": "Hungarian-matched IoU per ground-truth segment (all classes incl. "
                              "background), mean over segments",

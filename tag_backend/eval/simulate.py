@@ -3,9 +3,9 @@
 For each image the simulated annotator keeps right names and replaces wrong ones by the ground
 truth class name (strict view: a name is right only when it maps to the region's majority class).
 The annotation and the prediction it started from are built as Label Studio results
-(:mod:`tag_backend.ls.results`) and recorded with
+(:mod:`tag_backend.ls.serializer`) and recorded with
 ``database_tools.corrections.record_annotation(..., embed_region=...)``, exactly what the
-webhook does; ``runtime.refresh()`` then loads the new exemplars and concepts.
+webhook does; ``services.refresh()`` then loads the new exemplars and concepts.
 
 Simulations never touch the user's database: they run on a scratch copy (SQLite backup of the
 configured SQLite database and a copy of its indexes, or a fresh default-vocabulary database).
@@ -64,7 +64,8 @@ def annotator_names(prediction: Prediction, gt: np.ndarray, dataset: Dataset, ma
 def build_pair(prediction: Prediction, final_names: list[str], image_id: str, model_version: str
                ) -> tuple[dict, dict, dict[str, np.ndarray]]:
     """(annotation, prediction, {region id: mask}) in Label Studio's result format."""
-    from ..ls.results import DEFAULT_LAYOUT, PlacedRegion, region_items
+    from ..ls.layout import DEFAULT_LAYOUT
+    from ..ls.serializer import PlacedRegion, region_items
 
     height, width = prediction.region_map.shape
     predicted, annotated, masks = [], [], {}
@@ -86,17 +87,18 @@ def build_pair(prediction: Prediction, final_names: list[str], image_id: str, mo
 
 class RegionEmbedder:
     """``embed_region(item) -> embedding`` for ``record_annotation``: decodes the item's brush RLE
-    and pools the pipeline's dense CLIP features over it (one CLIP pass for all regions)."""
+    and pools the image's dense CLIP features over it (the predictor's kept features of the
+    image, or one CLIP pass for all regions)."""
 
-    def __init__(self, pipeline, image: Image.Image, encoder_id: str) -> None:
-        self.pipeline, self.image, self.encoder_id = pipeline, image, encoder_id
+    def __init__(self, predictor, image: Image.Image, encoder_id: str) -> None:
+        self.predictor, self.image, self.encoder_id = predictor, image, encoder_id
         self._vectors: dict[str, np.ndarray] = {}
 
     def prefetch(self, items: list[dict]) -> None:
         masks = {str(i["id"]): _decode(i) for i in items if i.get("type") == "brushlabels"}
         masks = {k: m for k, m in masks.items() if m.any()}
         if masks:
-            vectors = self.pipeline.embed_regions(self.image, list(masks.values()))
+            vectors = self.predictor.embed_regions(self.image, list(masks.values()))
             self._vectors.update(zip(masks.keys(), vectors))
 
     def __call__(self, item) -> np.ndarray | None:
@@ -114,17 +116,19 @@ def _decode(item) -> np.ndarray:
     return flat.reshape(h, w, 4)[..., 3] > 127
 
 
-def record_correction(runtime, image: Image.Image, image_id: str, prediction: Prediction,
+def record_correction(services, image: Image.Image, image_id: str, prediction: Prediction,
                       final_names: list[str]):
-    """Record one simulated annotation through the real path and reload the runtime."""
+    """Record one simulated annotation through the real path and refresh the services'
+    knowledge (``services``: :class:`tag_backend.services.Services`)."""
     from database_tools.corrections import record_annotation
 
-    annotation, predicted, _ = build_pair(prediction, final_names, image_id, runtime.model_version())
-    embedder = RegionEmbedder(runtime.pipeline, image, runtime.clip.encoder_id)
+    annotation, predicted, _ = build_pair(prediction, final_names, image_id,
+                                          services.model_version())
+    embedder = RegionEmbedder(services.predictor, image, services.models.clip.encoder_id)
     embedder.prefetch(annotation["result"])
-    report = record_annotation(runtime.store, annotation, predicted, embed_region=embedder,
+    report = record_annotation(services.store, annotation, predicted, embed_region=embedder,
                                new_concept_status="active")
-    runtime.refresh()
+    services.refresh()
     return report
 
 

@@ -79,8 +79,9 @@ def _settings(root: Path, real_sizes: bool = False) -> Settings:
     return dataclasses.replace(settings, **{k: v for k, v in changes.items()})
 
 
-def _engine_alone(runtime, paths: list[Path], batch_size: int) -> float:
-    """Tasks/s of ``generate_batch`` alone on pre-decoded images.
+def _engine_alone(services, paths: list[Path], batch_size: int) -> float:
+    """Tasks/s of ``generate_batch`` alone on pre-decoded images (the pipeline itself, so no
+    feature cache: every image runs the backbones, as in the worker where each task is new).
 
     Runs on a helper thread like the worker's compute thread: on a loaded 2-core machine the
     same calls were measured 3-4x slower from the main thread than from any other thread (the
@@ -96,7 +97,7 @@ def _engine_alone(runtime, paths: list[Path], batch_size: int) -> float:
     def run() -> None:
         start = time.perf_counter()
         for i in range(0, len(images), batch_size):
-            runtime.pipeline.generate_batch(images[i:i + batch_size])
+            services.pipeline().generate_batch(images[i:i + batch_size])
         out["rate"] = len(images) / (time.perf_counter() - start)
 
     thread = threading.Thread(target=run, name="bench-engine")
@@ -107,17 +108,15 @@ def _engine_alone(runtime, paths: list[Path], batch_size: int) -> float:
     return out["rate"]
 
 
-def _end_to_end(runtime, paths: list[Path], batch_size: int) -> float:
+def _end_to_end(services, paths: list[Path], batch_size: int) -> float:
     from ..ls import recommended_label_config
-    from .engine import TaskEngine
-    from .queue import JobQueue
     from .worker import Worker, WorkerOptions
 
-    queue = JobQueue.from_store(runtime.store)
+    queue = services.jobs.queue
     tasks = [{"id": i + 1, "data": {"image": str(p)}} for i, p in enumerate(paths)]
     job = queue.create_job("prelabel", tasks, label_config=recommended_label_config(),
-                           model_version=runtime.model_version(), push=False)
-    worker = Worker(queue, TaskEngine(runtime), None,
+                           model_version=services.model_version(), push=False)
+    worker = Worker(queue, services, None,
                     WorkerOptions(batch_size=batch_size, prefetch=2 * batch_size,
                                   poll_seconds=0.05, push=False))
     start = time.perf_counter()
@@ -155,26 +154,26 @@ def run_jobs_bench(n_jobs: int, batch_size: int = 4, image_size: tuple[int, int]
     """Run both measurements on ``n_jobs`` synthetic images and print the numbers."""
     if n_jobs < 1:
         raise ValueError("n_jobs must be >= 1")
-    from ..runtime import Runtime
+    from ..services import Services
 
     with tempfile.TemporaryDirectory(prefix="tag-jobs-bench-") as tmp:
         root = Path(tmp)
         (root / "images").mkdir()
         paths = _images(root / "images", n_jobs, image_size)
-        runtime = Runtime(_settings(root, real_sizes))
+        services = Services(_settings(root, real_sizes))
         # Untimed pass: loads the models and fills the per-process text caches with the names
         # these images produce, so neither timed run profits from the other's warm caches.
-        _engine_alone(runtime, paths, batch_size)
-        first = _engine_alone(runtime, paths, batch_size)
+        _engine_alone(services, paths, batch_size)
+        first = _engine_alone(services, paths, batch_size)
         before = _stage_totals()
-        end_to_end = _end_to_end(runtime, paths, batch_size)
+        end_to_end = _end_to_end(services, paths, batch_size)
         stages = {k: v - before.get(k, 0.0) for k, v in _stage_totals().items()}
-        second = _engine_alone(runtime, paths, batch_size)  # before and after: load drift
+        second = _engine_alone(services, paths, batch_size)  # before and after: load drift
         engine = (first + second) / 2
-        single = _engine_alone(runtime, paths[:16], 1) if batch_size > 1 else engine
+        single = _engine_alone(services, paths[:16], 1) if batch_size > 1 else engine
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result = JobsBenchResult(n_jobs, batch_size, engine, end_to_end, rss_mb, single)
-        runtime.store.close()
+        services.close()
     print(f"jobs: {n_jobs} tasks of {image_size[0]}x{image_size[1]}, batch {batch_size}")
     print(f"engine alone:  {result.engine_tasks_per_s:.3f} tasks/s "
           f"(batch 1: {result.engine_batch1_tasks_per_s:.3f} tasks/s on up to 16 images)")

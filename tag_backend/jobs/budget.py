@@ -14,9 +14,9 @@ Label Studio sends every selected task in one ``/predict`` and gives up after
    Studio through the SDK as it finishes; a later "Retrieve Predictions" is answered from the
    store.
 
-While the models are not loaded yet (first request after start), they are loaded in the
-background and the request waits for them at most half the budget; if they are still loading,
-everything not stored is queued (loading alone could exceed Label Studio's timeout).
+While the models are not loaded yet (``engine_ready`` False: the first request after start),
+everything not stored is queued: loading alone could exceed Label Studio's timeout. The server's
+``/predict`` handler (:mod:`tag_backend.ls.predict_route`) decides that and supplies the work.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import cache_key
+from .keys import cache_key
 from .queue import JobQueue, task_payload
 
 logger = logging.getLogger(__name__)
@@ -85,16 +85,14 @@ def compute_within_budget(tasks: Sequence[Any], indices: Sequence[int], budget: 
     return done, []
 
 
-#: Seconds per task measured by this process (inline /predict work and the job worker's batches).
-SHARED_ESTIMATE = CostEstimate()
-
-
 def predict_with_budget(queue: JobQueue, tasks: Sequence[Any], *, label_config: str,
                         model_version: str, budget: float, predict_one: Callable[[Any], dict],
                         project_id: int | None, push: bool, engine_ready: bool,
-                        estimate: CostEstimate = SHARED_ESTIMATE,
-                        clock: Callable[[], float] = time.monotonic) -> BudgetOutcome:
-    """The ``/predict`` items of ``tasks`` (see the module docstring); queues a job if needed."""
+                        estimate: CostEstimate | None = None, clock: Callable[[], float] = time.monotonic) -> BudgetOutcome:
+    """The ``/predict`` items of ``tasks`` (see the module docstring); queues a job if needed.
+
+    ``estimate``: this process's seconds-per-task estimate (updated here as tasks finish).
+    """
     keys = [cache_key(model_version, label_config, t) if _has_id(t) else "" for t in tasks]
     stored = queue.cached(keys)
     items: list[Any] = [None] * len(tasks)
@@ -107,7 +105,8 @@ def predict_with_budget(queue: JobQueue, tasks: Sequence[Any], *, label_config: 
         else:
             todo.append(i)
     if engine_ready:
-        done, todo = compute_within_budget(tasks, todo, budget, predict_one, estimate, clock)
+        done, todo = compute_within_budget(tasks, todo, budget, predict_one,
+                                           estimate or CostEstimate(), clock)
     else:
         done = {}
     for i, item in done.items():
@@ -146,64 +145,3 @@ def _queue_rest(queue: JobQueue, tasks, keys, todo: list[int], outcome: BudgetOu
                 extra={"job_id": job_id, "tasks": len(new)})
     queue.depth()
     return job_id
-
-
-_loading: dict[int, threading.Event] = {}
-_loading_lock = threading.Lock()
-
-
-def wait_for_engine(runtime, timeout: float) -> bool:
-    """Whether the models are loaded, loading them in the background and waiting ``timeout``."""
-    if "pipeline" in runtime.__dict__:
-        return True
-    with _loading_lock:
-        event = _loading.get(id(runtime))
-        if event is None:
-            event = _loading[id(runtime)] = threading.Event()
-
-            def load() -> None:
-                try:
-                    _ = runtime.pipeline
-                except Exception:  # noqa: BLE001 - reported by the next use of the pipeline
-                    logger.exception("loading the engine failed")
-                finally:
-                    event.set()
-                    with _loading_lock:
-                        _loading.pop(id(runtime), None)
-
-            threading.Thread(target=load, name="tag-engine-load", daemon=True).start()
-    event.wait(timeout)
-    return "pipeline" in runtime.__dict__
-
-
-def predict_request(backend, req, context) -> list[Any]:
-    """Entry point for the server's ``/predict`` handler: the reply's ``results`` list.
-
-    ``backend`` is the app's Backend (runtime, settings, fetcher); ``req`` the parsed request;
-    ``context`` the request's PredictContext. Interactive calls (``req.context``) are computed
-    directly: Label Studio waits for them and they concern one task.
-    """
-    from ..ls.predictor import predict_task
-    from .service import ensure_worker, queue_for
-
-    runtime = backend.runtime
-    predict_one = lambda task: predict_task(runtime, task, context)  # noqa: E731
-    if req.context is not None:
-        return [predict_one(task) for task in req.tasks]
-    settings = backend.settings
-    started = time.monotonic()
-    ready = wait_for_engine(runtime, settings.predict_budget_seconds / 2)
-    budget = max(0.0, settings.predict_budget_seconds - (time.monotonic() - started))
-    project = int(req.project) if req.project and str(req.project).isdigit() else None
-    push = bool(settings.label_studio_url and settings.label_studio_api_key)
-    outcome = predict_with_budget(
-        queue_for(runtime), req.tasks, label_config=req.label_config or "",
-        model_version=context.model_version, budget=budget,
-        predict_one=predict_one, project_id=project, push=push, engine_ready=ready)
-    if outcome.queued:
-        ensure_worker(runtime, backend.fetcher)
-        if not push and outcome.job_id is not None:
-            logger.warning("%d task(s) queued but LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are not "
-                           "set: their predictions are stored and returned by the next "
-                           "'Retrieve Predictions' instead of being pushed", len(outcome.queued))
-    return outcome.items

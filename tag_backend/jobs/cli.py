@@ -9,12 +9,12 @@ import click
 from ..cli_common import configure_logging, engine_options, handle_errors, settings_with
 
 
-def _runtime(flags: dict):
-    from ..runtime import get_runtime
+def _services(flags: dict):
+    from ..services import Services
 
     settings = settings_with(**flags)
     configure_logging(settings.log_level, settings.log_format)
-    return get_runtime(settings)
+    return Services(settings)
 
 
 def _options(batch_size: int):
@@ -43,9 +43,9 @@ def prelabel(project_id, task_filter, limit, batch_size, quiet, **flags) -> None
     """
     from .prelabel import PrelabelInterrupted, prelabel_project
 
-    runtime = _runtime(flags)
+    services = _services(flags)
     try:
-        plan, final = prelabel_project(runtime, project_id, filter=task_filter, limit=limit,
+        plan, final = prelabel_project(services, project_id, filter=task_filter, limit=limit,
                                        progress=not quiet, options=_options(batch_size))
     except PrelabelInterrupted as exc:
         click.echo(str(exc), err=True)
@@ -58,15 +58,13 @@ def prelabel(project_id, task_filter, limit, batch_size, quiet, **flags) -> None
         return
     click.echo(f"job {final.job_id}: {final.done} done, {final.failed} failed, {final.pushed} "
                f"pushed, {final.push_gone} gone (task deleted), {final.push_failed} refused")
-    _print_failures(runtime, final.job_id)
+    _print_failures(services, final.job_id)
     if final.failed or final.push_failed:
         sys.exit(1)
 
 
-def _print_failures(runtime, job_id: int) -> None:
-    from .queue import JobQueue
-
-    for task_id, reason in JobQueue.from_store(runtime.store).failures(job_id):
+def _print_failures(services, job_id: int) -> None:
+    for task_id, reason in services.jobs.queue.failures(job_id):
         click.echo(f"FAILED task {task_id}: {reason}", err=True)
 
 
@@ -150,14 +148,10 @@ def cancel_job(job_id, **flags) -> None:
 @handle_errors
 def work(batch_size, **flags) -> None:
     """Run a worker on the shared queue until Ctrl-C (extra capacity for any replica's jobs)."""
-    from .engine import TaskEngine
-    from .push import LabelStudioPusher
-    from .queue import JobQueue
     from .worker import Worker
 
-    runtime = _runtime(flags)
-    worker = Worker(JobQueue.from_store(runtime.store), TaskEngine(runtime),
-                    LabelStudioPusher.from_settings(runtime.settings), _options(batch_size))
+    services = _services(flags)
+    worker = Worker(services.jobs.queue, services, services.jobs.pusher, _options(batch_size))
     worker.start()
     click.echo(f"worker {worker.worker_id} running; Ctrl-C to stop")
     try:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TagError
-from .engine import TaskEngine, cache_key
+from ..ls.controls import parse_label_config
+from .keys import cache_key
 from .push import LabelStudioAccessError, LabelStudioPusher, classify
 from .queue import JobProgress, JobQueue, task_payload
 from .worker import Worker, WorkerOptions
@@ -125,7 +126,7 @@ def _raise(exc: BaseException):
     raise exc
 
 
-def plan_prelabel(runtime, queue: JobQueue, pusher: LabelStudioPusher, project_id: int, *,
+def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_id: int, *,
                   filter: str = "unlabeled", limit: int | None = None) -> PrelabelPlan:
     """Queue the project's tasks that need a prediction (joining an active job if any)."""
     if filter not in FILTERS:
@@ -135,8 +136,8 @@ def plan_prelabel(runtime, queue: JobQueue, pusher: LabelStudioPusher, project_i
     client = pusher.client()
     project = _ls_call(f"project {project_id}", client.projects.get, id=project_id)
     label_config = getattr(project, "label_config", None) or ""
-    TaskEngine.check_config(label_config)
-    version = runtime.model_version()
+    parse_label_config(label_config)  # LabelConfigError if TAG cannot fill this project
+    version = services.model_version()
     selected, seen, predicted, labeled = [], 0, 0, 0
     for task in iter_tasks(client, project_id):
         seen += 1
@@ -194,19 +195,21 @@ def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = Tr
     return queue.progress(job_id)
 
 
-def prelabel_project(runtime, project_id: int, *, filter: str = "unlabeled",
+def prelabel_project(services, project_id: int, *, filter: str = "unlabeled",
                      limit: int | None = None, progress: bool = True,
                      options: WorkerOptions = WorkerOptions()
                      ) -> tuple[PrelabelPlan, JobProgress | None]:
-    """Plan and run a project's pre-labelling; returns the plan and the final job progress."""
-    pusher = LabelStudioPusher.from_settings(runtime.settings)
-    queue = JobQueue.from_store(runtime.store)
-    plan = plan_prelabel(runtime, queue, pusher, project_id, filter=filter, limit=limit)
+    """Plan and run a project's pre-labelling; returns the plan and the final job progress.
+
+    ``services``: the command's :class:`tag_backend.services.Services`.
+    """
+    pusher, queue = services.jobs.pusher, services.jobs.queue
+    plan = plan_prelabel(services, queue, pusher, project_id, filter=filter, limit=limit)
     logger.info("project %s: %d tasks seen, %d already predicted, %d labeled, %d queued "
                 "(job %s%s)", project_id, plan.seen, plan.already_predicted, plan.labeled,
                 plan.queued, plan.job_id, ", joined" if plan.joined else "",
                 extra={"job_id": plan.job_id, "project_id": project_id})
     if plan.job_id is None:
         return plan, None
-    worker = Worker(queue, TaskEngine(runtime), pusher, options)
+    worker = Worker(queue, services, pusher, options)
     return plan, run_job(queue, worker, plan.job_id, progress=progress)

@@ -13,22 +13,20 @@ two identical predictions.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .. import metrics
-from ..errors import TagError
+from ..ls.client import LabelStudioAccessError, LabelStudioClient
 
 logger = logging.getLogger(__name__)
 
 PUSHED, GONE, RETRY, FAILED, AUTH = "pushed", "gone", "retry", "failed", "auth"
 
-
-class LabelStudioAccessError(TagError):
-    """Label Studio refused the token (401/403) or is not configured."""
+__all__ = ["AUTH", "FAILED", "GONE", "PUSHED", "RETRY", "LabelStudioAccessError",
+           "LabelStudioPusher", "PushResult", "classify"]
 
 
 @dataclass(frozen=True)
@@ -60,40 +58,27 @@ def classify(exc: BaseException) -> PushResult:
 
 
 class LabelStudioPusher:
-    """A lazily built SDK client for ``Settings.label_studio_url`` / ``label_studio_api_key``."""
+    """Creates predictions through the backend's :class:`~tag_backend.ls.client.LabelStudioClient`."""
 
-    def __init__(self, url: str | None, api_key: str | None, timeout: float = 30.0) -> None:
-        self.url = (url or "").rstrip("/")
-        self.api_key = api_key
-        self.timeout = timeout
-        self._client = None
-        self._lock = threading.Lock()
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30.0,
+                 *, client: LabelStudioClient | None = None) -> None:
+        self.ls = client or LabelStudioClient(url, api_key, timeout)
 
     @classmethod
     def from_settings(cls, settings) -> "LabelStudioPusher":
-        return cls(settings.label_studio_url, settings.label_studio_api_key)
+        return cls(client=LabelStudioClient.from_settings(settings))
 
     @property
     def configured(self) -> bool:
-        return bool(self.url and self.api_key)
+        return self.ls.configured
 
     def client(self):
         """The SDK client (a PAT is exchanged for an access token by the SDK itself)."""
-        if not self.configured:
-            raise LabelStudioAccessError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY so "
-                                         "predictions can be pushed to Label Studio")
-        with self._lock:
-            if self._client is None:
-                from label_studio_sdk import LabelStudio
-
-                self._client = LabelStudio(base_url=self.url, api_key=self.api_key,
-                                           timeout=self.timeout)
-            return self._client
+        return self.ls.sdk()
 
     def reset(self) -> None:
         """Drop the client (e.g. after an auth failure, so a new token exchange happens)."""
-        with self._lock:
-            self._client = None
+        self.ls.reset()
 
     def has_version(self, ls_task_id: int, model_version: str) -> bool:
         """Whether the task already holds a prediction of ``model_version``."""

@@ -27,7 +27,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.engine import Engine
 
 from .. import metrics
-from .schema import ACTIVE_JOB_STATES, CachedPrediction, Job, JobTask, create_tables
+from .schema import ACTIVE_JOB_STATES, CachedPrediction, Job, JobTask, upgrade_job_tables
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class JobQueue:
         self.engine = engine
         self.policy = policy
         self.dialect = engine.dialect.name
-        create_tables(engine)
+        upgrade_job_tables(engine)
 
     @classmethod
     def from_store(cls, store, policy: QueuePolicy = QueuePolicy()) -> "JobQueue":

@@ -1,18 +1,21 @@
 """Tables of the pre-labelling job queue, kept in the concept store's database.
 
 They live in the same database as the concepts (SQLite by default, PostgreSQL when
-``TAG_DB_URL`` says so) so every backend replica sees one queue. They are created by
-the store's Alembic migration ``0002_prelabel_jobs`` (database_tools/migrations), which runs
-when a ``Store`` is opened; ``create_tables`` stays as an idempotent guard for databases opened
-read-only by an older store.
+``TAG_DB_URL`` says so) so every backend replica sees one queue, but they are the job engine's:
+their own Alembic migrations (``tag_backend/jobs/migrations``, version table
+``tag_jobs_alembic_version``) create and upgrade them when a queue is opened
+(:func:`upgrade_job_tables`); the concept store's migrations know nothing about them.
 
 Times are float Unix seconds: leases and back-off compare them with ``time.time()`` on every
 dialect without timezone surprises.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import (
     BigInteger,
+    Engine,
     Float,
     ForeignKey,
     Index,
@@ -22,6 +25,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from database_tools.migrate import MigrationSet, migrate_to_head
 
 #: Job states. A job is "active" while queued or running.
 JOB_STATES = ("queued", "running", "done", "cancelled")
@@ -99,12 +104,12 @@ class CachedPrediction(JobsBase):
     created_at: Mapped[float] = mapped_column(Float, nullable=False)
 
 
-def create_tables(engine) -> None:
-    """Create the job tables if missing (idempotent; safe when several processes race)."""
-    from sqlalchemy.exc import DBAPIError
+#: The job tables' own schema history (see the module docstring).
+JOB_MIGRATIONS = MigrationSet("job queue", Path(__file__).with_name("migrations"),
+                              "tag_jobs_alembic_version", 724_118_204)
 
-    try:
-        JobsBase.metadata.create_all(engine)
-    except DBAPIError:
-        # Another process created them between the existence check and CREATE: re-check.
-        JobsBase.metadata.create_all(engine)
+
+def upgrade_job_tables(engine: Engine) -> None:
+    """Create or upgrade the job tables to the newest revision (cheap when they are current;
+    concurrent openers migrate one at a time; a newer revision raises ``SchemaTooNew``)."""
+    migrate_to_head(engine, JOB_MIGRATIONS)

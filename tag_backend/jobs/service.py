@@ -1,52 +1,56 @@
-"""The process-wide job queue and worker of a backend process (one worker per process)."""
+"""The job queue and this process's job worker, for one services object."""
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
-from .engine import TaskEngine
 from .push import LabelStudioPusher
 from .queue import JobQueue
-from .worker import Worker, WorkerOptions
+from .worker import Worker, WorkerOptions, WorkerServices
 
 logger = logging.getLogger(__name__)
 
-_lock = threading.Lock()
-_queues: dict[int, JobQueue] = {}
-_workers: dict[int, Worker] = {}
 
+class JobService:
+    """The queue in the services' store (opened on first use) and at most one running worker.
 
-def queue_for(runtime) -> JobQueue:
-    """The job queue in the runtime's concept store (tables created on first use)."""
-    key = id(runtime)
-    with _lock:
-        if key not in _queues:
-            _queues[key] = JobQueue.from_store(runtime.store)
-        return _queues[key]
-
-
-def ensure_worker(runtime, fetcher=None, options: WorkerOptions | None = None) -> Worker:
-    """Start this process's worker for ``runtime`` if it is not running; returns it.
-
-    Safe to call on every request: the second call only wakes the worker.
+    ``store``: returns the concept store (the job tables live in it); ``pusher``: how finished
+    predictions reach Label Studio.
     """
-    key = id(runtime)
-    queue = queue_for(runtime)
-    with _lock:
-        worker = _workers.get(key)
-        if worker is None or not worker.running:
-            worker = Worker(queue, TaskEngine(runtime, fetcher),
-                            LabelStudioPusher.from_settings(runtime.settings),
-                            options or WorkerOptions()).start()
-            _workers[key] = worker
-    worker.wake()
-    return worker
 
+    def __init__(self, services: WorkerServices, store: Callable[[], object],
+                 pusher: LabelStudioPusher) -> None:
+        self._services, self._store, self.pusher = services, store, pusher
+        self._queue: JobQueue | None = None
+        self._worker: Worker | None = None
+        self._lock = threading.Lock()
 
-def stop_workers(timeout: float = 30.0) -> None:
-    """Stop every worker of this process (tests, shutdown); unfinished claims are given back."""
-    with _lock:
-        workers = list(_workers.values())
-        _workers.clear()
-    for worker in workers:
-        worker.stop(timeout)
+    @property
+    def queue(self) -> JobQueue:
+        with self._lock:
+            if self._queue is None:
+                self._queue = JobQueue.from_store(self._store())
+            return self._queue
+
+    def ensure_worker(self, options: WorkerOptions | None = None) -> Worker:
+        """Start this process's worker if it is not running; returns it.
+
+        Safe to call on every request: the second call only wakes the worker.
+        """
+        queue = self.queue
+        with self._lock:
+            worker = self._worker
+            if worker is None or not worker.running:
+                worker = Worker(queue, self._services, self.pusher,
+                                options or WorkerOptions()).start()
+                self._worker = worker
+        worker.wake()
+        return worker
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the worker (shutdown, tests); unfinished claims are given back."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop(timeout)

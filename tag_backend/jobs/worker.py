@@ -25,15 +25,37 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .. import metrics
-from .budget import SHARED_ESTIMATE
-from .engine import FetchedTask, TaskEngine, cache_key
+from ..knowledge import Knowledge
+from ..ls.controls import parse_label_config
+from ..ls.predictor import FetchedTask, TaskPredictor
+from .budget import CostEstimate
+from .keys import cache_key
 from .push import AUTH, PUSHED, LabelStudioPusher
 from .push_queue import claim_pushes, mark_push
 from .queue import ClaimedTask, JobQueue
 
 logger = logging.getLogger(__name__)
+
+
+class WorkerServices(Protocol):
+    """What a worker uses of the process's services (:class:`tag_backend.services.Services`).
+
+    tasks: the shared task predictor; cost: the per-task cost estimate ``/predict`` budgets with.
+    """
+
+    tasks: TaskPredictor
+    cost: CostEstimate
+
+    def knowledge(self) -> Knowledge: ...
+
+    def loaded_knowledge(self) -> Knowledge | None: ...
+
+    def version_for(self, knowledge: Knowledge) -> str: ...
+
+    def refresh(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -67,11 +89,11 @@ def new_worker_id() -> str:
 class Worker:
     """Processes the shared queue until stopped (:meth:`start` / :meth:`stop`)."""
 
-    def __init__(self, queue: JobQueue, engine: TaskEngine, pusher: LabelStudioPusher | None,
+    def __init__(self, queue: JobQueue, services: WorkerServices, pusher: LabelStudioPusher | None,
                  options: WorkerOptions = WorkerOptions(), worker_id: str | None = None) -> None:
         if options.batch_size < 1 or options.prefetch < 1:
             raise ValueError("batch_size and prefetch must be >= 1")
-        self.queue, self.engine, self.pusher, self.options = queue, engine, pusher, options
+        self.queue, self.services, self.pusher, self.options = queue, services, pusher, options
         self.worker_id = worker_id or new_worker_id()
         self.stats = WorkerStats()
         self._ready: queue_mod.Queue = queue_mod.Queue(maxsize=options.prefetch)
@@ -153,10 +175,10 @@ class Worker:
 
     def _fetch(self, claim: ClaimedTask) -> FetchedTask:
         try:
-            layout = self.engine.layout(claim.label_config)
+            layout = parse_label_config(claim.label_config)
         except Exception as exc:  # noqa: BLE001 - LabelConfigError and XML errors
             return FetchedTask(None, f"labeling config unusable: {exc}", retry=False)
-        return self.engine.fetch(claim.task, layout)
+        return self.services.tasks.fetch(claim.task, layout)
 
     # ------------------------------------------------------------------ compute
     def _compute_loop(self) -> None:
@@ -185,11 +207,12 @@ class Worker:
         if not good:
             return
         try:
-            _ = self.engine.runtime.pipeline  # load first: building the index bumps db_version
-            version = self.engine.runtime.model_version()
+            # One snapshot for the batch: its version is the version of what named the regions.
+            knowledge = self.services.knowledge()  # loads models and knowledge on first use
+            version = self.services.version_for(knowledge)
             started = time.perf_counter()
-            regions = self.engine.run([f.image for _, f in good])
-            SHARED_ESTIMATE.update((time.perf_counter() - started) / len(good))
+            regions = self.services.tasks.regions([f.image for _, f in good], knowledge)
+            self.services.cost.update((time.perf_counter() - started) / len(good))
         except Exception as exc:  # noqa: BLE001 - isolate the bad image: retry one by one
             if len(good) == 1:
                 self._failed(good[0][0], f"engine failed: {type(exc).__name__}: {exc}", True)
@@ -219,8 +242,8 @@ class Worker:
         started = time.perf_counter()
         for (claim, fetched), found in zip(good, regions):
             try:
-                layout = self.engine.layout(claim.label_config)
-                item = self.engine.item(fetched.image, found, layout, version)
+                layout = parse_label_config(claim.label_config)
+                item = self.services.tasks.item(fetched.image, found, layout, version)
             except Exception as exc:  # noqa: BLE001 - one bad result never stops the others
                 self._failed(claim, f"building the result failed: {type(exc).__name__}: {exc}",
                              True)
@@ -247,14 +270,14 @@ class Worker:
 
     def _gauges(self) -> None:
         """Queue depth, concept-database version and index size for ``/metrics``."""
-        runtime = self.engine.runtime
         try:
             self.queue.depth()
-            metrics.DB_VERSION.set(runtime.store.db_version())
-            if "pipeline" in runtime.__dict__:
-                manifest = getattr(runtime.pipeline.index, "manifest", None)
-                if manifest is not None:
-                    metrics.INDEX_SIZE.set(int(getattr(manifest, "count", 0)))
+            knowledge = self.services.loaded_knowledge()
+            if knowledge is not None:
+                if knowledge.db_version is not None:
+                    metrics.DB_VERSION.set(knowledge.db_version)
+                if knowledge.index_size is not None:
+                    metrics.INDEX_SIZE.set(knowledge.index_size)
         except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
             logger.debug("cannot update gauges: %s", exc)
 
@@ -264,10 +287,8 @@ class Worker:
         if now - self._last_refresh < self.options.refresh_seconds:
             return
         self._last_refresh = now
-        runtime = self.engine.runtime
         try:
-            if "pipeline" in runtime.__dict__:  # only once models are loaded
-                runtime.refresh()
+            self.services.refresh()  # a no-op until the models are loaded
         except Exception as exc:  # noqa: BLE001 - predicting with the loaded state is fine
             logger.warning("cannot refresh from the concept database: %s", exc)
 

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from label_studio_sdk.label_interface import LabelInterface
 
 from .errors import LabelConfigError, LabelConfigWithoutImage
-from .results import ResultLayout
+from .layout import ResultLayout
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 For every annotation event the worker records each region's final name against the
 prediction it started from (``database_tools.corrections.record_annotation``), with a visual
 exemplar per named region (the region's CLIP embedding), updates the concept index
-incrementally and refreshes the runtime, so the next ``/predict`` uses the correction and
+incrementally and refreshes the services' knowledge, so the next ``/predict`` uses the correction and
 reports a new ``model_version``. ``START_TRAINING`` re-ingests every annotated task of the
 project through the SDK. Database outages are retried with back-off; nothing is dropped.
 """
@@ -22,7 +22,6 @@ from .. import metrics
 from .controls import parse_label_config
 from .errors import LabelConfigError, MediaError
 from .media import MediaFetcher
-from .predictor import ENGINE_LOCK
 from .webhook_queue import SpoolItem, WebhookSpool
 
 logger = logging.getLogger(__name__)
@@ -58,15 +57,16 @@ class RegionEmbedder:
     """``embed_region(result item) -> embedding | None`` for one task's image (fetched once)."""
 
     def __init__(
-        self, runtime, fetcher: MediaFetcher, task: Mapping[str, Any] | None, image_field: str
+        self, predictor, encoder_id: str, fetcher: MediaFetcher, task: Mapping[str, Any] | None,
+        image_field: str,
     ) -> None:
-        self.runtime, self.fetcher, self.task, self.image_field = (
-            runtime,
+        self.predictor, self.fetcher, self.task, self.image_field = (
+            predictor,
             fetcher,
             task,
             image_field,
         )
-        self.encoder_id = runtime.clip.encoder_id
+        self.encoder_id = encoder_id
         self._image: Image.Image | None = None
         self._failed = False
 
@@ -100,8 +100,13 @@ class RegionEmbedder:
         mask = decode_mask(rle, item.get("original_width"), item.get("original_height"), image.size)
         if mask is None or not mask.any():
             return None
-        with ENGINE_LOCK:
-            return self.runtime.pipeline.embed_regions(image, [mask])[0]
+        return self.predictor.embed_regions(image, [mask])[0]
+
+
+def region_embedder(services, task: Mapping[str, Any] | None, image_field: str) -> RegionEmbedder:
+    """A :class:`RegionEmbedder` for one task, on the services' predictor and fetcher."""
+    return RegionEmbedder(services.predictor, services.models.clip.encoder_id, services.fetcher,
+                          task, image_field)
 
 
 def decode_mask(
@@ -162,14 +167,13 @@ class CorrectionWorker:
 
     def __init__(
         self,
-        runtime,
+        services,
         spool: WebhookSpool,
-        fetcher: MediaFetcher,
         *,
         reingest=None,
         poll_seconds: float = 1.0,
     ) -> None:
-        self.runtime, self.spool, self.fetcher = runtime, spool, fetcher
+        self.services, self.spool = services, spool
         self.reingest = reingest
         self.poll_seconds = poll_seconds
         self._wake = threading.Event()
@@ -259,13 +263,13 @@ class CorrectionWorker:
         field = image_field_for(payload)
         for single in split_bulk(payload):
             task = single.get("task") if isinstance(single.get("task"), Mapping) else None
-            embedder = RegionEmbedder(self.runtime, self.fetcher, task, field)
+            embedder = region_embedder(self.services, task, field)
             report.merge(
                 record_annotation(
-                    self.runtime.store,
+                    self.services.store,
                     single,
                     embed_region=embedder,
-                    new_concept_status=self.runtime.settings.new_concept_status,
+                    new_concept_status=self.services.settings.new_concept_status,
                 )
             )
         return report
@@ -274,11 +278,10 @@ class CorrectionWorker:
         """Apply store changes to the index and reload it with the exemplars in this process."""
         from database_tools.index_build import update_index
 
+        services = self.services
         update_index(
-            self.runtime.store,
-            self.runtime.text_encoder,
-            self.runtime.settings.resolved_index_dir,
+            services.store, services.text_encoder, services.settings.resolved_index_dir,
             progress=False,
         )
-        self.runtime.refresh()
-        metrics.DB_VERSION.set(self.runtime.store.db_version())
+        services.refresh(force=True)  # the index files changed even if the version did not
+        metrics.DB_VERSION.set(services.store.db_version())

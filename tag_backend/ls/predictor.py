@@ -1,118 +1,108 @@
-"""Predict one Label Studio task: fetch the image, run TAG, build the result item.
+"""Label Studio tasks -> prediction items: fetch the image, the one Predictor, the one Serializer.
 
-:func:`predict_task` is the unit of work shared by ``/predict`` and the pre-labelling job
-engine. It never raises for a bad task: the task gets an empty result and the reason is logged
-(Label Studio needs exactly one item per task, in order: ``ml/models.py`` stores nothing otherwise).
+:class:`TaskPredictor` is shared by ``/predict`` and the pre-labelling job worker. It is split
+so the worker can overlap the parts: :meth:`~TaskPredictor.fetch` (network + decoding, in a
+prefetch thread), :meth:`~TaskPredictor.regions` (the engine, one batch at a time) and
+:meth:`~TaskPredictor.item` (masks, brush RLE; in the finishing thread).
+:meth:`~TaskPredictor.predict` chains them for one task and never raises: a bad task gets an
+empty item and the reason is logged (Label Studio needs exactly one item per task, in order).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
 from .. import metrics
-from ..masks import clean_regions
+from ..knowledge import Knowledge
+from ..predictor import Predictor
 from ..types import SegmentLabel
 from .errors import MediaError
-from .guided import LabelSnapper
+from .layout import ResultLayout
 from .media import MediaFetcher
-from .results import PlacedRegion, ResultLayout, prediction_for
+from .serializer import Serializer, empty_item
 
 logger = logging.getLogger(__name__)
 
-# One engine call at a time per process: torch already uses every core for one image, and
-# concurrent calls would only thrash caches while webhooks wait for a thread.
-ENGINE_LOCK = threading.Lock()
-
 
 @dataclass
-class PredictContext:
-    """Everything shared by the tasks of one request (built once per ``/predict``)."""
+class FetchedTask:
+    """A decoded task image ready for the engine, or why it could not be had.
 
-    layout: ResultLayout
-    model_version: str
-    fetcher: MediaFetcher
-    snapper: LabelSnapper | None = None
-    max_regions: int = 30
-    polygon_tolerance: float = 1.5
-    timings: dict[str, float] = field(default_factory=dict)
+    retry: False when the task itself is unusable (no image URL): retrying cannot help.
+    """
 
-
-def empty_result(model_version: str) -> dict:
-    """The item of a task with nothing to show (failure or no region)."""
-    return {"result": [], "score": 0.0, "model_version": model_version}
+    image: Image.Image | None
+    error: str = ""
+    retry: bool = True
+    seconds: float = 0.0
 
 
 def task_label(task: Any) -> str:
     return str(task.get("id", "?")) if isinstance(task, Mapping) else "?"
 
 
-def predict_task(runtime, task: Mapping[str, Any], context: PredictContext) -> dict:
-    """The ``/predict`` result item of one task; an empty result (logged) if it fails."""
-    start = time.perf_counter()
-    try:
-        regions, width, height = _run(runtime, task, context)
-    except MediaError as exc:
-        logger.warning("task %s: image unusable: %s", task_label(task), exc)
-        metrics.TASKS_PREDICTED.labels(outcome="image_error").inc()
-        return empty_result(context.model_version)
-    except Exception:
-        logger.exception("task %s: prediction failed", task_label(task))
-        metrics.TASKS_PREDICTED.labels(outcome="error").inc()
-        return empty_result(context.model_version)
-    item = prediction_for(regions, width, height, context.model_version, context.layout,
-                          polygon_tolerance=context.polygon_tolerance)
-    metrics.TASKS_PREDICTED.labels(outcome="ok" if regions else "empty").inc()
-    logger.info(
-        "task %s: %d regions in %.2f s", task_label(task), len(regions), time.perf_counter() - start
-    )
-    return item
+class TaskPredictor:
+    """Fetch + :class:`~tag_backend.predictor.Predictor` + :class:`.Serializer` for LS tasks."""
 
+    def __init__(self, fetcher: MediaFetcher, predictor: Predictor, serializer: Serializer) -> None:
+        self.fetcher, self.predictor, self.serializer = fetcher, predictor, serializer
 
-def _run(
-    runtime, task: Mapping[str, Any], context: PredictContext
-) -> tuple[list[PlacedRegion], int, int]:
-    if not isinstance(task, Mapping):
-        raise MediaError("task is not a JSON object")
-    data = task.get("data")
-    field_name = context.layout.image_field
-    if not isinstance(data, Mapping) or not data.get(field_name):
-        raise MediaError(f"task has no {field_name!r} field in its data")
-    url = data[field_name]
-    if not isinstance(url, str):
-        raise MediaError(f"task data {field_name!r} is not a URL string")
-    fetched = context.fetcher.fetch(url, task_id=task.get("id"))
-    width, height = fetched.image.size
-    timings: dict[str, float] = {}
-    with ENGINE_LOCK:
-        regions = runtime.pipeline.generate_batch([fetched.image], timings)[0]
-    metrics.observe_timings(timings)
-    for stage, seconds in timings.items():
-        context.timings[stage] = context.timings.get(stage, 0.0) + seconds
-    return place(regions, context), width, height
+    def fetch(self, task: Any, layout: ResultLayout) -> FetchedTask:
+        """Download and decode the task's image; never raises (the reason is returned)."""
+        start = time.perf_counter()
+        data = task.get("data") if isinstance(task, Mapping) else None
+        url = data.get(layout.image_field) if isinstance(data, Mapping) else None
+        if not isinstance(url, str) or not url:
+            return FetchedTask(None, f"task has no {layout.image_field!r} image URL in its data",
+                               retry=False)
+        try:
+            image = self.fetcher.fetch(url, task_id=task.get("id")).image
+        except MediaError as exc:
+            return FetchedTask(None, str(exc), seconds=time.perf_counter() - start)
+        except Exception as exc:  # noqa: BLE001 - a bad task must never stop its caller
+            return FetchedTask(None, f"{type(exc).__name__}: {exc}",
+                               seconds=time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        metrics.STAGE_SECONDS.labels(stage="fetch").observe(seconds)
+        return FetchedTask(image, seconds=seconds)
 
+    def regions(self, images: Sequence[Image.Image], knowledge: Knowledge | None = None
+                ) -> list[list[SegmentLabel]]:
+        """TAG regions of decoded images: one batched call of the shared predictor."""
+        return self.predictor.predict(images, knowledge=knowledge)
 
-def place(regions: list[SegmentLabel], context: PredictContext) -> list[PlacedRegion]:
-    """Clean masks, cap their number, and choose labels (guided snapping or the fixed label)."""
-    kept = clean_regions([r.mask for r in regions], context.max_regions)
-    layout = context.layout
-    names = [regions[i].name for i, _ in kept]
-    if layout.guided_labels and context.snapper is not None:
-        labels = [s.label for s in context.snapper.snap(names, layout.guided_labels)]
-    elif layout.text_name:
-        labels = [layout.label] * len(kept)
-    else:
-        labels = names  # no TextArea, no static labels: the name is the label (dynamic config)
-    placed = []
-    for (i, mask), name, label in zip(kept, names, labels):
-        if label is None:
-            logger.debug("guided mode: %r matches no project label: region dropped", name)
-            continue
-        placed.append(
-            PlacedRegion(mask=mask, name=name, label=label, score=float(regions[i].score))
-        )
-    return placed
+    def item(self, image: Image.Image, regions: list[SegmentLabel], layout: ResultLayout,
+             model_version: str) -> dict:
+        """The Label Studio item of one image (cleaned masks, labels, brush RLE)."""
+        start = time.perf_counter()
+        width, height = image.size
+        item = self.serializer.item(regions, width, height, layout, model_version)
+        metrics.STAGE_SECONDS.labels(stage="results").observe(time.perf_counter() - start)
+        return item
+
+    def predict(self, task: Any, layout: ResultLayout, model_version: str,
+                knowledge: Knowledge | None = None) -> dict:
+        """The ``/predict`` item of one task; an empty item (logged) if anything fails."""
+        start = time.perf_counter()
+        fetched = self.fetch(task, layout)
+        if fetched.image is None:
+            logger.warning("task %s: image unusable: %s", task_label(task), fetched.error)
+            metrics.TASKS_PREDICTED.labels(outcome="image_error").inc()
+            return empty_item(model_version)
+        try:
+            regions = self.regions([fetched.image], knowledge)[0]
+            item = self.item(fetched.image, regions, layout, model_version)
+        except Exception:  # noqa: BLE001 - one bad task never fails the others
+            logger.exception("task %s: prediction failed", task_label(task))
+            metrics.TASKS_PREDICTED.labels(outcome="error").inc()
+            return empty_item(model_version)
+        metrics.TASKS_PREDICTED.labels(outcome="ok" if item["result"] else "empty").inc()
+        logger.info("task %s: %d result items in %.2f s", task_label(task), len(item["result"]),
+                    time.perf_counter() - start)
+        return item

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import BackendRequestError
-from .media import MediaFetcher
 from .protocol import project_id
 
 logger = logging.getLogger(__name__)
@@ -25,25 +24,22 @@ def _as_dict(obj: Any) -> dict:
     return dump() if dump else dict(obj)
 
 
-def make_reingest(runtime, fetcher: MediaFetcher):
+def make_reingest(services):
     """A ``reingest(payload) -> CorrectionReport`` for the correction worker, or None when the
-    backend has no Label Studio credentials."""
-    settings = runtime.settings
-    if not settings.label_studio_url or not settings.label_studio_api_key:
+    backend has no Label Studio credentials (``services``: :class:`tag_backend.services.Services`)."""
+    settings = services.settings
+    if not services.label_studio.configured:
         return None
 
     def reingest(payload: Mapping[str, Any]):
         from database_tools.corrections import CorrectionReport, record_annotation
-        from label_studio_sdk import LabelStudio
 
-        from .corrections import RegionEmbedder, image_field_for
+        from .corrections import image_field_for, region_embedder
 
         pid = project_id(payload.get("project"))
         if not pid or not pid.isdigit():
             raise BackendRequestError("START_TRAINING payload has no project id")
-        client = LabelStudio(
-            base_url=settings.label_studio_url.rstrip("/"), api_key=settings.label_studio_api_key
-        )
+        client = services.label_studio.sdk()
         field = image_field_for(payload)
         report = CorrectionReport()
         for task in client.tasks.list(project=int(pid), fields="all", only_annotated=True):
@@ -51,10 +47,10 @@ def make_reingest(runtime, fetcher: MediaFetcher):
             anns = [a for a in task.get("annotations") or [] if isinstance(a, Mapping)]
             if not anns:
                 continue
-            embedder = RegionEmbedder(runtime, fetcher, task, field)
+            embedder = region_embedder(services, task, field)
             report.merge(
                 record_annotation(
-                    runtime.store,
+                    services.store,
                     {**task, "project": pid, "annotations": anns},
                     embed_region=embedder,
                     new_concept_status=settings.new_concept_status,

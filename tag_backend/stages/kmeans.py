@@ -1,9 +1,12 @@
 """Seeded k-means in torch (CPU or GPU) with restarts, one image at a time.
 
-TAG used torch-kmeans with random init, 8 restarts, 100 iterations, tol 1e-4, seed 123. This
-implementation keeps those defaults but uses k-means++ seeding by default (fewer bad restarts),
-runs all restarts as one batched computation (one matmul per iteration for all of them) and
-never materialises an (N, K, D) tensor.
+TAG used torch-kmeans 0.2.0 with its defaults: random init (k distinct data points per restart),
+8 restarts, 100 iterations, tol 1e-4, seed 123, and its convergence test (every restart's mean
+centre shift below ``tol``). Both that test (``convergence="mean_shift"``) and scikit-learn's
+relative one (``"relative"``) are available, with random or k-means++ seeding. All restarts run
+as one batched computation (one matmul per iteration for all of them) and no (N, K, D) tensor is
+ever materialised. Not bit-identical to torch-kmeans: the random streams differ, and an empty
+cluster keeps its centre (torch-kmeans moves it to the origin).
 """
 from __future__ import annotations
 
@@ -54,14 +57,22 @@ def _sq_distances_to_rows(x: torch.Tensor, x_sq: torch.Tensor, rows: torch.Tenso
     return (x_sq[rows][:, None] + x_sq[None, :] - 2.0 * (x[rows] @ x.T)).clamp_min_(0)
 
 
-def _lloyd(x, x_sq, centers, max_iter: int, tol: float):
-    """Lloyd iterations of all restarts at once; a restart stops when its centres move less than
-    ``tol`` x the mean per-feature variance of ``x`` (scikit-learn's relative tolerance)."""
+CONVERGENCE = ("relative", "mean_shift")
+
+
+def _lloyd(x, x_sq, centers, max_iter: int, tol: float, convergence: str):
+    """Lloyd iterations of all restarts at once.
+
+    ``"relative"`` (scikit-learn): a restart stops when the squared shift of its centres is below
+    ``tol`` x the mean per-feature variance of ``x``. ``"mean_shift"`` (torch-kmeans): all
+    restarts iterate until every restart's mean centre shift (L2) is below ``tol``.
+    """
     restarts, k, _ = centers.shape
     n = x.shape[0]
     active = torch.ones(restarts, dtype=torch.bool, device=x.device)
     arange = torch.arange(n, device=x.device)
-    tol = tol * float(x.var(0).mean()) if n > 1 else 0.0
+    if convergence == "relative":
+        tol = tol * float(x.var(0).mean()) if n > 1 else 0.0
     for _ in range(max_iter):
         labels = _sq_distances(x, x_sq, centers).argmin(2)  # (R, N)
         one_hot = torch.zeros(restarts, k, n, dtype=x.dtype, device=x.device)
@@ -70,9 +81,13 @@ def _lloyd(x, x_sq, centers, max_iter: int, tol: float):
         new = (one_hot @ x) / counts.clamp_min(1)[..., None]
         new = torch.where((counts == 0)[..., None], centers, new)  # empty cluster keeps its centre
         new = torch.where(active[:, None, None], new, centers)     # converged restarts stay put
-        shift = ((new - centers) ** 2).sum(-1).sum(1)
+        if convergence == "relative":
+            shift = ((new - centers) ** 2).sum(-1).sum(1)
+            active &= shift > tol
+        else:
+            shift = (new - centers).norm(dim=-1).mean(1)
+            active[:] = bool((shift >= tol).any())
         centers = new
-        active &= shift > tol
         if not bool(active.any()):
             break
     d = _sq_distances(x, x_sq, centers)
@@ -81,7 +96,7 @@ def _lloyd(x, x_sq, centers, max_iter: int, tol: float):
 
 
 def kmeans(x: torch.Tensor, k: int, *, n_init: int = 8, max_iter: int = 100, tol: float = 1e-4,
-           init: str = "k-means++", seed: int = 123) -> KMeansResult:
+           init: str = "k-means++", seed: int = 123, convergence: str = "relative") -> KMeansResult:
     """Cluster the rows of ``x`` (N, D); keeps the restart with the lowest inertia.
 
     ``k`` larger than N is reduced to N. Deterministic for a given seed and device.
@@ -90,11 +105,13 @@ def kmeans(x: torch.Tensor, k: int, *, n_init: int = 8, max_iter: int = 100, tol
         raise ValueError(f"k must be >= 1, got {k}")
     if n_init < 1:
         raise ValueError(f"n_init must be >= 1, got {n_init}")
+    if convergence not in CONVERGENCE:
+        raise ValueError(f"kmeans convergence must be one of {CONVERGENCE}, got {convergence!r}")
     x = x.float()
     k = min(k, x.shape[0])
     x_sq = (x * x).sum(1)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     centers = _init_centers(x, x_sq, k, n_init, init, gen)
-    centers, labels, inertia = _lloyd(x, x_sq, centers, max_iter, tol)
+    centers, labels, inertia = _lloyd(x, x_sq, centers, max_iter, tol, convergence)
     best = int(inertia.argmin())
     return KMeansResult(centers=centers[best], labels=labels[best], inertia=float(inertia[best]))

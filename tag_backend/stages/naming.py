@@ -3,8 +3,10 @@
 Caption entries are turned into words with TAG's extraction (top-``k`` retrieved captions,
 near-duplicates with inner product > ``dedup_threshold`` grouped and only the first kept);
 concept entries (multi-word names such as "golden retriever") are candidates directly. All
-candidates are scored by cosine with the segment embedding using cached CLIP text embeddings
-(no prompt, as in TAG) and the best wins.
+candidates are scored by cosine with the segment embedding (CLIP text embeddings with no prompt,
+as in TAG) and the best wins. A concept's embedding is the vector its index entry holds (the
+search returns it anyway, for the near-duplicate grouping), so only words extracted from
+captions are encoded here.
 
 Shown names drop a trailing parenthesised qualifier ("bat (animal)" -> "bat", "apse (indoor)" ->
 "apse"; 255 of the default vocabulary's concepts carry one, from LVIS, SUN397, ...): the full text
@@ -65,6 +67,20 @@ def candidate_names(hits: list, *, min_word_count: int, pos_filter: bool, use_ca
     return list(dict.fromkeys(n for n in names if n)) or ["object"]
 
 
+def candidate_vectors(per_segment: list[tuple[list, list[str]]], text_encoder
+                      ) -> dict[str, np.ndarray]:
+    """Unit text vector of every candidate name: concepts from their index hits (an 8-bit index
+    decodes them approximately, hence the renormalisation), the other words encoded in one call."""
+    vectors = {h.text: h.vector for hits, _ in per_segment for h in hits
+               if h.kind == "concept" and h.vector is not None}
+    for text, vector in vectors.items():
+        vectors[text] = (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
+    words = list(dict.fromkeys(n for _, names in per_segment for n in names if n not in vectors))
+    if words:
+        vectors.update(zip(words, np.asarray(text_encoder.encode(words), dtype=np.float32)))
+    return vectors
+
+
 def name_segments(embeddings: np.ndarray, index, text_encoder, *, top_k: int = 10,
                   dedup_threshold: float = 0.94, min_word_count: int = 2, pos_filter: bool = True,
                   max_alternatives: int = 5) -> list[SegmentNames]:
@@ -74,12 +90,10 @@ def name_segments(embeddings: np.ndarray, index, text_encoder, *, top_k: int = 1
     for hits in results:
         hits = dedup_hits(list(hits), dedup_threshold)
         per_segment.append((hits, candidate_names(hits, min_word_count=min_word_count, pos_filter=pos_filter)))
-    vocabulary = list(dict.fromkeys(n for _, names in per_segment for n in names))
-    text = text_encoder.encode(vocabulary) if vocabulary else np.zeros((0, embeddings.shape[1]), np.float32)
-    row = {name: i for i, name in enumerate(vocabulary)}
+    vectors = candidate_vectors(per_segment, text_encoder)
     out = []
     for emb, (hits, names) in zip(embeddings, per_segment):
-        scores = text[[row[n] for n in names]] @ emb
+        scores = np.stack([vectors[n] for n in names]) @ emb
         best: dict[str, float] = {}  # shown name -> best score of its texts, best first
         for i in np.argsort(-scores, kind="stable"):
             best.setdefault(display_name(names[i]), float(scores[i]))

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..types import Segments
-
 ASSIGNMENTS = ("nearest", "dot")
 
 
@@ -85,11 +83,7 @@ def patch_weights(labels: np.ndarray, grid: tuple[int, int], device: torch.devic
     return pooled.reshape(k, -1).to(device)
 
 
-def build_segments(labels: np.ndarray, clip_grid: tuple[int, int], device: torch.device) -> Segments:
-    return Segments(labels=labels, patch_weights=patch_weights(labels, clip_grid, device))
-
-
-def upsample_labels(logits: torch.Tensor, labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def upsample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Segment ids at the original image size (H, W), with smooth edges.
 
     Each segment's soft mask (its one-hot map smoothed by bilinear resampling) is resized to

@@ -1,10 +1,10 @@
 """TAG's caption -> candidate-word extraction (CaSED rules), offline.
 
-Steps (as in TAG's released code, after CaSED): clean the joined captions (tags, URLs, file extensions, special characters,
-``_``/``-`` to spaces, words shorter than 3 letters, non-letters), lowercase, singularise with
-``inflect`` (except words ending in ss/us/is/ies/oes), drop TAG's banned words, keep words seen at
-least ``min_count`` times (falling back to the highest count), keep nouns/adjectives/-ing/-ed
-forms, de-duplicate; an empty result becomes ``["object"]``.
+Steps (TAG's ``default_vocab_transform``, vendored from CaSED): clean the joined captions (tags,
+URLs, file extensions, special characters, ``_``/``-`` to spaces, words shorter than 3 letters,
+non-letters), lowercase, singularise with ``inflect`` (except words ending in ss/us/is/ies/oes),
+drop TAG's banned words, keep words seen at least ``min_count`` times (falling back to the highest
+count), keep nouns/adjectives/-ing/-ed forms, de-duplicate; an empty result becomes ``["object"]``.
 
 The part-of-speech filter replaces TAG's flair tagger (a network download) by the lexicon that
 ships inside the ``lemminflect`` wheel: a word is kept when the lexicon lists it as a noun,

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from database_tools.cli import cli
 from database_tools.store import Store
+from store_helpers import latest_index_version
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
@@ -112,8 +113,26 @@ def test_build_index_and_search_with_tiny_clip(tmp_path, tiny_clip_dir):
     assert len(hits) == 2 and hits[0].endswith("concept  red car")
     encoder_id = out.split(" encoder ")[1].split(",")[0]
     store = Store(f"sqlite:///{tmp_path / 'data' / 'concepts.db'}")
-    assert store.latest_index_version(encoder_id).count == 4
+    assert latest_index_version(store, encoder_id).count == 4
     run(["concepts", "reject", "teapot"], env=env)
     assert "3 entries" in run(["build-index", "--incremental"], env=env).output
     missing = run(["search", "dog", "--index-dir", str(tmp_path / "nothing")], env=env, ok=False)
     assert missing.exit_code == 1 and "Index" in missing.output
+
+
+def test_text_encoders_come_from_the_entry_point_group(tmp_path, monkeypatch):
+    """tag-db loads the engine's encoder and defaults by entry point, never by import."""
+    from database_tools.plugin import installed_providers, load_provider
+
+    assert "tag-backend" in installed_providers()
+    monkeypatch.setenv("TAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("TAG_DB_URL", raising=False)
+    monkeypatch.delenv("TAG_INDEX_DIR", raising=False)
+    defaults = load_provider().defaults()  # the engine's settings, no model loaded
+    assert defaults.db_url == f"sqlite:///{tmp_path / 'data' / 'concepts.db'}"
+    assert defaults.index_dir == str(tmp_path / "data" / "index")
+    unknown = run(["--db", f"sqlite:///{tmp_path / 'a.db'}", "--encoder", "nope", "search",
+                   "dog"], ok=False)
+    assert unknown.exit_code == 1
+    assert ("EncoderUnavailable: no text encoder named 'nope'; installed: tag-backend"
+            in unknown.output)

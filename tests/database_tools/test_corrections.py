@@ -8,6 +8,7 @@ import pytest
 
 from database_tools.corrections import ingest_export, record_annotation
 from database_tools.curation import stats
+from store_helpers import add_entries, get_entry
 
 
 def brush(region_id: str, label: str = "object") -> dict:
@@ -40,7 +41,7 @@ def payload(action="ANNOTATION_CREATED", ann_id=11, updated="2025-01-01T10:00:00
 
 
 def support(store, name):
-    entry = store.get_entry("concept", name)
+    entry = get_entry(store, "concept", name)
     return None if entry is None else (entry.support, entry.status)
 
 
@@ -96,7 +97,7 @@ def test_update_replaces_previous_contribution(store):
 
 def test_deletion_undoes_and_is_idempotent(store):
     record_annotation(store, payload(), embed_region=Embedder())
-    store.add_entries("concept", ["sofa"])  # also known from an import: must survive
+    add_entries(store, "concept", ["sofa"])  # also known from an import: must survive
     report = record_annotation(store, {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 11}]})
     assert report.deleted == 1
     assert support(store, "golden retriever") == (0, "removed")
@@ -125,7 +126,7 @@ def test_labels_only_region_and_explicit_prediction(store):
                                            "value": {"text": ["task level note"]}}]}
     report = record_annotation(store, ann, prediction=[brush("p1", "dog")])
     assert report.aliases == [("dog", "cat")] and support(store, "cat") == (1, "active")
-    assert store.get_entry("concept", "task level note") is None
+    assert get_entry(store, "concept", "task level note") is None
 
 
 def test_ingest_export(store, tmp_path):

@@ -18,26 +18,27 @@ from database_tools.curation import (
 from database_tools.errors import BundleError, ConceptNotFound
 from database_tools.schema import Alias, Entry, Exemplar
 from database_tools.store import Store
+from store_helpers import add_entries, add_exemplar, get_entry
 
 
 def test_approve_reject(store):
-    store.add_entries("concept", ["dog", "cat"], status="pending")
+    add_entries(store, "concept", ["dog", "cat"], status="pending")
     assert [e.text for e in list_concepts(store, status="pending")] == ["cat", "dog"]
     assert set_concept_status(store, ["dog"], "active") == 1
     assert set_concept_status(store, ["cat"], "rejected") == 1
     assert [t for b in store.iter_entries() for _, _, t in b] == ["dog"]
     with pytest.raises(ConceptNotFound):
         set_concept_status(store, ["dog", "unicorn"], "rejected")
-    assert store.get_entry("concept", "dog").status == "active"  # all or nothing
+    assert get_entry(store, "concept", "dog").status == "active"  # all or nothing
 
 
 def test_merge_moves_support_aliases_exemplars(store):
-    store.add_entries("concept", ["puppy", "puppy", "dog", "doggo"])
-    store.add_exemplar("enc", "puppy", np.ones(4), {})
+    add_entries(store, "concept", ["puppy", "puppy", "dog", "doggo"])
+    add_exemplar(store, "enc", "puppy", np.ones(4), {})
     merged = merge_concepts(store, ["puppy", "doggo"], "dog")
     assert merged == 2
-    dog = store.get_entry("concept", "dog")
-    assert dog.support == 4 and store.get_entry("concept", "puppy").status == "merged"
+    dog = get_entry(store, "concept", "dog")
+    assert dog.support == 4 and get_entry(store, "concept", "puppy").status == "merged"
     assert store.load_exemplars("enc")[0] == ["dog"]
     assert stats(store).most_corrected == [("dog", 2)] and stats(store).aliases == 2
     with pytest.raises(ConceptNotFound):
@@ -45,15 +46,15 @@ def test_merge_moves_support_aliases_exemplars(store):
 
 
 def test_rename_in_place_and_into_existing(store):
-    store.add_entries("concept", ["colour tv", "television"])
-    store.add_exemplar("enc", "colour tv", np.ones(4), {})
+    add_entries(store, "concept", ["colour tv", "television"])
+    add_exemplar(store, "enc", "colour tv", np.ones(4), {})
     before = store.db_version()
     assert rename_concept(store, "colour tv", "Color TV") == "color tv"
     changes = [c for b in store.entries_since(before) for c in b]
     assert [(c.text, c.status) for c in changes] == [("color tv", "active")]
     assert store.load_exemplars("enc")[0] == ["color tv"]
     assert rename_concept(store, "color tv", "television") == "television"
-    assert store.get_entry("concept", "television").support == 2
+    assert get_entry(store, "concept", "television").support == 2
     assert store.load_exemplars("enc")[0] == ["television"]
 
 
@@ -70,9 +71,9 @@ def _content(store: Store) -> dict:
 
 
 def _populate(store: Store) -> None:
-    store.add_entries("caption", ["A dog on a beach", "a cat"])
-    store.add_entries("concept", ["dog", "puppy", "sofa"])
-    store.add_exemplar("enc", "dog", np.arange(4, dtype=np.float32), {"task": 1})
+    add_entries(store, "caption", ["A dog on a beach", "a cat"])
+    add_entries(store, "concept", ["dog", "puppy", "sofa"])
+    add_exemplar(store, "enc", "dog", np.arange(4, dtype=np.float32), {"task": 1})
     record_annotation(store, {"id": 1, "updated_at": "t1", "result": [
         {"id": "r", "type": "brushlabels", "value": {"rle": [1], "brushlabels": ["couch"]}}]},
         prediction=[{"id": "r", "type": "brushlabels", "value": {"rle": [1],
@@ -100,11 +101,11 @@ def test_import_merges_without_duplicates(store, tmp_path):
     _populate(store)
     export_bundle(store, tmp_path / "b", fmt="jsonl")
     other = Store(f"sqlite:///{tmp_path / 'other.db'}")
-    other.add_entries("concept", ["dog", "zebra"])
-    other.add_exemplar("enc", "dog", np.arange(4, dtype=np.float32), {"task": 1})
+    add_entries(other, "concept", ["dog", "zebra"])
+    add_exemplar(other, "enc", "dog", np.arange(4, dtype=np.float32), {"task": 1})
     import_bundle(other, tmp_path / "b")
-    assert other.get_entry("concept", "dog").support == 3
-    assert other.get_entry("concept", "zebra").support == 1
+    assert get_entry(other, "concept", "dog").support == 3
+    assert get_entry(other, "concept", "zebra").support == 1
     assert len(other.load_exemplars("enc")[0]) == 1
 
 

@@ -8,6 +8,7 @@ import pytest
 from database_tools import importers
 from database_tools.errors import ImportFormatError
 from database_tools.importers import import_file
+from store_helpers import get_entry
 
 
 def _texts(store, kind):
@@ -20,7 +21,7 @@ def test_concept_lines(store, tmp_path):
     report = import_file(store, path, kind="concept")
     assert (report.records, report.added, report.bad) == (3, 2, 0)
     assert _texts(store, "concept") == ["dog", "golden retriever"]
-    assert store.get_entry("concept", "dog").support == 2
+    assert get_entry(store, "concept", "dog").support == 2
 
 
 def test_conceptual_captions_tsv_with_and_without_header(store, tmp_path):
@@ -80,7 +81,7 @@ def test_non_utf8_skip_or_replace(store, tmp_path):
     assert report.bad == 1 and "not valid UTF-8" in report.errors[0][1]
     assert report.errors[0][0] == 2
     report = import_file(store, path, kind="concept", encoding_errors="replace")
-    assert report.bad == 0 and store.get_entry("concept", "bad \ufffd\ufffd line") is not None
+    assert report.bad == 0 and get_entry(store, "concept", "bad \ufffd\ufffd line") is not None
 
 
 def test_empty_and_unknown_inputs(store, tmp_path):
@@ -105,7 +106,7 @@ def test_reimport_adds_nothing(store, tmp_path):
     version = store.db_version()
     again = import_file(store, path, kind="concept")
     assert again.already_imported and again.added == 0
-    assert store.get_entry("concept", "dog").support == 2
+    assert get_entry(store, "concept", "dog").support == 2
     assert store.db_version() == version
 
 
@@ -124,11 +125,11 @@ def test_crash_mid_import_resumes_without_duplicates(store, tmp_path, monkeypatc
     monkeypatch.setattr(importers, "_commit_chunk", crashing)
     with pytest.raises(RuntimeError):
         import_file(store, path, kind="concept", chunk_size=20)
-    assert sum(store.get_entry("concept", f"concept {i}").support for i in range(30)) == 40
+    assert sum(get_entry(store, "concept", f"concept {i}").support for i in range(30)) == 40
     monkeypatch.setattr(importers, "_commit_chunk", real)
     report = import_file(store, path, kind="concept", chunk_size=20)
     assert report.resumed_at == 40 and report.records == 60
-    assert all(store.get_entry("concept", f"concept {i}").support == (4 if i < 10 else 3)
+    assert all(get_entry(store, "concept", f"concept {i}").support == (4 if i < 10 else 3)
                for i in range(30))
     assert import_file(store, path, kind="concept", chunk_size=20).already_imported
 
@@ -155,4 +156,4 @@ def test_same_file_imported_concurrently_counts_once(store, tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert all(store.get_entry("concept", f"concept {i}").support == 8 for i in range(50))
+    assert all(get_entry(store, "concept", f"concept {i}").support == 8 for i in range(50))

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from database_tools.index import ConceptIndex, build_index, update_index
+from database_tools.index import ConceptIndex
+from database_tools.index_build import build_index, update_index
 from database_tools.errors import IndexCorrupt, IndexMismatch, IndexNotFound
 from database_tools.index_files import CURRENT_FILE, INDEX_FILE, encoder_root, list_versions
 from database_tools.store import Store
+from store_helpers import add_entries, get_entry, latest_index_version
 
 
 class CountingHashEncoder:
@@ -39,8 +41,8 @@ WORDS = [f"concept {i}" for i in range(300)]
 @pytest.fixture()
 def store(tmp_path: Path) -> Store:
     s = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    s.add_entries("concept", WORDS, source="test")
-    s.add_entries("caption", ["a dog on a red sofa", "two cats sleeping"], source="test")
+    add_entries(s, "concept", WORDS, source="test")
+    add_entries(s, "caption", ["a dog on a red sofa", "two cats sleeping"], source="test")
     yield s
     s.close()
 
@@ -60,7 +62,7 @@ def test_build_and_search_exact(store: Store, tmp_path: Path) -> None:
     assert hits[1][0].text == "two cats sleeping" and hits[1][0].kind == "caption"
     assert hits[0][0].score == pytest.approx(1.0, abs=1e-5)
     assert hits[0][0].score >= hits[0][1].score >= hits[0][4].score
-    entry = store.get_entry("concept", "concept 17")
+    entry = get_entry(store, "concept", "concept 17")
     assert hits[0][0].entry_id == entry.id
     with_vectors = index.search(queries[:1], k=2, return_vectors=True)[0]
     np.testing.assert_allclose(with_vectors[0].vector, queries[0], atol=1e-6)
@@ -91,13 +93,13 @@ def test_layout_manifest_and_reopen(store: Store, tmp_path: Path) -> None:
     assert manifest["snapshot_hash"] == store.snapshot_hash()
     reopened = ConceptIndex.open(tmp_path / "idx", enc.encoder_id)
     assert reopened.version == built.version
-    assert store.latest_index_version(enc.encoder_id).version == built.version
+    assert latest_index_version(store, enc.encoder_id).version == built.version
 
 
 def test_failed_build_keeps_previous_version(store: Store, tmp_path: Path, monkeypatch) -> None:
     enc = CountingHashEncoder()
     first = build_index(store, enc, tmp_path / "idx", progress=False)
-    store.add_entries("concept", ["giraffe"], source="test")
+    add_entries(store, "concept", ["giraffe"], source="test")
     import database_tools.index_build as build_mod
 
     def boom(*args, **kwargs):
@@ -159,7 +161,7 @@ def test_incremental_update_adds_and_removes(store: Store, tmp_path: Path) -> No
     first = build_index(store, enc, tmp_path / "idx", progress=False)
     assert update_index(store, enc, tmp_path / "idx", progress=False).version == first.version
     encoded_before = len(enc.encoded)
-    store.add_entries("concept", ["zebra crossing", "okapi"], source="test")
+    add_entries(store, "concept", ["zebra crossing", "okapi"], source="test")
     from database_tools.curation import set_concept_status
 
     set_concept_status(store, ["concept 3"], "rejected")
@@ -179,7 +181,7 @@ def test_incremental_update_adds_and_removes(store: Store, tmp_path: Path) -> No
 def test_versions_pruned(store: Store, tmp_path: Path) -> None:
     enc = CountingHashEncoder()
     for i in range(4):
-        store.add_entries("concept", [f"extra {i}"], source="test")
+        add_entries(store, "concept", [f"extra {i}"], source="test")
         latest = build_index(store, enc, tmp_path / "idx", progress=False, keep=2)
     versions = list_versions(encoder_root(tmp_path / "idx", enc.encoder_id))
     assert len(versions) == 2 and versions[-1] == latest.version
@@ -200,7 +202,7 @@ def test_exclusion_list_for_index_without_remove(store: Store, tmp_path: Path) -
 def test_approximate_factory_through_the_store(store: Store, tmp_path: Path) -> None:
     """Training sample, nprobe tuning, mmapped IVF search/reconstruct and removal in updates."""
     enc = CountingHashEncoder()
-    store.add_entries("concept", [f"more {i}" for i in range(2700)], source="test")
+    add_entries(store, "concept", [f"more {i}" for i in range(2700)], source="test")
     index = build_index(store, enc, tmp_path / "idx", factory="IVF32_HNSW32,SQ8", progress=False)
     manifest = index.manifest
     assert manifest.factory == "IVF32_HNSW32,SQ8" and manifest.count == 3002
@@ -221,7 +223,7 @@ def test_approximate_factory_through_the_store(store: Store, tmp_path: Path) -> 
 def test_encoder_failure_mid_add_keeps_previous_version(store: Store, tmp_path: Path) -> None:
     enc = CountingHashEncoder()
     first = build_index(store, enc, tmp_path / "idx", progress=False)
-    store.add_entries("caption", [f"new caption {i}" for i in range(50)], source="test")
+    add_entries(store, "caption", [f"new caption {i}" for i in range(50)], source="test")
 
     class Dying(CountingHashEncoder):
         def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -240,7 +242,7 @@ def test_policy_index_for_large_stores_through_the_store(store: Store, tmp_path:
     """The >= EXACT_LIMIT policy (IVF + 4-bit fast-scan PQ + SQ8 re-ranking, IDMap2) end to end."""
     enc = CountingHashEncoder()
     factory = f"IVF32_HNSW32,PQ{enc.dim // 2}x4fs,Refine(SQ8)"
-    store.add_entries("concept", [f"more {i}" for i in range(2700)], source="test")
+    add_entries(store, "concept", [f"more {i}" for i in range(2700)], source="test")
     index = build_index(store, enc, tmp_path / "idx", factory=factory, progress=False)
     manifest = index.manifest
     assert manifest.count == 3002 and manifest.recall_at_10 >= 0.95
@@ -252,7 +254,7 @@ def test_policy_index_for_large_stores_through_the_store(store: Store, tmp_path:
     from database_tools.curation import set_concept_status
 
     set_concept_status(store, ["more 42"], "rejected")
-    store.add_entries("concept", ["brand new concept"], source="test")
+    add_entries(store, "concept", ["brand new concept"], source="test")
     updated = update_index(store, enc, tmp_path / "idx", progress=False)
     assert "more 42" not in {h.text for h in updated.search(query, k=5)[0]}
     new = updated.search(_vector(enc, "brand new concept"), k=1)[0][0]

@@ -13,6 +13,7 @@ from test_index import CountingHashEncoder  # same directory (pytest prepend imp
 from database_tools.bootstrap import DEFAULT_VOCABULARY, ensure_index
 from database_tools.index_files import encoder_root, list_versions
 from database_tools.store import Store
+from store_helpers import add_entries, get_entry
 
 VOCAB = [line for line in DEFAULT_VOCABULARY.read_text(encoding="utf-8").splitlines() if line]
 
@@ -22,13 +23,13 @@ def test_first_use_imports_vocabulary_and_builds(tmp_path: Path) -> None:
     enc = CountingHashEncoder(dim=24, encoder_id="test/hash-24")
     index = ensure_index(store, enc, tmp_path / "idx")
     assert index.manifest.count == len(VOCAB) == store.count_entries(("concept",))
-    assert store.get_entry("concept", "aerosol can").source == "default-vocabulary:concepts.txt"
+    assert get_entry(store, "concept", "aerosol can").source == "default-vocabulary:concepts.txt"
     hit = index.search(CountingHashEncoder(24).encode(["giant panda"]), k=1)[0][0]
     assert hit.text == "giant panda" and hit.kind == "concept"
     encoded = len(enc.encoded)
     again = ensure_index(store, enc, tmp_path / "idx")
     assert again.version == index.version and len(enc.encoded) == encoded
-    store.add_entries("caption", ["a panda eating bamboo"], source="test")
+    add_entries(store, "caption", ["a panda eating bamboo"], source="test")
     updated = ensure_index(store, enc, tmp_path / "idx")
     assert updated.version != index.version and updated.manifest.count == len(VOCAB) + 1
     assert enc.encoded[encoded:] == ["a panda eating bamboo"]
@@ -53,7 +54,7 @@ def test_rejected_default_concept_stays_rejected(tmp_path: Path) -> None:
 
 CHILD = textwrap.dedent("""
     import sys
-    sys.path[:0] = [{root!r}, {here!r}]
+    sys.path[:0] = [{root!r}, {tests!r}, {here!r}]
     from database_tools.bootstrap import ensure_index
     from database_tools.store import Store
     from test_index import CountingHashEncoder
@@ -68,8 +69,8 @@ def test_two_processes_at_once(tmp_path: Path) -> None:
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(VOCAB[:300]) + "\n", encoding="utf-8")
     here = Path(__file__).resolve().parent
-    code = CHILD.format(root=str(here.parents[1]), here=str(here), url=url, idx=idx,
-                        vocab=str(vocab))
+    code = CHILD.format(root=str(here.parents[1]), tests=str(here.parent), here=str(here),
+                        url=url, idx=idx, vocab=str(vocab))
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]

@@ -115,13 +115,13 @@ def start_label_studio(root: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def tiny_backend_env(root: Path, tiny_models_dir: dict, runtime) -> dict[str, str]:
+def tiny_backend_env(root: Path, tiny_models_dir: dict, services) -> dict[str, str]:
     """Environment of a backend on the tiny test models (add ``LABEL_STUDIO_URL``), with a copy
-    of ``runtime``'s warmed data dir (default vocabulary and index already built)."""
+    of ``services``' warmed data dir (default vocabulary and index already built)."""
     import shutil
 
-    _ = runtime.pipeline
-    shutil.copytree(runtime.settings.data_dir, root / "tag-data")
+    services.pipeline()
+    shutil.copytree(services.settings.data_dir, root / "tag-data")
     return {
         "TAG_DINO_MODEL": tiny_models_dir["dino"],
         "TAG_CLIP_MODEL": tiny_models_dir["clip"],

@@ -29,12 +29,12 @@ HEADERS = {"Authorization": f"Token {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_models_dir, tiny_runtime_session):
+def stack(tmp_path_factory, tiny_models_dir, tiny_services_session):
     from tag_backend.ls import recommended_label_config
 
     root = tmp_path_factory.mktemp("e2e")
     backend_env = {
-        **tiny_backend_env(root, tiny_models_dir, tiny_runtime_session),
+        **tiny_backend_env(root, tiny_models_dir, tiny_services_session),
         # compute every task inside /predict (the budgeted job path has its own tests)
         "TAG_PREDICT_BUDGET": "3600",
     }

@@ -21,7 +21,7 @@ SECRET = "connect-e2e-secret"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_models_dir, tiny_runtime_session):
+def stack(tmp_path_factory, tiny_models_dir, tiny_services_session):
     from scenes import flat_shapes
 
     root = tmp_path_factory.mktemp("connect")
@@ -30,7 +30,7 @@ def stack(tmp_path_factory, tiny_models_dir, tiny_runtime_session):
     for i, folder in enumerate((images, images, images / "nested")):
         flat_shapes(128, seed=10 + i)[0].save(folder / f"scene{i}.png")
     (images / "notes.txt").write_text("not an image: the storage filter skips it")
-    backend_env = {**tiny_backend_env(root, tiny_models_dir, tiny_runtime_session), "TAG_WEBHOOK_SECRET": SECRET}
+    backend_env = {**tiny_backend_env(root, tiny_models_dir, tiny_services_session), "TAG_WEBHOOK_SECRET": SECRET}
     ls_proc, ls_url = start_label_studio(root)
     be_proc, be_url = start_backend(root, {**backend_env, "LABEL_STUDIO_URL": ls_url})
     try:

@@ -28,11 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def ls_stack(tmp_path_factory, tiny_models_dir, tiny_runtime_session):
+def ls_stack(tmp_path_factory, tiny_models_dir, tiny_services_session):
     from tag_backend.ls import recommended_label_config
 
     root = tmp_path_factory.mktemp("e2e-prelabel")
-    _ = tiny_runtime_session.pipeline  # warm data dir (default index), copied per process
+    tiny_services_session.pipeline()  # warm data dir (default index), copied per process
     ls_proc, ls_url = start_label_studio(root)
     env = {
         "TAG_DINO_MODEL": tiny_models_dir["dino"],
@@ -49,7 +49,7 @@ def ls_stack(tmp_path_factory, tiny_models_dir, tiny_runtime_session):
             "ls": ls_url,
             "env": env,
             "config": recommended_label_config(),
-            "warm": tiny_runtime_session.settings.data_dir,
+            "warm": tiny_services_session.settings.data_dir,
         }
     finally:
         stop(ls_proc)

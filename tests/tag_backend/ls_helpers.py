@@ -49,15 +49,26 @@ class FakeServer:
         self.httpd.server_close()
 
 
-def copy_runtime(session_runtime, tmp_path: Path, **changes):
-    """A private Runtime on a copy of the warmed-up session data dir (no index rebuild)."""
-    from tag_backend.runtime import Runtime
+def copy_services(session_services, tmp_path: Path, **changes):
+    """Private services on a copy of the warmed-up session data dir (no index rebuild)."""
+    from tag_backend.services import Services
 
-    _ = session_runtime.pipeline  # build the default index once per session
+    session_services.pipeline()  # build the default index once per session
     data = tmp_path / "rt-data"
     shutil.copytree(
-        session_runtime.settings.data_dir,
+        session_services.settings.data_dir,
         data,
         ignore=shutil.ignore_patterns("ls-media", "webhook-spool"),
     )
-    return Runtime(session_runtime.settings.replace(data_dir=str(data), **changes))
+    return Services(session_services.settings.replace(data_dir=str(data), **changes))
+
+
+def shared_services(session_services, tmp_path: Path, **changes):
+    """Services on the session's store and index (read-only use) with a private data dir for
+    the server's own files (webhook spool, media cache) and the given setting changes."""
+    from tag_backend.services import Services
+
+    session_services.pipeline()  # build the default index once per session
+    s = session_services.settings
+    return Services(s.replace(db_url=s.resolved_db_url, index_dir=s.resolved_index_dir,
+                              data_dir=str(tmp_path), **changes))

@@ -10,7 +10,7 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from tag_backend.app import app_backend, create_app
 
-from ls_helpers import CONFIG, FakeServer
+from ls_helpers import CONFIG, FakeServer, shared_services
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +24,18 @@ def images(tmp_path_factory):
     return root
 
 
-def make_app(runtime, tmp_path, images, **changes):
-    """An app on the shared runtime; /predict computes every task (no job-queue budget: the
-    budget path is tested with the jobs engine)."""
+def make_app(session, tmp_path, images, **changes):
+    """An app on the session's store and index; /predict computes every task (no job-queue
+    budget: the budget path is tested with the jobs engine)."""
     changes.setdefault("predict_budget_seconds", 1e9)
-    settings = runtime.settings.replace(
-        data_dir=str(tmp_path / "srv"), allowed_local_roots=str(images), **changes
-    )
-    return create_app(settings, runtime, start_worker=False)
+    services = shared_services(session, tmp_path / "srv", allowed_local_roots=str(images),
+                               **changes)
+    return create_app(services=services, start_worker=False)
 
 
 @pytest.fixture()
-def client(tiny_runtime_session, tmp_path, images):
-    return make_app(tiny_runtime_session, tmp_path, images).test_client()
+def client(tiny_services_session, tmp_path, images):
+    return make_app(tiny_services_session, tmp_path, images).test_client()
 
 
 def test_health_metrics_versions_and_unknown_routes(client):
@@ -50,7 +49,7 @@ def test_health_metrics_versions_and_unknown_routes(client):
     assert client.get("/predict").status_code == 405
 
 
-def test_setup(client, tiny_runtime_session):
+def test_setup(client, tiny_services_session):
     r = client.post(
         "/setup",
         json={
@@ -62,7 +61,7 @@ def test_setup(client, tiny_runtime_session):
         },
     )
     assert r.status_code == 200
-    assert r.json["model_version"] == tiny_runtime_session.model_version()
+    assert r.json["model_version"] == tiny_services_session.model_version()
     r = client.post(
         "/setup", json={"project": "3.1", "schema": "<View><Image name='i' value='$i'/></View>"}
     )
@@ -71,7 +70,7 @@ def test_setup(client, tiny_runtime_session):
     assert r.status_code == 400 and "JSON" in r.json["detail"]
 
 
-def test_predict_one_result_per_task_in_order(client, images, tiny_runtime_session):
+def test_predict_one_result_per_task_in_order(client, images, tiny_services_session):
     server = FakeServer()
     try:
         tasks = [
@@ -97,7 +96,7 @@ def test_predict_one_result_per_task_in_order(client, images, tiny_runtime_sessi
     results = r.json["results"]
     assert len(results) == len(tasks)
     assert [bool(x["result"]) for x in results] == [True, False, False, False, True, False]
-    assert all(x["model_version"] == tiny_runtime_session.model_version() for x in results)
+    assert all(x["model_version"] == tiny_services_session.model_version() for x in results)
     for item in results[0]["result"]:
         assert item["original_width"] == 112 and item["original_height"] == 112
         assert item["to_name"] == "image" and item["from_name"] in ("tag", "name")
@@ -123,14 +122,14 @@ def test_predict_many_tasks_and_bad_payloads(client, images):
     assert client.get("/health").status_code == 200  # still alive
 
 
-def test_guided_mode_snaps_to_project_labels(tiny_runtime_session, tmp_path, images):
+def test_guided_mode_snaps_to_project_labels(tiny_services_session, tmp_path, images):
     config = (
         '<View><Image name="img" value="$photo"/><BrushLabels name="b" toName="img">'
         '<Label value="cat"/><Label value="dog"/><Label value="thing"/></BrushLabels></View>'
     )
     task = {"id": 1, "data": {"photo": str(images / "s2.png")}}
     loose = make_app(
-        tiny_runtime_session, tmp_path / "a", images, guided_threshold=-1.0
+        tiny_services_session, tmp_path / "a", images, guided_threshold=-1.0
     ).test_client()
     items = loose.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][
         0
@@ -138,7 +137,7 @@ def test_guided_mode_snaps_to_project_labels(tiny_runtime_session, tmp_path, ima
     assert items and all(i["value"]["brushlabels"][0] in ("cat", "dog", "thing") for i in items)
     assert all(i["from_name"] == "b" and i["to_name"] == "img" for i in items)
     strict = make_app(
-        tiny_runtime_session, tmp_path / "b", images, guided_threshold=1.0
+        tiny_services_session, tmp_path / "b", images, guided_threshold=1.0
     ).test_client()
     assert (
         strict.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][0][
@@ -147,7 +146,7 @@ def test_guided_mode_snaps_to_project_labels(tiny_runtime_session, tmp_path, ima
         == []
     )
     fallback = make_app(
-        tiny_runtime_session, tmp_path / "c", images, guided_threshold=1.0, guided_fallback="thing"
+        tiny_services_session, tmp_path / "c", images, guided_threshold=1.0, guided_fallback="thing"
     ).test_client()
     items = fallback.post("/predict", json={"tasks": [task], "label_config": config}).json[
         "results"
@@ -159,9 +158,9 @@ def _basic(user, pw):
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
 
 
-def test_basic_auth_and_webhook_secret(tiny_runtime_session, tmp_path, images):
+def test_basic_auth_and_webhook_secret(tiny_services_session, tmp_path, images):
     app = make_app(
-        tiny_runtime_session,
+        tiny_services_session,
         tmp_path,
         images,
         basic_auth_user="u",

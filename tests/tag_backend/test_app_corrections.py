@@ -10,24 +10,24 @@ from PIL import Image
 
 from tag_backend.app import app_backend, create_app
 
-from ls_helpers import CONFIG, copy_runtime
+from ls_helpers import CONFIG, copy_services
 
 
 @pytest.fixture()
-def loop(tiny_runtime_session, tmp_path):
+def loop(tiny_services_session, tmp_path):
     from scenes import flat_shapes
 
-    runtime = copy_runtime(tiny_runtime_session, tmp_path)
     img, _ = flat_shapes(120, seed=3)
     img.save(tmp_path / "a.png")
     near = np.asarray(img).astype(np.int16) + np.random.default_rng(0).integers(
         -2, 3, (120, 120, 3)
     )
     Image.fromarray(np.clip(near, 0, 255).astype(np.uint8)).save(tmp_path / "b.png")
-    settings = runtime.settings.replace(
-        allowed_local_roots=str(tmp_path), predict_budget_seconds=1e9
+    services = copy_services(
+        tiny_services_session, tmp_path, allowed_local_roots=str(tmp_path),
+        predict_budget_seconds=1e9,
     )
-    app = create_app(settings, runtime, start_worker=False)
+    app = create_app(services=services, start_worker=False)
     return app.test_client(), app_backend(app), tmp_path
 
 
@@ -53,7 +53,7 @@ def _renamed(prediction, new_name):
 def test_rename_is_learned_and_changes_model_version(loop):
     client, backend, root = loop
     before = _predict(client, root / "a.png")
-    version0, db0 = before["model_version"], backend.runtime.store.db_version()
+    version0, db0 = before["model_version"], backend.services.store.db_version()
     result, region_id, old = _renamed(before, "zorblax widget")
     assert old != "zorblax widget"
     payload = {
@@ -76,8 +76,8 @@ def test_rename_is_learned_and_changes_model_version(loop):
     assert client.post("/webhook", json=payload).status_code == 201  # duplicate delivery
     assert backend.worker.run_once() is True
     assert backend.worker.run_once() is False  # the duplicate was merged in the spool
-    assert backend.runtime.store.db_version() > db0
-    names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
+    assert backend.services.store.db_version() > db0
+    names, _ = backend.services.store.load_exemplars(backend.services.models.clip.encoder_id)
     assert "zorblax widget" in names
     setup = client.post("/setup", json={"project": "5.1", "schema": CONFIG}).json
     assert setup["model_version"] != version0
@@ -91,7 +91,7 @@ def test_rename_is_learned_and_changes_model_version(loop):
         json={"action": "ANNOTATIONS_DELETED", "project": {"id": 5}, "annotations": [{"id": 21}]},
     )
     assert backend.worker.run_once() is True
-    names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
+    names, _ = backend.services.store.load_exemplars(backend.services.models.clip.encoder_id)
     assert "zorblax widget" not in names
 
 
@@ -108,13 +108,11 @@ def test_empty_annotation_and_unknown_project_are_recorded_quietly(loop):
     assert backend.spool.depth() == 0 and not list(backend.spool.failed.iterdir())
 
 
-def test_database_unreachable_keeps_corrections_and_retries(tiny_runtime_session, tmp_path):
-    from tag_backend.runtime import Runtime
-
-    settings = tiny_runtime_session.settings.replace(
+def test_database_unreachable_keeps_corrections_and_retries(tiny_services_session, tmp_path):
+    settings = tiny_services_session.settings.replace(
         data_dir=str(tmp_path / "d"), db_url="postgresql+psycopg://u:p@127.0.0.1:9/none"
     )
-    app = create_app(settings, Runtime(settings), start_worker=False)
+    app = create_app(settings, start_worker=False)
     client, backend = app.test_client(), app_backend(app)
     assert client.get("/health").status_code == 200
     setup = client.post("/setup", json={"project": "1.1", "schema": CONFIG})
@@ -152,5 +150,5 @@ def test_bulk_annotations_created_payload_shape(loop):
     assert client.post("/webhook", json=payload).status_code == 201
     assert backend.worker.run_once() is True
     assert not list(backend.spool.failed.glob("*.json"))
-    names, _ = backend.runtime.store.load_exemplars(backend.runtime.clip.encoder_id)
+    names, _ = backend.services.store.load_exemplars(backend.services.models.clip.encoder_id)
     assert "bulk gizmo" in names

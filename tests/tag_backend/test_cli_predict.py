@@ -85,9 +85,6 @@ def test_corrupt_index_is_reported_or_rebuilt_never_silently_used(env, tmp_path)
     assert index_files
     for p in index_files:
         p.write_bytes(b"garbage")
-    from tag_backend import runtime as rt
-
-    rt._runtimes.clear()  # a new process would start without the cached index
     result = CliRunner().invoke(main, args, env=env)
     assert result.exit_code == 0, result.output
 
@@ -98,13 +95,20 @@ def test_models_command_lists_presets():
     assert "paper" in result.output and "ViT-L-14-quickgelu" in result.output and "TAG_DINO_MODEL" in result.output
 
 
-def test_dense_method_is_selectable_from_the_cli(env, tmp_path):
-    from tag_backend import runtime as rt
+def test_dense_method_is_selectable_from_the_cli(env, tmp_path, monkeypatch):
+    from tag_backend import predict_files as pf
 
+    used = []
+    real = pf.predict_files
+
+    def spy(services, *args, **kwargs):
+        used.append(services)
+        return real(services, *args, **kwargs)
+
+    monkeypatch.setattr(pf, "predict_files", spy)
     flat_shapes()[0].save(tmp_path / "ok.png")
     result = CliRunner().invoke(main, ["predict", str(tmp_path / "ok.png"), "--out", str(tmp_path / "t.json"),
                                        "--quiet", "--dense-method", "naclip"], env=env)
     assert result.exit_code == 0, result.output
-    used = [r for s, r in rt._runtimes.items() if s.dense_method == "naclip"]
-    assert used and used[0].pipeline.dense_method == "naclip"
+    assert [s.pipeline().dense_method for s in used] == ["naclip"]
     assert CliRunner().invoke(main, ["predict", "x", "--out", "y", "--dense-method", "maskclip"]).exit_code == 2

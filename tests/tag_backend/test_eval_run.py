@@ -27,21 +27,22 @@ def eval_settings(tiny_models_dir, tmp_path_factory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def eval_runtime(eval_settings):
-    from tag_backend.runtime import Runtime
+def eval_services(eval_settings):
+    from tag_backend.services import Services
 
-    runtime = Runtime(eval_settings)
-    _ = runtime.pipeline  # builds the default-vocabulary index once for the module
-    return runtime
+    services = Services(eval_settings)
+    services.pipeline()  # builds the default-vocabulary index once for the module
+    return services
 
 
-def test_synthetic_benchmark_scores_lists_failures_and_resumes(eval_settings, eval_runtime, tmp_path):
+def test_synthetic_benchmark_scores_lists_failures_and_resumes(eval_settings, eval_services, tmp_path,
+                                                               monkeypatch):
     root = write_synthetic(tmp_path / "syn", count=5, size=224)
     (root / "images" / "scene_00003.png").write_bytes(b"not an image")
     Image.new("P", (10, 10)).save(root / "masks" / "scene_00004.png")
     config = EvalConfig(dataset="synthetic", root=root, report_dir=tmp_path / "rep", limit=5,
                         image_size=224, grid_images=2, progress=False)
-    result = run_eval(config, eval_settings, eval_runtime)
+    result = run_eval(config, eval_settings, eval_services)
     s = result.summary
     assert s["images"] == 3 and s["failures"]["count"] == 2
     reasons = dict(result.failures)
@@ -60,16 +61,12 @@ def test_synthetic_benchmark_scores_lists_failures_and_resumes(eval_settings, ev
     assert "| tag |" in md and "Hungarian-matched mIoU" in md and "scene_00003" in md
     assert Image.open(result.files["grid"]).size[0] == 768
 
-    # Resume: a second run takes every prediction from the cache (the pipeline is not called).
+    # Resume: a second run takes every prediction from the cache (the predictor is not called).
     def fail(*_a, **_k):
-        raise AssertionError("pipeline called although the prediction is cached")
+        raise AssertionError("predictor called although the prediction is cached")
 
-    original = eval_runtime.pipeline.generate_batch
-    eval_runtime.pipeline.generate_batch = fail
-    try:
-        again = run_eval(config, eval_settings, eval_runtime).summary
-    finally:
-        eval_runtime.pipeline.generate_batch = original
+    monkeypatch.setattr("tag_backend.predictor.Predictor.predict", fail)
+    again = run_eval(config, eval_settings, eval_services).summary
     assert again["protocols"] == s["protocols"] and again["mask_quality"] == s["mask_quality"]
 
 
@@ -94,7 +91,7 @@ def test_cli_on_a_voc_layout_fixture(eval_settings, tmp_path, monkeypatch):
     assert "Traceback" not in missing.output
 
 
-def test_simulated_corrections_curve_on_a_scratch_database(eval_settings, eval_runtime, tmp_path):
+def test_simulated_corrections_curve_on_a_scratch_database(eval_settings, eval_services, tmp_path):
     root = write_synthetic(tmp_path / "syn", count=4, size=224)
     config = EvalConfig(dataset="synthetic", root=root, report_dir=tmp_path / "rep", limit=4,
                         image_size=224, n_segments=8, simulate_corrections=2, curve_points=3,
@@ -109,7 +106,7 @@ def test_simulated_corrections_curve_on_a_scratch_database(eval_settings, eval_r
     assert curve[-1]["strict_region_accuracy"] >= curve[0]["strict_region_accuracy"]
     assert "Quality vs. number of corrections" in result.files["markdown"].read_text()
     # the user's database is untouched: the replay ran on a scratch copy
-    assert eval_runtime.store.load_exemplars(eval_runtime.clip.encoder_id)[0] == []
+    assert eval_services.store.load_exemplars(eval_services.models.clip.encoder_id)[0] == []
     # resuming replays nothing and reproduces the curve
     assert run_eval(config, eval_settings).summary["corrections"]["curve"] == curve
 
@@ -125,16 +122,20 @@ def _object_regions(prediction, gt: np.ndarray, limit: int) -> list[int]:
     return sorted(chosen, key=lambda r: -int((prediction.region_map == r).sum()))[:limit]
 
 
-def test_one_correction_renames_the_next_near_identical_region(eval_runtime):
+def test_one_correction_renames_the_next_near_identical_region(eval_settings, eval_services):
     """One corrected region (recorded through record_annotation + refresh) must name the same
     region of a near-identical image (same scene, 1 px shift, new pixel noise) in >= 95 % of
     cases. Each scene is an independent case: its annotation is deleted afterwards."""
     from database_tools.corrections import delete_annotation
+    from tag_backend.services import Services
 
-    pipeline = eval_runtime.pipeline
-    saved = (pipeline.image_size, pipeline.use_crf, dict(pipeline.kmeans_kwargs))
-    pipeline.image_size, pipeline.use_crf = 224, False  # speed: the loop, not the masks, is tested
-    pipeline.kmeans_kwargs["n_init"] = 1
+    eval_services.pipeline()  # the module's default-vocabulary index exists
+    # speed: the loop, not the masks, is tested
+    services = Services(eval_settings, pipeline_overrides={"image_size": 224, "use_crf": False,
+                                                           "kmeans_restarts": 1})
+
+    def predict(image):
+        return services.predictor.predict([Image.fromarray(image)])[0]
     words = ["aardvark", "bagpipe", "cathedral", "dulcimer", "espresso", "flamingo", "gondola",
              "harmonica", "iguana", "jackfruit", "kayak", "lighthouse", "mandolin", "narwhal",
              "origami", "pelican", "quartz", "raccoon", "saxophone", "tambourine", "ukulele",
@@ -144,12 +145,12 @@ def test_one_correction_renames_the_next_near_identical_region(eval_runtime):
         for seed in range(100, 112):
             scene = make_scene(seed)
             twin = jitter(scene, seed + 1000, shift=1, noise=3.0)
-            a = prediction_from_regions(pipeline.generate(Image.fromarray(scene.image)), scene.gt.shape)
+            a = prediction_from_regions(predict(scene.image), scene.gt.shape)
             final, corrected = list(a.names), {}
             for r in _object_regions(a, scene.gt.astype(np.int32), 2):
                 corrected[r] = final[r] = f"corrected {words[len(corrected) + 2 * (seed - 100)]}"
-            record_correction(eval_runtime, Image.fromarray(scene.image), f"case-{seed}", a, final)
-            b = prediction_from_regions(pipeline.generate(Image.fromarray(twin.image)), twin.gt.shape)
+            record_correction(services, Image.fromarray(scene.image), f"case-{seed}", a, final)
+            b = prediction_from_regions(predict(twin.image), twin.gt.shape)
             for r, name in corrected.items():
                 mask = a.region_map == r
                 ious = [(mask & (b.region_map == j)).sum() / (mask | (b.region_map == j)).sum()
@@ -160,12 +161,12 @@ def test_one_correction_renames_the_next_near_identical_region(eval_runtime):
                     continue
                 cases += 1
                 hits += b.names[j] == name
-            delete_annotation(eval_runtime.store, f"eval-sim:case-{seed}")
-            eval_runtime.refresh()
+            delete_annotation(services.store, f"eval-sim:case-{seed}")
+            services.refresh()
     finally:
-        pipeline.image_size, pipeline.use_crf, pipeline.kmeans_kwargs = saved
+        services.close()
     print(f"one-correction recall: {hits}/{cases} comparable regions, {leaks} leaks")
     assert cases >= 12, f"only {cases} comparable regions"
     assert hits / cases >= 0.95, f"{hits}/{cases} near-identical regions came back renamed"
     assert leaks <= 2, f"the corrected names leaked onto {leaks} other regions"
-    assert len(pipeline.exemplars) == 0  # deleting the annotations undid the exemplars
+    assert len(services.knowledge().exemplars) == 0  # deleting the annotations undid them

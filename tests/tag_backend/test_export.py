@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from tag_backend.cli import main
 from tag_backend.export.coco import uncompressed_rle
-from tag_backend.ls.results import PlacedRegion, ResultLayout, prediction_for
+from tag_backend.ls.layout import ResultLayout
+from tag_backend.ls.serializer import PlacedRegion, region_items
 
 COCO = pytest.importorskip("pycocotools.coco").COCO
 mask_api = pytest.importorskip("pycocotools.mask")
@@ -37,8 +38,10 @@ MASKS = _masks()
 
 
 def _items(layout: ResultLayout, named: dict[str, np.ndarray]) -> list[dict]:
-    placed = [PlacedRegion(mask=m, name=n, label="object", score=1.0) for n, m in named.items()]
-    return prediction_for(placed, W, H, "v", layout)["result"]
+    items = []
+    for name, mask in named.items():
+        items += region_items(PlacedRegion(mask=mask, name=name, label="object", score=1.0), W, H, layout)
+    return items
 
 
 def _export(tmp_path) -> list[dict]:
@@ -68,14 +71,15 @@ def concept_db(tmp_path):
     """dog, cat; 'puppy' merged into dog; 'doggo' renamed onto dog (an alias)."""
     from database_tools.curation import merge_concepts, rename_concept
     from database_tools.store import Store
+    from store_helpers import add_entries, get_entry
 
     url = f"sqlite:///{tmp_path / 'concepts.db'}"
     store = Store(url)
-    store.add_entries("concept", ["dog", "cat", "puppy", "doggo"])
+    add_entries(store, "concept", ["dog", "cat", "puppy", "doggo"])
     merge_concepts(store, ["puppy"], "dog")
     rename_concept(store, "doggo", "dog")
-    dog_id = store.get_entry("concept", "dog").id
-    cat_id = store.get_entry("concept", "cat").id
+    dog_id = get_entry(store, "concept", "dog").id
+    cat_id = get_entry(store, "concept", "cat").id
     store.close()
     return url, dog_id, cat_id
 

@@ -5,7 +5,7 @@ import pytest
 from jobs_fixtures import make_queue, tasks
 
 from tag_backend.jobs.budget import CostEstimate, compute_within_budget, predict_with_budget
-from tag_backend.jobs.engine import cache_key
+from tag_backend.jobs.keys import cache_key
 
 
 class FakeClock:

@@ -140,26 +140,26 @@ def test_plan_skips_predicted_and_labeled_tasks_and_joins_the_active_job(tiny_se
     from tag_backend.jobs.prelabel import plan_prelabel
     from tag_backend.jobs.push import LabelStudioPusher
     from tag_backend.jobs.queue import JobQueue
-    from tag_backend.runtime import Runtime
+    from tag_backend.services import Services
 
-    runtime = Runtime(tiny_settings)
-    version = runtime.model_version()
+    services = Services(tiny_settings)
+    version = services.model_version()
     paged_ls["tasks"] = [
         {"id": i, "data": {"image": f"/data/upload/1/{i}.png"},
          "predictions": [{"model_version": version if i % 5 == 0 else "old", "result": []}],
          "total_annotations": 1 if i % 7 == 0 else 0, "is_labeled": i % 7 == 0}
         for i in range(1, 251)]
-    queue = JobQueue.from_store(runtime.store)
+    queue = JobQueue.from_store(services.store)
     pusher = LabelStudioPusher(paged_ls["url"], TOKEN)
-    plan = plan_prelabel(runtime, queue, pusher, 1, filter="unlabeled")
+    plan = plan_prelabel(services, queue, pusher, 1, filter="unlabeled")
     predicted = {i for i in range(1, 251) if i % 5 == 0}
     labeled = {i for i in range(1, 251) if i % 7 == 0} - predicted
     assert (plan.seen, plan.already_predicted, plan.labeled) == (250, len(predicted), len(labeled))
     assert plan.queued == 250 - len(predicted) - len(labeled) and not plan.joined
-    again = plan_prelabel(runtime, queue, pusher, 1, filter="all")  # a second run joins
+    again = plan_prelabel(services, queue, pusher, 1, filter="all")  # a second run joins
     assert again.joined and again.job_id == plan.job_id and again.queued == len(labeled)
     assert queue.progress(plan.job_id).total == 250 - len(predicted)
-    limited = plan_prelabel(runtime, queue, pusher, 2, filter="all", limit=10)
+    limited = plan_prelabel(services, queue, pusher, 2, filter="all", limit=10)
     assert limited.queued == 10 and limited.seen == 12 and limited.job_id != plan.job_id
     with pytest.raises(ValueError):
-        plan_prelabel(runtime, queue, pusher, 1, filter="some")
+        plan_prelabel(services, queue, pusher, 1, filter="some")

@@ -5,20 +5,27 @@ import pytest
 
 from scenes import flat_shapes
 from tag_backend.config import Settings
-from tag_backend.runtime import Runtime
+from tag_backend.services import Services
+from store_helpers import add_entries, add_exemplar
 
 
 @pytest.fixture()
-def one_concept_runtime(tiny_models_dir, tmp_path):
-    """A runtime whose database knows only 'thing' (so every region is predicted as 'thing')."""
+def one_concept_settings(tiny_models_dir, tmp_path) -> Settings:
+    """Settings whose database knows only 'thing' (so every region is predicted as 'thing')."""
     from database_tools.store import Store
 
     settings = Settings(dino_model=tiny_models_dir["dino"], clip_model=tiny_models_dir["clip"], device="cpu",
                         dtype="float32", data_dir=str(tmp_path), default_vocabulary="none")
-    Store(settings.resolved_db_url).add_entries("concept", ["thing"])
-    runtime = Runtime(settings)
-    runtime.pipeline.n_segments = 3
-    return runtime
+    add_entries(Store(settings.resolved_db_url), "concept", ["thing"])
+    return settings
+
+
+def _services(settings: Settings, **knobs) -> Services:
+    return Services(settings, pipeline_overrides={"n_segments": 3, **knobs})
+
+
+def _predict(services: Services, image):
+    return services.predictor.predict([image])[0]
 
 
 def _annotation(ann_id: int, predicted: str, final: str) -> tuple[dict, dict]:
@@ -32,38 +39,37 @@ def _annotation(ann_id: int, predicted: str, final: str) -> tuple[dict, dict]:
     return annotation, prediction
 
 
-def test_aliases_rename_after_repeated_corrections(one_concept_runtime):
+def test_aliases_rename_after_repeated_corrections(one_concept_settings):
     from database_tools.corrections import record_annotation
 
-    runtime = one_concept_runtime
+    services = _services(one_concept_settings)
     image, _ = flat_shapes(seed=0)
-    assert {r.name for r in runtime.pipeline.generate(image)} == {"thing"}
-    version = runtime.model_version()
-    for i in range(1, runtime.settings.alias_min_count):
-        record_annotation(runtime.store, *_annotation(i, "thing", "gizmo"))
-    runtime.refresh()
+    assert {r.name for r in _predict(services, image)} == {"thing"}
+    version = services.model_version()
+    for i in range(1, services.settings.alias_min_count):
+        record_annotation(services.store, *_annotation(i, "thing", "gizmo"))
+    services.refresh()
     # 'gizmo' is now a concept of its own (retrievable), but no alias applies yet
-    before = runtime.pipeline.generate(image)
+    before = _predict(services, image)
     assert all(r.origin != "alias" for r in before), "below the alias threshold"
     assert "thing" in {r.name for r in before}
-    record_annotation(runtime.store, *_annotation(99, "thing", "gizmo"))
-    assert runtime.refresh() and runtime.model_version() != version
-    regions = runtime.pipeline.generate(image)
+    record_annotation(services.store, *_annotation(99, "thing", "gizmo"))
+    assert services.refresh() and services.model_version() != version
+    regions = _predict(services, image)
     # the same segments that were still called 'thing' are now renamed by the alias
     assert {r.name for r in regions} == {"gizmo"}
-    runtime.pipeline.merge_same_name = False
-    assert any(r.origin == "alias" for r in runtime.pipeline.generate(image))
+    unmerged = _services(one_concept_settings, merge_same_name=False)
+    assert any(r.origin == "alias" for r in _predict(unmerged, image))
 
 
-def test_exemplar_from_a_corrected_region_names_the_same_region_again(one_concept_runtime):
-    runtime = one_concept_runtime
+def test_exemplar_from_a_corrected_region_names_the_same_region_again(one_concept_settings):
+    services = _services(one_concept_settings, merge_same_name=False)
     image, gt = flat_shapes(seed=1)
-    pipeline = runtime.pipeline
-    pipeline.merge_same_name = False
     disc = gt == 2
-    embedding = pipeline.embed_regions(image, [disc])[0]
-    runtime.store.add_exemplar(runtime.clip.encoder_id, "frisbee", embedding, {"source": "test"})
-    runtime.refresh()
-    regions = pipeline.generate(image)
+    embedding = services.predictor.embed_regions(image, [disc])[0]
+    add_exemplar(services.store, services.models.clip.encoder_id, "frisbee", embedding,
+                                {"source": "test"})
+    services.refresh()
+    regions = _predict(services, image)
     best = max(regions, key=lambda r: (r.mask & disc).sum() / (r.mask | disc).sum())
-    assert best.name == "frisbee" and best.origin == "exemplar" and best.score >= runtime.settings.exemplar_threshold
+    assert best.name == "frisbee" and best.origin == "exemplar" and best.score >= services.settings.exemplar_threshold

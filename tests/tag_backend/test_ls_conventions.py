@@ -10,21 +10,22 @@ from tag_backend.app import create_app
 from tag_backend.ls.controls import parse_label_config
 from tag_backend.ls.errors import LabelConfigError, LabelConfigWithoutImage
 
+from ls_helpers import shared_services
+
 NEW_PROJECT = "<View></View>"
 
 
 @pytest.fixture()
-def client(tiny_runtime_session, tmp_path):
-    settings = tiny_runtime_session.settings.replace(data_dir=str(tmp_path / "srv"))
-    return create_app(settings, tiny_runtime_session, start_worker=False).test_client()
+def client(tiny_services_session, tmp_path):
+    return create_app(services=shared_services(tiny_services_session, tmp_path / "srv"), start_worker=False).test_client()
 
 
 @pytest.mark.parametrize("schema", [NEW_PROJECT, "<View><Header value='soon'/></View>"])
-def test_setup_accepts_a_project_without_an_image_yet(client, tiny_runtime_session, caplog, schema):
+def test_setup_accepts_a_project_without_an_image_yet(client, tiny_services_session, caplog, schema):
     with caplog.at_level(logging.WARNING, logger="tag_backend.app"):
         r = client.post("/setup", json={"project": "7.1700000000", "schema": schema})
     assert r.status_code == 200
-    assert r.json == {"model_version": tiny_runtime_session.model_version()}
+    assert r.json == {"model_version": tiny_services_session.model_version()}
     assert any("project 7" in m and "<Image>" in m for m in caplog.messages), caplog.messages
 
 

@@ -10,7 +10,8 @@ from label_studio_sdk.label_interface import LabelInterface
 from tag_backend.ls.controls import parse_label_config
 from tag_backend.ls.errors import LabelConfigError
 from tag_backend.ls.guided import LabelSnapper
-from tag_backend.ls.results import task_for_image
+from tag_backend.ls.layout import DEFAULT_LAYOUT
+from tag_backend.ls.serializer import Serializer
 from tag_backend.masks import MaskCleaning, clean_mask, clean_regions
 from tag_backend.types import SegmentLabel
 
@@ -38,13 +39,13 @@ def test_clean_regions_caps_count_keeps_largest_in_order():
     assert clean_regions([np.zeros((50, 50), bool)], 5) == []
 
 
-def test_task_for_image_roundtrip_and_validates_against_config():
+def test_serialized_task_roundtrip_and_validates_against_config():
     h, w = 120, 160
     regions = [
         SegmentLabel(mask=_disc(h, w, 60, 80, 40), name="golden retriever", score=0.31),
         SegmentLabel(mask=_disc(h, w, 20, 20, 12), name="ball", score=0.2),
     ]
-    task = task_for_image("/data/upload/1/x.png", regions, w, h, "v7")
+    task = Serializer().task("/data/upload/1/x.png", regions, w, h, DEFAULT_LAYOUT, "v7")
     pred = task["predictions"][0]
     assert task["data"] == {"image": "/data/upload/1/x.png"}
     assert pred["model_version"] == "v7" and 0 < pred["score"] <= 1
@@ -83,8 +84,8 @@ def test_parse_config_modes_and_errors():
             parse_label_config(bad)
 
 
-def test_guided_snapping_with_real_clip(tiny_runtime_session):
-    clip = tiny_runtime_session.clip
+def test_guided_snapping_with_real_clip(tiny_services_session):
+    clip = tiny_services_session.models.clip
     snapper = LabelSnapper(clip.encode_text, threshold=0.999, fallback="other")
     snaps = snapper.snap(["Cat", "cat", "a thing"], ("cat", "dog", "other"))
     assert snaps[0].label == "cat" and snaps[1].label == "cat"
@@ -97,3 +98,47 @@ def test_guided_snapping_with_real_clip(tiny_runtime_session):
         loose.snap(["zebra crossing"], ("cat", "dog"))[0].label
         == ("cat", "dog")[int(sims.argmax())]
     )
+
+
+def _regions(h=100, w=120):
+    return [SegmentLabel(mask=_disc(h, w, 50, 60, 30), name="dog", score=0.5),
+            SegmentLabel(mask=_disc(h, w, 15, 15, 8), name="ball", score=0.1),
+            SegmentLabel(mask=_disc(h, w, 85, 100, 10), name="cat", score=0.3)]
+
+
+def test_serializer_label_choice_cap_and_score():
+    regions = _regions()
+    open_mode = parse_label_config(CONFIG)
+    item = Serializer(max_regions=2).item(regions, 120, 100, open_mode, "v1")
+    brushes = [i for i in item["result"] if i["type"] == "brushlabels"]
+    texts = [i["value"]["text"][0] for i in item["result"] if i["type"] == "textarea"]
+    assert len(brushes) == 2 and texts == ["dog", "cat"]  # the two largest, in input order
+    assert {b["value"]["brushlabels"][0] for b in brushes} == {"object"}
+    assert 0.3 < item["score"] < 0.5 and item["model_version"] == "v1"
+    dynamic = parse_label_config('<View><Image name="i" value="$image"/>'
+                                 '<BrushLabels name="b" toName="i" value="$labels"/></View>')
+    names = Serializer().item(regions, 120, 100, dynamic, "v1")["result"]
+    assert [i["value"]["brushlabels"][0] for i in names] == ["dog", "ball", "cat"]
+    assert Serializer().item([], 120, 100, open_mode, "v1") == {
+        "result": [], "score": 0.0, "model_version": "v1"}
+
+
+def test_guided_label_choice_is_one_swappable_function():
+    guided = parse_label_config(
+        '<View><Image name="img" value="$photo"/><BrushLabels name="b" toName="img">'
+        '<Label value="animal"/><Label value="toy"/></BrushLabels></View>')
+    seen = []
+
+    def choose(regions, labels):
+        seen.append(([r.name for r in regions], labels))
+        return ["toy" if r.name == "ball" else ("animal" if r.name == "dog" else None)
+                for r in regions]
+
+    item = Serializer(guided=choose).item(_regions(), 120, 100, guided, "v2")
+    assert seen == [(["dog", "ball", "cat"], ("animal", "toy"))]
+    assert [i["value"]["brushlabels"][0] for i in item["result"]] == ["animal", "toy"]  # cat dropped
+    assert all(i["from_name"] == "b" and i["to_name"] == "img" for i in item["result"])
+    with pytest.raises(ValueError, match="guided"):
+        Serializer().item(_regions(), 120, 100, guided, "v2")
+    with pytest.raises(ValueError):
+        Serializer(max_regions=-1)

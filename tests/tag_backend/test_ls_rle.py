@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-from tag_backend.ls.results import mask_rle
 from tag_backend.ls.rle import mask_to_rle
 
 
@@ -42,7 +41,6 @@ def test_same_bytes_as_the_sdk_and_decodes_back(mask):
     assert rle == _sdk(mask)
     decoded = decode_rle(rle).reshape(*mask.shape, 4)
     assert ((decoded[..., 3] > 0) == mask).all()
-    assert mask_rle(mask) == rle
 
 
 def test_non_boolean_masks_paint_every_non_zero_pixel():

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from tag_backend.ls.controls import parse_label_config
-from tag_backend.ls.results import PlacedRegion, prediction_for
+from tag_backend.ls.serializer import Serializer
 from tag_backend.ls.shapes import connected_components, mask_boxes, mask_polygons, polygon_to_mask
 
 pycocotools_mask = pytest.importorskip("pycocotools.mask")
@@ -109,11 +109,15 @@ CONFIG = """<View>
 
 
 def _prediction(config: str, tolerance: float = 1.0) -> tuple[dict, dict]:
+    from tag_backend.types import SegmentLabel
+
     layout = parse_label_config(config)
     regions = {"doughnut": MASKS["ring"], "blocks": MASKS["parts"]}
-    placed = [PlacedRegion(mask=m, name=n, label=layout.label, score=0.8) for n, m in regions.items()]
+    segments = [SegmentLabel(mask=m, name=n, score=0.8) for n, m in regions.items()]
     height, width = MASKS["ring"].shape
-    return prediction_for(placed, width, height, "v1", layout, polygon_tolerance=tolerance), regions
+    serializer = Serializer(polygon_tolerance=tolerance)
+    cleaned = {p.name: p.mask for p in serializer.place(segments, layout)}  # the masks the shapes trace
+    return serializer.item(segments, width, height, layout, "v1"), cleaned
 
 
 def test_polygon_and_box_items_are_valid_for_label_studio():
@@ -151,5 +155,7 @@ def test_polygons_round_trip_through_the_sdk_coco_converter(tmp_path):
         rle = pycocotools_mask.frPyObjects(annotation["segmentation"], height, width)
         union |= pycocotools_mask.decode(pycocotools_mask.merge(rle)).astype(bool)
     expected = regions["doughnut"] | regions["blocks"]
-    assert _max_error_distance(expected, union) <= 2.0
+    # tolerance + 1 px, + half a pixel: pycocotools fills polygons through boundary-pixel centres
+    # half a pixel inside
+    assert _max_error_distance(expected, union) <= 2.5
     assert not union[45, 60]  # the doughnut's hole

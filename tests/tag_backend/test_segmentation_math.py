@@ -51,6 +51,20 @@ def test_kmeans_k_larger_than_points_and_bad_args():
         kmeans(x, 2, init="bogus")
 
 
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_kmeans_mean_shift_convergence_ends_at_a_lloyd_fixed_point(init):
+    """torch-kmeans' test (TAG): iterate until every restart's mean centre shift is below tol;
+    with a tiny tol the centres are exactly the means of the points assigned to them."""
+    x, _ = _blobs(n_per=40, k=5, seed=9)
+    res = kmeans(x, 5, init=init, n_init=4, tol=1e-9, convergence="mean_shift", seed=2)
+    nearest = ((x[:, None, :] - res.centers[None]) ** 2).sum(-1).argmin(1)
+    assert torch.equal(nearest, res.labels)
+    for c in range(5):
+        assert torch.allclose(res.centers[c], x[res.labels == c].mean(0), atol=1e-4)
+    with pytest.raises(ValueError, match="convergence"):
+        kmeans(x, 5, convergence="labels")
+
+
 def test_kmeans_inertia_matches_bruteforce():
     x, _ = _blobs(seed=5)
     res = kmeans(x, 4)
@@ -123,7 +137,7 @@ def test_pooling_refuses_empty_segment():
 def test_upsample_labels_shape_and_agreement():
     labels = np.zeros((10, 10), np.int64)
     labels[:, 5:] = 1
-    full = upsample_labels(torch.zeros(2, 10, 10), labels, (40, 30))
+    full = upsample_labels(labels, (40, 30))
     assert full.shape == (40, 30)
     assert (full[:, :12] == 0).all() and (full[:, 18:] == 1).all()
 

@@ -1,0 +1,258 @@
+"""The services of one process: built once (``create_app``, each CLI command) and passed down.
+
+:class:`Services` holds everything the server, the job worker, the CLI and the evaluator share:
+settings, the backbones (loaded on first use), the concept store, the current knowledge
+snapshot, the job queue and worker, the image fetcher, the Label Studio client, the one
+:class:`~tag_backend.predictor.Predictor` and the one :class:`~tag_backend.ls.serializer.Serializer`.
+Nothing heavy happens when it is built: models, store and index load on first use, so
+``/health`` and ``/setup`` stay instant. Gunicorn serves requests on threads that share it.
+
+Knowledge (index, exemplars, aliases) is an immutable :class:`~tag_backend.knowledge.Knowledge`
+snapshot: :meth:`Services.refresh` reads a new one and swaps it in with one assignment, and
+each prediction names its regions with the snapshot it started with.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any
+
+from . import __version__
+from .config import Settings
+from .feature_cache import FeatureCache
+from .jobs.budget import CostEstimate
+from .jobs.push import LabelStudioPusher
+from .jobs.service import JobService
+from .knowledge import Knowledge, read_knowledge
+from .ls.client import LabelStudioClient
+from .ls.guided import LabelSnapper
+from .ls.media import MediaFetcher
+from .ls.predictor import TaskPredictor
+from .ls.serializer import Serializer, snapping_labeler
+from .models import LoadedClip, LoadedDino, load_clip, load_dino, resolve_device, resolve_dtype
+from .pipeline import TagPipeline
+from .predictor import Predictor
+from .presets import Preset, get_preset
+
+logger = logging.getLogger(__name__)
+
+
+class Models:
+    """The two backbones of the settings' preset, loaded on first use (loaders cache them per
+    process on model, weights, device and dtype)."""
+
+    def __init__(self, settings: Settings, preset: Preset) -> None:
+        self.settings, self.preset = settings, preset
+        self._lock = threading.Lock()
+
+    @cached_property
+    def device(self):
+        return resolve_device(self.settings.device)
+
+    @cached_property
+    def dtype(self):
+        return resolve_dtype(self.settings.dtype, self.device, self.preset.prefer_bf16)
+
+    @cached_property
+    def dino(self) -> LoadedDino:
+        with self._lock:
+            return load_dino(self.settings.dino_model or self.preset.dino_model, self.device,
+                             self.dtype)
+
+    @cached_property
+    def clip(self) -> LoadedClip:
+        with self._lock:
+            return load_clip(self.clip_model, self.clip_pretrained, self.device, self.dtype)
+
+    @property
+    def clip_model(self) -> str:
+        return self.settings.clip_model or self.preset.clip_model
+
+    @property
+    def clip_pretrained(self) -> str | None:
+        if self.clip_model.startswith("local-dir:"):
+            return None
+        return self.settings.clip_pretrained or self.preset.clip_pretrained
+
+
+class Services:
+    """Everything one process shares (see the module docstring).
+
+    settings: the process's settings; pipeline_overrides: TagPipeline knobs that replace the
+    preset's and the settings' (the evaluator's ``--image-size``, a benchmark's CRF switch).
+    """
+
+    def __init__(self, settings: Settings, *,
+                 pipeline_overrides: Mapping[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.preset = get_preset(settings.preset)
+        self.pipeline_overrides = dict(pipeline_overrides or {})
+        self.models = Models(settings, self.preset)
+        self._lock = threading.RLock()
+        self._store = None
+        self._pipeline: TagPipeline | None = None
+        self._knowledge: Knowledge | None = None
+        self._loaded = threading.Event()
+        self._loader: threading.Thread | None = None
+        self._last_version: str | None = None
+        self.cost = CostEstimate()  # seconds per task, shared by /predict and the job worker
+        self.fetcher = MediaFetcher(settings)
+        self.label_studio = LabelStudioClient.from_settings(settings)
+        self.predictor = Predictor(self, FeatureCache(settings.feature_cache_mb * 2**20))
+        self.snapper = LabelSnapper(self._encode_texts, settings.guided_threshold,
+                                    settings.guided_fallback)
+        self.serializer = Serializer(max_regions=settings.max_regions,
+                                     guided=snapping_labeler(self.snapper),
+                                     polygon_tolerance=settings.polygon_tolerance)
+        self.tasks = TaskPredictor(self.fetcher, self.predictor, self.serializer)
+        self.jobs = JobService(self, lambda: self.store,
+                               LabelStudioPusher(client=self.label_studio))
+
+    # --------------------------------------------------------------- store and text
+    @property
+    def store(self):
+        """The concept store (opened, and migrated, on first use)."""
+        with self._lock:
+            if self._store is None:
+                from database_tools.store import Store
+
+                self._store = Store(self.settings.resolved_db_url)
+            return self._store
+
+    @cached_property
+    def stored_text_encoder(self):
+        """CLIP text tower behind the per-(encoder, text) embedding cache in the store."""
+        from database_tools.embedding import CachedTextEncoder
+
+        return CachedTextEncoder(self.store, self.models.clip.text_encoder())
+
+    @cached_property
+    def text_encoder(self):
+        """The stored cache behind a bounded in-process cache (hot path: naming)."""
+        from .text.cache import MemoryCachedEncoder
+
+        return MemoryCachedEncoder(self.stored_text_encoder)
+
+    def _encode_texts(self, texts):
+        return self.text_encoder.encode(texts)
+
+    # --------------------------------------------------------------- engine
+    def pipeline(self) -> TagPipeline:
+        """The pipeline (models and the first knowledge snapshot are loaded on first call)."""
+        pipeline = self._pipeline
+        if pipeline is not None:
+            return pipeline
+        with self._lock:
+            if self._pipeline is None:
+                _ = self.models.dino, self.models.clip  # missing weights fail before the store
+                knowledge = self._read_knowledge()
+                self._knowledge = knowledge
+                self._pipeline = self._build_pipeline(knowledge)
+                self._loaded.set()
+            return self._pipeline
+
+    def _build_pipeline(self, knowledge: Knowledge) -> TagPipeline:
+        s, models = self.settings, self.models
+        knobs = self.preset.pipeline_kwargs()
+        if s.dense_method:
+            knobs["dense_method"] = s.dense_method
+        knobs.update(exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels)
+        knobs.update(self.pipeline_overrides)
+        return TagPipeline(models.dino, models.clip, knowledge.index,
+                           text_encoder=self.text_encoder, exemplars=knowledge.exemplars,
+                           aliases=knowledge.aliases, **knobs)
+
+    def _read_knowledge(self) -> Knowledge:
+        s = self.settings
+        return read_knowledge(self.store, self.stored_text_encoder, self.models.clip.encoder_id,
+                              index_dir=s.resolved_index_dir, vocabulary=s.default_vocabulary,
+                              alias_min_count=s.alias_min_count)
+
+    def knowledge(self) -> Knowledge:
+        """The current knowledge snapshot (loading models and knowledge on first call)."""
+        self.pipeline()
+        return self._knowledge
+
+    def loaded_knowledge(self) -> Knowledge | None:
+        """The current snapshot, or None while the models are not loaded (never loads)."""
+        return self._knowledge if self._pipeline is not None else None
+
+    def models_loaded(self) -> bool:
+        """Whether models, store and knowledge are loaded (predictions start at once)."""
+        return self._pipeline is not None
+
+    def wait_until_loaded(self, timeout: float) -> bool:
+        """Start loading in the background (once) and wait at most ``timeout`` seconds for it."""
+        if self.models_loaded():
+            return True
+        with self._lock:
+            if self._loader is None or not self._loader.is_alive():
+                self._loader = threading.Thread(target=self._load, name="tag-engine-load",
+                                                daemon=True)
+                self._loader.start()
+        self._loaded.wait(timeout)
+        return self.models_loaded()
+
+    def _load(self) -> None:
+        try:
+            self.pipeline()
+            logger.info("engine ready: %s", self.model_version())
+        except Exception:  # noqa: BLE001 - reported again by the next use of the engine
+            logger.exception("loading the engine failed")
+
+    def refresh(self, force: bool = False) -> bool:
+        """Pick up concept-database changes made by this or another process.
+
+        Cheap when nothing changed (one small query); a no-op until the models are loaded.
+        ``force``: re-read even when the version did not move (after this process rewrote the
+        index files). Returns True when a new snapshot was swapped in.
+        """
+        if self._pipeline is None:
+            return False
+        version = self.store.db_version()
+        with self._lock:
+            if not force and version == self._knowledge.db_version:
+                return False
+            knowledge = self._read_knowledge()
+            self._knowledge = knowledge  # the swap: one assignment, readers keep their snapshot
+        logger.info("concept database version %s: index, exemplars and aliases reloaded",
+                    knowledge.db_version)
+        return True
+
+    # --------------------------------------------------------------- versions
+    def version_for(self, knowledge: Knowledge) -> str:
+        """The Label Studio ``model_version`` of predictions named with ``knowledge``."""
+        return self._version(knowledge.db_version)
+
+    def _version(self, db_version: int | None) -> str:
+        encoder = self.models.clip_model.replace("local-dir:", "local-").rsplit("/", 1)[-1]
+        return f"tag-{__version__}-{self.preset.name}-{encoder}-db{db_version}"
+
+    def model_version(self) -> str:
+        """Engine version + preset + encoder + concept-database version.
+
+        With the models loaded: the version of the current snapshot (no query). Before: read
+        from the store; if the store is unreachable, the last known version (or a placeholder
+        naming the outage), so ``/setup`` still answers.
+        """
+        knowledge = self.loaded_knowledge()
+        if knowledge is not None:
+            return self.version_for(knowledge)
+        try:
+            self._last_version = self._version(self.store.db_version())
+        except Exception as exc:  # noqa: BLE001 - any driver error: report, answer anyway
+            logger.warning("concept database unreachable for model_version: %s",
+                           str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            if self._last_version is None:
+                return f"tag-{__version__}-{self.preset.name}-db-unavailable"
+        return self._last_version
+
+    # --------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Stop the job worker and close the store."""
+        self.jobs.stop()
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
