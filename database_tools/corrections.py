@@ -28,6 +28,9 @@ from .txn import Txn
 logger = logging.getLogger(__name__)
 
 EmbedRegion = Callable[[Mapping[str, Any]], "np.ndarray | None"]
+#: Longest corrected name (characters) that becomes a concept. Real class names are a few words;
+#: anything longer is pasted text or abuse, and would be embedded, indexed and shown forever.
+MAX_NAME_CHARS = 200
 DELETE_ACTIONS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
 RECORD_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 
@@ -42,6 +45,7 @@ class CorrectionReport:
     deleted: int = 0
     ignored: int = 0
     regions: int = 0
+    refused_names: int = 0
     new_concepts: list[str] = field(default_factory=list)
     aliases: list[tuple[str, str]] = field(default_factory=list)
     exemplars: int = 0
@@ -49,7 +53,7 @@ class CorrectionReport:
     def merge(self, other: CorrectionReport) -> None:
         """Add ``other``'s counts to this report."""
         for name in ("recorded", "replaced", "duplicates", "deleted", "ignored", "regions",
-                     "exemplars"):
+                     "refused_names", "exemplars"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.new_concepts += other.new_concepts
         self.aliases += other.aliases
@@ -61,6 +65,8 @@ class CorrectionReport:
             f"{self.duplicates} duplicates, {self.deleted} deleted, {self.ignored} ignored; "
             f"{self.regions} regions, {len(self.new_concepts)} new concepts, "
             f"{len(self.aliases)} aliases, {self.exemplars} exemplars"
+            + (f", {self.refused_names} names refused (longer than {MAX_NAME_CHARS} characters)"
+               if self.refused_names else "")
         )
 
 
@@ -204,7 +210,7 @@ def _embed(found: list[Region], embed_region: EmbedRegion | None) -> dict[str, n
     if embed_region is None:
         return vectors
     for region in found:
-        if region.name:
+        if region.name and len(region.name) <= MAX_NAME_CHARS:
             vec = embed_region(region.item)
             if vec is not None:
                 vectors[region.region_id] = np.asarray(vec, dtype=np.float32).reshape(-1)
@@ -231,6 +237,12 @@ def _apply_region(
     provenance: dict[str, Any], status: str, report: CorrectionReport,
 ) -> None:
     if not region.name or not normalize_text(region.name):
+        return
+    if len(region.name) > MAX_NAME_CHARS:
+        logger.warning("annotation %s region %s: name of %d characters refused (limit %d): %r...",
+                       provenance.get("annotation"), region.region_id, len(region.name),
+                       MAX_NAME_CHARS, region.name[:40])
+        report.refused_names += 1
         return
     report.regions += 1
     norm = normalize_text(region.name)

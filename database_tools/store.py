@@ -62,7 +62,8 @@ class EntryChange:
     updated_seq: int
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, pool_size: int | None = None,
+                 max_overflow: int | None = None) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -74,7 +75,12 @@ def _make_engine(url: str) -> Engine:
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = 10
-    return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    pool: dict[str, int] = {}
+    if pool_size is not None:
+        pool["pool_size"] = pool_size
+    if max_overflow is not None:
+        pool["max_overflow"] = max_overflow
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, **pool)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -125,13 +131,17 @@ class Store:
 
     :param url: SQLAlchemy URL; ``postgresql://`` is mapped to the psycopg 3 driver.
     :param migrate: run the Alembic migrations to the newest schema (refuses a newer schema).
+    :param pool_size, max_overflow: connection pool of a server database (SQLAlchemy's
+        ``QueuePool``; default 5 + 10): at most ``pool_size + max_overflow`` connections per
+        process. Ignored for SQLite.
     """
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, pool_size: int | None = None,
+                 max_overflow: int | None = None) -> None:
         self.url = normalize_url(url)
         self.safe_url = mask_url(self.url)
         try:
-            self.engine = _make_engine(self.url)
+            self.engine = _make_engine(self.url, pool_size, max_overflow)
             with self.engine.execution_options(**{READONLY_OPTION: True}).connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
                 conn.rollback()

@@ -1,6 +1,6 @@
 """The Label Studio ML backend: a Flask 3 app speaking the protocol of Label Studio 1.23.
 
-Routes (Label Studio's ML backend protocol): ``/``, ``/health``, ``/setup``, ``/predict``, ``/webhook``,
+Routes (Label Studio's ML backend protocol): ``/``, ``/health``, ``/ready``, ``/setup``, ``/predict``, ``/webhook``,
 ``/metrics``, ``/versions``. The process's services (models, store, knowledge; built once in
 :func:`create_app`) are shared by gunicorn's threads; ``/health`` and ``/setup`` never load models (LS gives
 ``/setup`` 3 s and calls it before every prediction batch). Webhooks are written to a durable
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+import uuid
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -25,13 +26,24 @@ from .ls.errors import BackendRequestError, LabelConfigWithoutImage
 from .ls.predict_route import predict_results
 from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, parse_setup
 from .ls.training import make_reingest
-from .ls.webhook_queue import WebhookSpool
+from .ls.webhook_db_queue import webhook_queue_for
+from .ls.webhook_payload import refuse_unrecordable
+from .readiness import ReadinessProbe
+from .request_guard import (
+    TOKEN_ENVIRON_KEY,
+    QuerySecretMiddleware,
+    check_declared_size,
+    read_body,
+)
 from .services import Services
 
 logger = logging.getLogger(__name__)
 
 MODEL_CLASS = "TagBackend"
 WEBHOOK_SECRET_HEADER = "X-Tag-Webhook-Secret"
+#: Liveness routes: answered without credentials (Docker HEALTHCHECK, load balancers); they say
+#: only that the process serves HTTP, nothing about its configuration.
+LIVENESS_PATHS = ("/", "/health")
 
 
 class Backend:
@@ -40,7 +52,7 @@ class Backend:
     def __init__(self, services: Services, *, start_worker: bool = True) -> None:
         self.services = services
         self.settings = services.settings
-        self.spool = WebhookSpool(f"{self.settings.data_dir}/webhook-spool")
+        self.spool = webhook_queue_for(self.settings, services)  # PostgreSQL: shared by replicas
         self.worker = CorrectionWorker(services, self.spool, reingest=make_reingest(services))
         if start_worker:
             self.worker.start()
@@ -80,7 +92,11 @@ def _webhook_secret_ok(settings: Settings) -> bool:
     secret = settings.webhook_secret
     if not secret:
         return False
-    given = request.headers.get(WEBHOOK_SECRET_HEADER) or request.args.get("token") or ""
+    given = (
+        request.headers.get(WEBHOOK_SECRET_HEADER)
+        or request.environ.get(TOKEN_ENVIRON_KEY)  # ?token=, kept out of the access log
+        or ""
+    )
     return hmac.compare_digest(given.encode(), secret.encode())
 
 
@@ -108,20 +124,20 @@ def create_app(
 
 def _register_hooks(app: Flask, backend: Backend) -> None:
     settings = backend.settings
+    app.wsgi_app = QuerySecretMiddleware(app.wsgi_app)
 
     @app.before_request
     def authenticate():
         g.start = time.perf_counter()
-        if request.path.rstrip("/") == "/webhook" and _webhook_secret_ok(settings):
-            return None  # LS webhooks carry no basic auth: the shared secret stands in for it
-        if request.path.rstrip("/") == "/webhook" and settings.webhook_secret:
-            denied = _check_basic_auth(settings)
-            if denied is not None or not (settings.basic_auth_user or settings.basic_auth_pass):
-                response = jsonify(error_body(401, "webhook secret missing or wrong"))
-                response.status_code = 401
-                return response
+        if request.method in ("GET", "HEAD") and request.path in LIVENESS_PATHS:
             return None
-        return _check_basic_auth(settings)
+        check_declared_size(request, settings)  # 413 before auth and before reading anything
+        denied = _authenticate(settings)
+        if denied is not None:
+            return denied
+        if request.method in ("POST", "PUT", "PATCH"):
+            read_body(request, settings)  # 413 / 408 here, before any route parses it
+        return None
 
     @app.errorhandler(BackendRequestError)
     def bad_request(exc: BackendRequestError):
@@ -130,8 +146,7 @@ def _register_hooks(app: Flask, backend: Backend) -> None:
 
     @app.errorhandler(TagError)
     def tag_error(exc: TagError):
-        logger.error("%s %s: %s", request.method, request.path, exc)
-        return jsonify(error_body(500, str(exc))), 500
+        return _internal_error(exc)
 
     @app.errorhandler(404)
     def not_found(_exc):
@@ -144,9 +159,37 @@ def _register_hooks(app: Flask, backend: Backend) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         if hasattr(exc, "code") and hasattr(exc, "get_response"):  # werkzeug HTTP errors
+            if exc.code in (408, 413):
+                logger.warning("%s %s refused: %s", request.method, request.path, exc.description)
             return jsonify(error_body(exc.code, exc.description)), exc.code
-        logger.exception("%s %s failed", request.method, request.path)
-        return jsonify(error_body(500, f"{type(exc).__name__}: {exc}")), 500
+        return _internal_error(exc)
+
+
+def _authenticate(settings: Settings) -> Response | None:
+    if request.path.rstrip("/") == "/webhook" and _webhook_secret_ok(settings):
+        return None  # LS webhooks carry no basic auth: the shared secret stands in for it
+    if request.path.rstrip("/") == "/webhook" and settings.webhook_secret:
+        denied = _check_basic_auth(settings)
+        if denied is not None or not (settings.basic_auth_user or settings.basic_auth_pass):
+            response = jsonify(error_body(401, "webhook secret missing or wrong"))
+            response.status_code = 401
+            return response
+        return None
+    return _check_basic_auth(settings)
+
+
+def _internal_error(exc: BaseException) -> tuple[Response, int]:
+    """500 with an error id only: exception text may hold paths, URLs or credentials, so it
+    goes to the log (with the id, to find it) and never into the response."""
+    error_id = uuid.uuid4().hex[:12]
+    if isinstance(exc, TagError):  # our own one-line message says it all
+        logger.error("%s %s failed [error id %s]: %s", request.method, request.path, error_id, exc)
+    else:
+        logger.error(
+            "%s %s failed [error id %s]", request.method, request.path, error_id, exc_info=exc
+        )
+    body = error_body(500, f"internal error (error id {error_id}; details in the backend log)")
+    return jsonify({**body, "error_id": error_id}), 500
 
 
 def _register_routes(app: Flask, backend: Backend) -> None:
@@ -154,6 +197,14 @@ def _register_routes(app: Flask, backend: Backend) -> None:
     @app.get("/health")
     def health():
         return jsonify({"status": "UP", "model_class": MODEL_CLASS})
+
+    readiness = ReadinessProbe(backend.services)
+
+    @app.get("/ready")
+    def ready():
+        """Readiness for load balancers: models loaded, database reachable, index current."""
+        state = readiness.check()
+        return jsonify(state.body()), 200 if state.ready else 503
 
     @app.post("/setup")
     def setup():
@@ -185,6 +236,7 @@ def _register_routes(app: Flask, backend: Backend) -> None:
         metrics.WEBHOOK_EVENTS.labels(action=action if action in TRAIN_ACTIONS else "other").inc()
         if action not in TRAIN_ACTIONS:
             return jsonify({"status": "Unknown event"}), 200
+        refuse_unrecordable(body, can_reingest=backend.worker.reingest is not None)
         queued = backend.spool.put(dict(body))
         backend.worker.wake()
         metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)

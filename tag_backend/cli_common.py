@@ -65,3 +65,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     else:
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             force=True)
+    from .request_guard import RedactSecretsFilter
+
+    for handler in logging.getLogger().handlers:  # also werkzeug's request lines (?token=)
+        handler.addFilter(RedactSecretsFilter())

@@ -23,6 +23,11 @@ def _default_data_dir() -> str:
     return os.path.join(base, "tag-backend")
 
 
+def _default_compiled_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tag-backend", "compiled")
+
+
 @dataclass(frozen=True)
 class EnvVar:
     """One setting: its environment variable, field, parser and documentation."""
@@ -46,6 +51,20 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true/false, got {value!r}")
 
 
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"expected an integer >= 1, got {value!r}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the engine, the server and the database tools.
@@ -61,10 +80,16 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     dense_method: str | None = None
+    backend: str = "auto"
+    backend_cache_dir: str = field(default_factory=_default_compiled_cache)
+    backend_int8: bool = False
     max_image_pixels: int = 40_000_000
     # Concept database
     data_dir: str = field(default_factory=_default_data_dir)
     db_url: str | None = None
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
+    index_store: str | None = None
     index_dir: str | None = None
     new_concept_status: str = "active"
     default_vocabulary: str | None = None
@@ -79,8 +104,14 @@ class Settings:
     webhook_secret: str | None = None
     allowed_local_roots: str | None = None
     allow_http_urls: bool = True
+    url_allowlist: str | None = None
+    local_files_document_root: str | None = None
     max_download_bytes: int = 50_000_000
     download_timeout: float = 20.0
+    max_request_bytes: int = 100_000_000
+    max_webhook_bytes: int = 32_000_000
+    max_setup_bytes: int = 2_000_000
+    request_body_timeout: float = 30.0
     max_regions: int = 30
     polygon_tolerance: float = 1.5
     guided_threshold: float = 0.75
@@ -101,6 +132,11 @@ class Settings:
         return "sqlite:///" + str(Path(self.data_dir) / "concepts.db")
 
     @property
+    def store_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``database_tools.store.Store`` (connection pool)."""
+        return {"pool_size": self.db_pool_size, "max_overflow": self.db_max_overflow}
+
+    @property
     def resolved_index_dir(self) -> str:
         return self.index_dir or str(Path(self.data_dir) / "index")
 
@@ -117,10 +153,16 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available).", default_doc="`cuda` if available, else `cpu`"),
     EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device).", default_doc="per preset and device"),
     EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens).", default_doc="the preset's (`gem`)"),
+    EnvVar("TAG_BACKEND", "backend", "Engine of the backbone forwards: `torch`, `openvino`, `onnxruntime` or `auto` (OpenVINO on CPU when installed, else torch). See docs/inference-backends.md."),
+    EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs are cached (under `$XDG_CACHE_HOME`, by default `~/.cache`).", default_doc="`~/.cache/tag-backend/compiled`"),
+    EnvVar("TAG_BACKEND_INT8", "backend_int8", "OpenVINO only: int8 weight compression (NNCF); faster, features drift (docs/inference-backends.md).", _bool),
     EnvVar("TAG_MAX_IMAGE_PIXELS", "max_image_pixels", "Decompression-bomb guard: images with more pixels are refused.", int),
     EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live.", default_doc="`$XDG_DATA_HOME/tag-backend` (`~/.local/share/tag-backend`)"),
     EnvVar("TAG_DB_URL", "db_url", "Concept database URL: `sqlite:///path.db` or `postgresql+psycopg://user:pass@host/db`.", str, True, default_doc="SQLite `concepts.db` in `TAG_DATA_DIR`"),
+    EnvVar("TAG_DB_POOL_SIZE", "db_pool_size", "PostgreSQL connections each process keeps open (SQLAlchemy pool; sizing and PgBouncer: docs/scale.md).", _positive_int),
+    EnvVar("TAG_DB_MAX_OVERFLOW", "db_max_overflow", "Extra PostgreSQL connections a process may open beyond the pool under load (closed when returned).", _non_negative_int),
     EnvVar("TAG_INDEX_DIR", "index_dir", "Directory of the versioned FAISS concept indexes.", default_doc="`index/` in `TAG_DATA_DIR`"),
+    EnvVar("TAG_INDEX_STORE", "index_store", "Shared directory where base indexes are published as immutable versions; each process pulls the version it needs into `TAG_INDEX_DIR`, verified by sha256 (docs/scale.md).", default_doc="unset: each process builds its own index"),
     EnvVar("TAG_DEFAULT_VOCABULARY", "default_vocabulary", "Concept list imported on first use (one name per line); `none` = only what you import. Default: the shipped vocabulary.", default_doc="the shipped vocabulary"),
     EnvVar("TAG_NEW_CONCEPT_STATUS", "new_concept_status", "Status of concepts first seen in a correction: `active` or `pending`."),
     EnvVar("TAG_EXEMPLAR_THRESHOLD", "exemplar_threshold", "Cosine above which a segment takes the name of a corrected exemplar.", float),
@@ -133,8 +175,14 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_WEBHOOK_SECRET", "webhook_secret", "Shared secret for `/webhook` (header `X-Tag-Webhook-Secret` or `?token=`).", str, True),
     EnvVar("TAG_ALLOWED_LOCAL_ROOTS", "allowed_local_roots", "`:`-separated directories task images may be read from (local files)."),
     EnvVar("TAG_ALLOW_HTTP_URLS", "allow_http_urls", "Allow plain http(s) image URLs in tasks.", _bool),
+    EnvVar("TAG_URL_ALLOWLIST", "url_allowlist", "Comma-separated hosts (`img.lan`, `.corp.example` = domain and subdomains) and IP networks (`10.0.0.0/8`, `127.0.0.1`) image downloads may reach besides public addresses and the Label Studio host."),
+    EnvVar("LOCAL_FILES_DOCUMENT_ROOT", "local_files_document_root", "Label Studio's Local Files root, when mounted here: `/data/local-files/?d=` images are read from it instead of downloaded."),
     EnvVar("TAG_MAX_DOWNLOAD_BYTES", "max_download_bytes", "Largest image download accepted.", int),
-    EnvVar("TAG_DOWNLOAD_TIMEOUT", "download_timeout", "Seconds before an image download is abandoned.", float),
+    EnvVar("TAG_DOWNLOAD_TIMEOUT", "download_timeout", "Total seconds (connect, headers and body) before an image download is abandoned.", float),
+    EnvVar("TAG_MAX_REQUEST_BYTES", "max_request_bytes", "Largest request body on `/predict` and other routes (413 above it).", int),
+    EnvVar("TAG_MAX_WEBHOOK_BYTES", "max_webhook_bytes", "Largest `/webhook` body (413 above it); Label Studio sends whole annotations, a big brush annotation is a few MB.", int),
+    EnvVar("TAG_MAX_SETUP_BYTES", "max_setup_bytes", "Largest `/setup` body (413 above it).", int),
+    EnvVar("TAG_REQUEST_BODY_TIMEOUT", "request_body_timeout", "Seconds a client has to send a request body, however slowly it trickles (408 after).", float),
     EnvVar("TAG_MAX_REGIONS", "max_regions", "Most regions returned per image (largest kept).", int),
     EnvVar("TAG_POLYGON_TOLERANCE", "polygon_tolerance", "`PolygonLabels` output: the most a simplified outline strays from the mask, in pixels (0 keeps every corner).", float),
     EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),

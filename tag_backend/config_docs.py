@@ -41,7 +41,6 @@ development server) uses the port only.
 
 | variable | read by | meaning |
 |---|---|---|
-| `LOCAL_FILES_DOCUMENT_ROOT` | label-studio-sdk | read Label Studio Local Files storage from this directory instead of downloading it |
 | `GUNICORN_CMD_ARGS` | gunicorn | gunicorn options; they override what `tag_backend/gunicorn_conf.py` derives from `TAG_PORT`, `TAG_WORKERS`, `TAG_THREADS` |
 | `HF_HOME`, `XDG_CACHE_HOME` | huggingface_hub, open_clip | where downloaded weights are cached |
 """

@@ -37,11 +37,14 @@ class Knowledge:
 
 
 def read_knowledge(store, text_encoder, encoder_id: str, *, index_dir: str,
-                   vocabulary: str | None, alias_min_count: int) -> Knowledge:
+                   vocabulary: str | None, alias_min_count: int,
+                   index_store: str | None = None) -> Knowledge:
     """A snapshot of ``store``: the current index (built from ``vocabulary`` on first use),
     exemplars of ``encoder_id`` and aliases corrected at least ``alias_min_count`` times.
 
     ``vocabulary``: a word-list path, ``"none"`` (nothing imported) or None (the shipped list).
+    ``index_store``: shared directory of published index versions (``TAG_INDEX_STORE``): the
+    index is pulled from there, and what this process builds is published there.
     The version is read after the index is opened (building it on first use imports the
     vocabulary, which bumps the version) and before exemplars and aliases, so a correction
     recorded meanwhile shows up as a newer version at the next refresh.
@@ -55,7 +58,12 @@ def read_knowledge(store, text_encoder, encoder_id: str, *, index_dir: str,
         words = None
     else:
         words = vocabulary
-    index = ensure_index(store, text_encoder, index_dir, vocabulary=words)
+    if index_store:
+        from database_tools.index_store import ensure_shared_index
+
+        index = ensure_shared_index(store, text_encoder, index_dir, index_store, vocabulary=words)
+    else:
+        index = ensure_index(store, text_encoder, index_dir, vocabulary=words)
     version = store.db_version()
     names, embeddings = store.load_exemplars(encoder_id)
     raw = store.load_aliases(min_count=alias_min_count)

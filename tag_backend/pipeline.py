@@ -12,11 +12,10 @@ from PIL import Image
 
 from .exemplars import AliasMap, ExemplarMemory
 from .image_io import DEFAULT_MAX_PIXELS, open_image
+from .inference.forwards import BackboneForwards, TorchForwards
 from .knowledge import Knowledge
 from .models import LoadedClip, LoadedDino
 from .stages import crf as crf_stage
-from .stages.dense_clip import dense_clip_features
-from .stages.dino import dino_patch_features
 from .stages.kmeans import kmeans
 from .stages.naming import SegmentNames, name_segments
 from .stages.pooling import mask_weights, pool_segments
@@ -44,6 +43,8 @@ class TagPipeline:
 
     Arguments:
       dino, clip: loaded backbones (:mod:`tag_backend.models`).
+      forwards: the engine of the backbone forwards (:mod:`tag_backend.inference`); default
+        torch on the models' device.
       index: the concept index (``database_tools.index.ConceptIndex``): ``search(q, k, return_vectors)``.
       text_encoder: ``TextEncoder`` for words extracted from captions; defaults to the CLIP text
         tower. Concept entries are scored with the vectors the index returns for them.
@@ -75,7 +76,8 @@ class TagPipeline:
       max_image_pixels: decompression-bomb guard for decoded images.
     """
 
-    def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *, text_encoder=None,
+    def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *,
+                 forwards: BackboneForwards | None = None, text_encoder=None,
                  exemplars: ExemplarMemory | None = None, aliases: AliasMap | None = None,
                  image_size: int = 448,
                  resize_mode: str = "squash", n_segments: int = 15, kmeans_init: str = "k-means++",
@@ -94,6 +96,7 @@ class TagPipeline:
         if not 0 <= min_segment_area < 1:
             raise ValueError(f"min_segment_area must be in [0, 1), got {min_segment_area}")
         self.dino, self.clip = dino, clip
+        self.forwards = forwards or TorchForwards(dino, clip)
         self.text_encoder = text_encoder or clip.text_encoder()
         # The default snapshot; callers that refresh knowledge pass theirs to each call instead
         # of changing this one under threads that may be using it.
@@ -143,7 +146,7 @@ class TagPipeline:
             pending = [self._start_segment(prep.model_rgb, patch)
                        for prep, patch in zip(prepared, patches)]
         with _timed(t, "dense_clip"), self._lend_core_to_crf(pending) as rebalance:
-            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance), None,
+            dense = self._batched(functools.partial(self._dense, between_blocks=rebalance),
                                   [p.clip_pixels for p in prepared])
         features = [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
                     for prep, patch, feats in zip(prepared, patches, dense)]
@@ -156,7 +159,7 @@ class TagPipeline:
         t = timings if timings is not None else {}
         prepared, patches = self._dino_forward(images, t)
         with _timed(t, "dense_clip"):
-            dense = self._batched(self._dense, None, [p.clip_pixels for p in prepared])
+            dense = self._batched(self._dense, [p.clip_pixels for p in prepared])
         return [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
                 for prep, patch, feats in zip(prepared, patches, dense)]
 
@@ -174,7 +177,7 @@ class TagPipeline:
     def feature_signature(self) -> str:
         """What, besides the image, decides the backbone features (a feature-cache key part)."""
         return repr((self.dino.model_id, str(self.dino.dtype), self.clip.encoder_id,
-                     str(self.clip.dtype), str(self.clip.device), self.image_size,
+                     str(self.clip.dtype), str(self.clip.device), self.forwards.signature, self.image_size,
                      self.resize_mode, self.dense_method, self.gem_depth))
 
     @torch.inference_mode()
@@ -184,7 +187,7 @@ class TagPipeline:
         (``features``: its kept backbone features, which spare the CLIP forward)."""
         if features is None:
             prep = self._prepare(open_image(image, self.max_image_pixels))
-            dense = self._dense(None, prep.clip_pixels)[0]
+            dense = self._dense(prep.clip_pixels)[0]
         else:
             dense = features.dense
         weights = mask_weights(masks, dense.grid)
@@ -198,7 +201,7 @@ class TagPipeline:
         with _timed(t, "preprocess"):
             prepared = [self._prepare(img) for img in images]
         with _timed(t, "dino"):
-            patches = self._batched(dino_patch_features, self.dino, [p.dino_pixels for p in prepared])
+            patches = self._batched(self.forwards.dino, [p.dino_pixels for p in prepared])
         return prepared, patches
 
     def _finish(self, features: list[ImageFeatures], pending: list, t: dict[str, float],
@@ -230,24 +233,25 @@ class TagPipeline:
             clip_std=self.clip.std, clip_dtype=self.clip.dtype, device=self.clip.device)
 
     @staticmethod
-    def _batched(fn, model, tensors: list[torch.Tensor]) -> list:
-        """Run ``fn`` on stacked tensors of equal shape, one call per distinct shape."""
+    def _batched(fn, tensors: list[torch.Tensor]) -> list:
+        """Run ``fn`` on stacked tensors of equal shape, one call per distinct shape (the whole
+        batch goes through a backbone at once; per-image stages stay per image)."""
         out: list = [None] * len(tensors)
         by_shape: dict[tuple, list[int]] = {}
         for i, x in enumerate(tensors):
             by_shape.setdefault(tuple(x.shape), []).append(i)
         for idx in by_shape.values():
-            for i, res in zip(idx, fn(model, torch.cat([tensors[i] for i in idx]))):
+            for i, res in zip(idx, fn(torch.cat([tensors[i] for i in idx]))):
                 out[i] = res
         return out
 
-    def _dense(self, _model, pixels: torch.Tensor, between_blocks=None):
-        return dense_clip_features(self.clip.model.visual, pixels, self.dense_method,
-                                   gem_depth=self.gem_depth, between_blocks=between_blocks)
+    def _dense(self, pixels: torch.Tensor, between_blocks=None):
+        return self.forwards.dense(pixels, self.dense_method, self.gem_depth, between_blocks)
 
     def _lend_core_to_crf(self, pending):
-        """On CPU, the CRF helper gets a core of its own while it runs (see ``lend_core``)."""
-        if self.clip.device.type != "cpu":
+        """On CPU, the CRF helper gets a core of its own while it runs (see ``lend_core``); a
+        compiled forward cannot hand the core back between blocks, so it keeps its threads."""
+        if self.clip.device.type != "cpu" or self.forwards.backend != "torch":
             return nullcontext(None)
         return crf_stage.lend_core(refine for _, _, refine in pending)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from PIL import Image
 from tqdm import tqdm
 
 from .errors import ImageError, TagError
@@ -60,29 +61,62 @@ def local_files_url(document_root: str | Path, prefix: str = "/data/local-files/
     return url
 
 
+DEFAULT_BATCH_SIZE = 4
+
+
 def predict_files(services: Services, inputs: Iterable[str], url_for: Callable[[Path], str],
-                  progress: bool = True) -> PredictReport:
-    """Run the predictor on every image and serialize each as a task of the recommended config;
-    a bad file is reported and skipped, the batch goes on."""
+                  progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE) -> PredictReport:
+    """Run the predictor on every image, ``batch_size`` images per backbone forward, and
+    serialize each as a task of the recommended config.
+
+    A bad file is reported and skipped, the batch goes on; when a whole batch fails, its images
+    are retried one by one so only the culprit is lost.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     files, failures = expand_inputs(inputs)
     report = PredictReport(failures=failures)
     knowledge = services.knowledge()  # load models once, before the progress bar starts
-    version = services.version_for(knowledge)
-    for path in tqdm(files, desc="predict", unit="img", disable=not progress):
-        try:
-            image = open_image(path, services.settings.max_image_pixels)
-            regions = services.predictor.predict([image], knowledge=knowledge)[0]
-        except (ImageError, TagError) as exc:
+    version = services.version_for(knowledge)  # no database query per image
+    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+        batch: list[tuple[Path, Image.Image]] = []
+        for path in files:
+            try:
+                batch.append((path, open_image(path, services.settings.max_image_pixels)))
+            except (ImageError, TagError) as exc:
+                report.failures.append((str(path), str(exc)))
+                bar.update(1)
+            if len(batch) == batch_size:
+                _predict_batch(services, knowledge, batch, url_for, version, report)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            _predict_batch(services, knowledge, batch, url_for, version, report)
+            bar.update(len(batch))
+    return report
+
+
+def _predict_batch(services: Services, knowledge, batch: list[tuple[Path, Image.Image]],
+                   url_for: Callable[[Path], str], version: str, report: PredictReport) -> None:
+    try:
+        results = services.predictor.predict([image for _, image in batch], knowledge=knowledge)
+    except (TagError, RuntimeError, ValueError, MemoryError) as exc:
+        if len(batch) > 1:  # isolate the image that fails
+            logger.warning("batch of %d failed (%s); predicting its images one by one", len(batch), exc)
+            for item in batch:
+                _predict_batch(services, knowledge, [item], url_for, version, report)
+            return
+        path = batch[0][0]
+        if isinstance(exc, TagError):
             report.failures.append((str(path), str(exc)))
-            continue
-        except (RuntimeError, ValueError, MemoryError) as exc:  # one bad image must not stop the batch
+        else:  # one bad image must not stop the run
             logger.exception("prediction failed for %s", path)
             report.failures.append((str(path), f"prediction failed: {type(exc).__name__}: {exc}"))
-            continue
+        return
+    for (path, image), regions in zip(batch, results):
         report.regions += len(regions)
         report.tasks.append(services.serializer.task(url_for(path), regions, image.width,
                                                      image.height, DEFAULT_LAYOUT, version))
-    return report
 
 
 def write_tasks(tasks: list[dict], out: str | Path) -> None:

@@ -52,8 +52,28 @@ class Models:
         return resolve_device(self.settings.device)
 
     @cached_property
+    def backend(self):
+        """Which engine runs the backbone forwards, in which precision (``TAG_BACKEND``)."""
+        from .inference.selection import resolve_backend
+
+        precision = resolve_dtype(self.settings.dtype, self.device, self.preset.prefer_bf16)
+        return resolve_backend(self.settings.backend, self.device, precision,
+                               explicit_dtype=bool(self.settings.dtype), int8=self.settings.backend_int8)
+
+    @cached_property
     def dtype(self):
-        return resolve_dtype(self.settings.dtype, self.device, self.preset.prefer_bf16)
+        """The weights' dtype: float32 for a compiled backend (its precision is a compile hint)."""
+        import torch
+
+        return torch.float32 if self.backend.compiled else self.backend.precision
+
+    @cached_property
+    def forwards(self):
+        """The backbone forwards on the chosen backend (graphs compiled on first use)."""
+        from .inference.forwards import build_forwards
+
+        return build_forwards(self.dino, self.clip, self.backend, self.settings.backend_cache_dir,
+                              fallback=self.settings.backend.strip().lower() == "auto")
 
     @cached_property
     def dino(self) -> LoadedDino:
@@ -118,7 +138,7 @@ class Services:
             if self._store is None:
                 from database_tools.store import Store
 
-                self._store = Store(self.settings.resolved_db_url)
+                self._store = Store(self.settings.resolved_db_url, **self.settings.store_options)
             return self._store
 
     @cached_property
@@ -160,7 +180,7 @@ class Services:
             knobs["dense_method"] = s.dense_method
         knobs.update(exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels)
         knobs.update(self.pipeline_overrides)
-        return TagPipeline(models.dino, models.clip, knowledge.index,
+        return TagPipeline(models.dino, models.clip, knowledge.index, forwards=models.forwards,
                            text_encoder=self.text_encoder, exemplars=knowledge.exemplars,
                            aliases=knowledge.aliases, **knobs)
 
@@ -168,7 +188,7 @@ class Services:
         s = self.settings
         return read_knowledge(self.store, self.stored_text_encoder, self.models.clip.encoder_id,
                               index_dir=s.resolved_index_dir, vocabulary=s.default_vocabulary,
-                              alias_min_count=s.alias_min_count)
+                              alias_min_count=s.alias_min_count, index_store=s.index_store)
 
     def knowledge(self) -> Knowledge:
         """The current knowledge snapshot (loading models and knowledge on first call)."""

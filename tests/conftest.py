@@ -3,7 +3,10 @@ loaded through the normal loaders (exactly like a user's local checkpoint), and 
 point the whole product at them."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -11,6 +14,13 @@ from pg_server import db_url, new_pg_database, postgres_server, store  # noqa: F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One cache of exported OpenVINO / ONNX graphs for the whole session (and its subprocesses):
+# entries are keyed by weights, input size and method, so sharing it is exact, and each graph is
+# exported once instead of once per test.
+if "TAG_BACKEND_CACHE" not in os.environ:
+    os.environ["TAG_BACKEND_CACHE"] = tempfile.mkdtemp(prefix="tag-compiled-")
+    atexit.register(shutil.rmtree, os.environ["TAG_BACKEND_CACHE"], True)
+COMPILED_CACHE = os.environ["TAG_BACKEND_CACHE"]
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +50,8 @@ def tiny_settings(tiny_models_dir, tmp_path):
     from tag_backend.config import Settings
 
     return Settings(preset="fast", dino_model=tiny_models_dir["dino"], clip_model=tiny_models_dir["clip"],
-                    device="cpu", dtype="float32", data_dir=str(tmp_path / "data"))
+                    device="cpu", dtype="float32", data_dir=str(tmp_path / "data"),
+                    backend_cache_dir=COMPILED_CACHE)
 
 
 @pytest.fixture(scope="session")
@@ -52,5 +63,5 @@ def tiny_services_session(tiny_models_dir, tmp_path_factory):
 
     data = tmp_path_factory.mktemp("services-data")
     settings = Settings(preset="fast", dino_model=tiny_models_dir["dino"], clip_model=tiny_models_dir["clip"],
-                        device="cpu", dtype="float32", data_dir=str(data))
+                        device="cpu", dtype="float32", data_dir=str(data), backend_cache_dir=COMPILED_CACHE)
     return Services(settings)

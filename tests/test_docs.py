@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import click
 from click.testing import CliRunner
 
 from tag_backend.config import ENV_VARS
@@ -140,14 +141,18 @@ def _readme_commands(tool: str) -> list[list[str]]:
 
 
 def _command_path(group, args: list[str]) -> list[str]:
-    """The leading words of ``args`` that name (sub)commands of the click ``group``."""
+    """The leading words of ``args`` that name (sub)commands of the click ``group`` (lazy ones too)."""
+    import click
+
     path, command = [], group
     for word in args:
-        sub = getattr(command, "commands", None)
-        if not sub or word not in sub:
+        if not isinstance(command, click.Group):
+            break
+        sub = command.get_command(click.Context(command), word)
+        if sub is None:
             break
         path.append(word)
-        command = sub[word]
+        command = sub
     return path
 
 
@@ -175,7 +180,9 @@ def test_every_tag_backend_command_has_help():
     from tag_backend.cli import main
 
     runner = CliRunner()
-    for name, command in main.commands.items():
+    ctx = click.Context(main)
+    for name in main.list_commands(ctx):
+        command = main.get_command(ctx, name)
         result = runner.invoke(main, [name, "--help"])
         assert result.exit_code == 0 and (command.help or command.short_help), name
         for sub_name in getattr(command, "commands", {}):

@@ -50,14 +50,18 @@ def prelabel(project_id, task_filter, limit, batch_size, quiet, **flags) -> None
     except PrelabelInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)
-    click.echo(f"project {project_id}: {plan.seen} task(s) seen, {plan.already_predicted} "
-               f"already predicted ({plan.model_version}), {plan.labeled} labeled, "
+    skipped = "" if plan.skipped is None else (
+        f", {plan.skipped} already predicted ({plan.model_version})"
+        + (" or labeled" if task_filter == "unlabeled" else ""))
+    click.echo(f"project {project_id}: {plan.seen} task(s) need work{skipped}, "
                f"{plan.queued} queued" + (f" (joined job {plan.job_id})" if plan.joined else ""))
     if final is None:
         click.echo("nothing to do")
         return
     click.echo(f"job {final.job_id}: {final.done} done, {final.failed} failed, {final.pushed} "
                f"pushed, {final.push_gone} gone (task deleted), {final.push_failed} refused")
+    per_1000 = 1000 * plan.ls_requests / max(final.total, 1)
+    click.echo(f"Label Studio requests: {plan.ls_requests} ({per_1000:.1f} per 1,000 tasks)")
     _print_failures(services, final.job_id)
     if final.failed or final.push_failed:
         sys.exit(1)
@@ -80,7 +84,7 @@ def _queue(flags: dict):
 
     settings = settings_with(**flags)
     configure_logging(settings.log_level, settings.log_format)
-    return JobQueue.from_store(Store(settings.resolved_db_url))
+    return JobQueue.from_store(Store(settings.resolved_db_url, **settings.store_options))
 
 
 def _db_option(fn):
@@ -140,6 +144,41 @@ def cancel_job(job_id, **flags) -> None:
     except JobError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"job {job_id} cancelled ({dropped} queued task(s) dropped)")
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value = text.strip().lower()
+    scale = units.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected a number with s, m, h, d or w "
+                                 "(e.g. 30d)") from None
+    if seconds < 0:
+        raise click.BadParameter(f"{text!r}: must not be negative")
+    return seconds
+
+
+@jobs.command("purge")
+@click.option("--older-than", "older_than", required=True, metavar="AGE",
+              help="Age such as 30d, 12h or 90m: finished jobs last changed before it and "
+                   "stored predictions older than it are deleted.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_db_option
+@handle_errors
+def purge_jobs(older_than, quiet, **flags) -> None:
+    """Delete old finished jobs and stored predictions (active work is never touched)."""
+    from tqdm import tqdm
+
+    seconds = parse_age(older_than)
+    queue = _queue(flags)
+    with tqdm(unit="row", disable=quiet, desc="purging") as bar:
+        report = queue.purge(seconds, on_progress=bar.update)
+    click.echo(f"purged {report.jobs} job(s), {report.tasks} task row(s), "
+               f"{report.predictions} stored prediction(s)")
 
 
 @jobs.command("work")

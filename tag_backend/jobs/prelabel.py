@@ -1,8 +1,10 @@
 """Pre-label a whole Label Studio project through the job engine (``tag-backend prelabel``).
 
-1. **plan**: read the project (label config) and page through its tasks with the SDK, skipping
-   tasks that already hold a prediction of the current ``model_version`` (and, with
-   ``filter="unlabeled"``, tasks with annotations); up to ``limit`` tasks are queued.
+1. **plan**: read the project (label config) and page through the tasks that need work with the
+   SDK: ``fields="task_only"`` (no predictions or annotations are downloaded) and a Data Manager
+   filter that leaves out tasks holding a prediction of the current ``model_version`` (and,
+   with ``filter="unlabeled"``, tasks with annotations), 1,000 tasks per request; up to
+   ``limit`` tasks are queued, in chunks.
 2. **join or create**: a project has at most one active ``prelabel`` job. A second run on the
    same project — a resume after Ctrl-C or a kill, or a concurrent run — adds its new tasks to
    that job and works on it too; claims are leased, so two runs never compute or push the same
@@ -12,6 +14,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -28,6 +32,9 @@ from .worker import Worker, WorkerOptions
 logger = logging.getLogger(__name__)
 
 FILTERS = ("unlabeled", "all")
+#: Tasks per listing request: ``task_only`` tasks are small (id + data), so 1,000 per page
+#: keeps planning at one request per 1,000 tasks.
+PLAN_PAGE_SIZE = 1000
 
 
 class PrelabelError(TagError):
@@ -51,10 +58,20 @@ class PrelabelPlan:
     model_version: str
     job_id: int | None
     joined: bool
-    seen: int
-    already_predicted: int
-    labeled: int
+    seen: int  # tasks the filtered listing returned (before ``limit`` stopped it)
+    already_predicted: int  # of those, found predicted on a re-check (normally 0)
+    labeled: int  # of those, found labeled on a re-check (normally 0)
     queued: int
+    total: int | None = None  # tasks in the project (Label Studio's ``task_number``)
+    listed_all: bool = True  # False: ``limit`` stopped the listing early
+    ls_requests: int = 0  # HTTP requests to Label Studio (planning + pushes of this run)
+
+    @property
+    def skipped(self) -> int | None:
+        """Tasks left alone: already predicted with this version, or labeled (``unlabeled``)."""
+        if self.total is None or not self.listed_all:
+            return None
+        return self.total - self.seen + self.already_predicted + self.labeled
 
 
 def _as_dict(task: Any) -> dict:
@@ -98,18 +115,39 @@ def _ls_call(what: str, fn, *args, **kwargs):
         raise PrelabelError(f"{what}: {outcome.detail}") from None
 
 
-def iter_tasks(client, project_id: int, page_size: int = 100) -> Iterator[dict]:
-    """Every task of the project as a dict, one page in memory at a time.
+def needs_work_query(model_version: str, filter: str) -> str:
+    """Data Manager query (the ``query`` parameter of the task list) of the tasks to queue.
+
+    ``predictions_model_versions not_contains [v]`` leaves out tasks with a prediction of
+    ``v`` (Label Studio compares model versions as substrings, so a task whose only prediction
+    has a version *containing* ``v`` is also left out); ``total_annotations = 0`` leaves out
+    labeled tasks.
+    """
+    items = [{"filter": "filter:tasks:predictions_model_versions", "operator": "not_contains",
+              "type": "List", "value": [model_version]}]
+    if filter == "unlabeled":
+        items.append({"filter": "filter:tasks:total_annotations", "operator": "equal",
+                      "type": "Number", "value": 0})
+    return json.dumps({"filters": {"conjunction": "and", "items": items}})
+
+
+def iter_tasks(client, project_id: int, page_size: int = PLAN_PAGE_SIZE, *,
+               query: str | None = None, fields: str = "task_only",
+               on_request=None) -> Iterator[dict]:
+    """Every task of the project matching ``query`` as a dict, one page in memory at a time.
 
     Pages are requested explicitly: the SDK pager asks for the page after the last one, which
     Label Studio answers with 404 (DRF pagination), so it cannot be iterated to the end.
+    ``on_request()`` is called for every HTTP request (request accounting).
     """
     what = f"listing the tasks of project {project_id}"
     page = 1
     while True:
         try:
-            pager = client.tasks.list(project=project_id, fields="all", page=page,
-                                      page_size=page_size)
+            if on_request is not None:
+                on_request()
+            pager = client.tasks.list(project=project_id, fields=fields, query=query,
+                                      page=page, page_size=page_size)
         except Exception as exc:  # noqa: BLE001 - classified by _ls_call below
             if page > 1 and getattr(exc, "status_code", None) == 404:
                 return  # past the last page
@@ -134,13 +172,15 @@ def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_
     if limit is not None and limit < 1:
         raise ValueError("limit must be >= 1")
     client = pusher.client()
+    pusher.count_request()
     project = _ls_call(f"project {project_id}", client.projects.get, id=project_id)
     label_config = getattr(project, "label_config", None) or ""
     parse_label_config(label_config)  # LabelConfigError if TAG cannot fill this project
     version = services.model_version()
-    selected, seen, predicted, labeled = [], 0, 0, 0
-    for task in iter_tasks(client, project_id):
-        seen += 1
+    selected, seen, predicted, labeled, listed_all = [], 0, 0, 0, True
+    query = needs_work_query(version, filter)
+    for task in iter_tasks(client, project_id, query=query, on_request=pusher.count_request):
+        seen += 1  # the filter already left out predicted (and labeled) tasks; re-checked here
         if has_version(task, version):
             predicted += 1
         elif filter == "unlabeled" and is_labeled(task):
@@ -148,6 +188,7 @@ def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_
         else:
             selected.append(task_payload(task))
             if limit is not None and len(selected) >= limit:
+                listed_all = False
                 break
     keys = [cache_key(version, label_config, t) for t in selected]
     job_id = queue.find_active_job(project_id, "prelabel")
@@ -161,7 +202,9 @@ def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_
         added = len(selected)
     else:
         added = 0
-    return PrelabelPlan(project_id, version, job_id, joined, seen, predicted, labeled, added)
+    total = getattr(project, "task_number", None)
+    return PrelabelPlan(project_id, version, job_id, joined, seen, predicted, labeled, added,
+                        int(total) if isinstance(total, int) else None, listed_all)
 
 
 def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = True,
@@ -175,7 +218,9 @@ def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = Tr
     worker.start()
     try:
         while True:
-            state = queue.progress(job_id)
+            started = time.monotonic()
+            state = queue.progress(job_id)  # O(job size): polled less often for huge jobs
+            spent = time.monotonic() - started
             bar.total = state.total
             bar.update(state.finished - bar.n)
             bar.set_postfix(failed=state.failed, pushed=state.pushed,
@@ -184,7 +229,7 @@ def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = Tr
                 raise LabelStudioAccessError(worker.stats.auth_error)
             if state.settled or state.status == "cancelled":
                 break
-            time.sleep(poll)
+            time.sleep(max(poll, 20 * spent))
     except KeyboardInterrupt:
         worker.stop(release=True)
         raise PrelabelInterrupted(queue.progress(job_id)) from None
@@ -205,11 +250,14 @@ def prelabel_project(services, project_id: int, *, filter: str = "unlabeled",
     """
     pusher, queue = services.jobs.pusher, services.jobs.queue
     plan = plan_prelabel(services, queue, pusher, project_id, filter=filter, limit=limit)
-    logger.info("project %s: %d tasks seen, %d already predicted, %d labeled, %d queued "
-                "(job %s%s)", project_id, plan.seen, plan.already_predicted, plan.labeled,
-                plan.queued, plan.job_id, ", joined" if plan.joined else "",
+    logger.info("project %s: %d tasks need work, %s skipped (predicted or labeled), %d queued "
+                "(job %s%s)", project_id, plan.seen, plan.skipped, plan.queued, plan.job_id,
+                ", joined" if plan.joined else "",
                 extra={"job_id": plan.job_id, "project_id": project_id})
     if plan.job_id is None:
-        return plan, None
+        return dataclasses.replace(plan, ls_requests=pusher.requests), None
     worker = Worker(queue, services, pusher, options)
-    return plan, run_job(queue, worker, plan.job_id, progress=progress)
+    final = run_job(queue, worker, plan.job_id, progress=progress)
+    logger.info("project %s: %d request(s) to Label Studio for %d task(s)", project_id,
+                pusher.requests, final.total)
+    return dataclasses.replace(plan, ls_requests=pusher.requests), final

@@ -1,7 +1,10 @@
 """Push finished predictions to Label Studio with label-studio-sdk, classifying failures.
 
-``LabelStudio(base_url, api_key).predictions.create(task=, result=, score=, model_version=)``.
-Outcomes drive the queue: ``pushed``; ``gone`` (404: task or project deleted — recorded, never
+Batches go through ``projects.import_predictions(id=project, request=[...])`` (one request for
+up to :data:`PUSH_BATCH` predictions; Label Studio validates every task id before creating
+anything, so a refused batch created nothing); a refused batch, a retry and a task without a
+known project fall back to ``predictions.create(task=, result=, score=, model_version=)`` one
+task at a time, so one deleted task never blocks the others. Outcomes drive the queue: ``pushed``; ``gone`` (404: task or project deleted — recorded, never
 retried); ``retry`` (Label Studio unreachable or 5xx/429 — the result stays stored and is pushed
 later with back-off); ``failed`` (400: Label Studio refuses the result — recorded); ``auth``
 (401/403 — the token lacks permission: retried later, and the CLI stops with a clear message).
@@ -13,8 +16,9 @@ two identical predictions.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +29,12 @@ logger = logging.getLogger(__name__)
 
 PUSHED, GONE, RETRY, FAILED, AUTH = "pushed", "gone", "retry", "failed", "auth"
 
-__all__ = ["AUTH", "FAILED", "GONE", "PUSHED", "RETRY", "LabelStudioAccessError",
+__all__ = ["AUTH", "FAILED", "GONE", "PUSH_BATCH", "PUSHED", "RETRY", "LabelStudioAccessError",
            "LabelStudioPusher", "PushResult", "classify"]
+
+#: Predictions per ``import_predictions`` request: brush RLE makes one prediction tens of KB,
+#: so a few hundred keep a request to a few MB while 1,000 tasks need only a handful of requests.
+PUSH_BATCH = 250
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,9 @@ class LabelStudioPusher:
     def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30.0,
                  *, client: LabelStudioClient | None = None) -> None:
         self.ls = client or LabelStudioClient(url, api_key, timeout)
+        self._lock = threading.Lock()
+        #: HTTP requests sent to Label Studio by this pusher (planning and pushes), for reports.
+        self.requests = 0
 
     @classmethod
     def from_settings(cls, settings) -> "LabelStudioPusher":
@@ -80,8 +91,13 @@ class LabelStudioPusher:
         """Drop the client (e.g. after an auth failure, so a new token exchange happens)."""
         self.ls.reset()
 
+    def count_request(self, n: int = 1) -> None:
+        with self._lock:
+            self.requests += n
+
     def has_version(self, ls_task_id: int, model_version: str) -> bool:
         """Whether the task already holds a prediction of ``model_version``."""
+        self.count_request()
         for prediction in self.client().predictions.list(task=ls_task_id):
             if getattr(prediction, "model_version", None) == model_version:
                 return True
@@ -92,14 +108,27 @@ class LabelStudioPusher:
         """Create the prediction of one task; never raises (the outcome says what happened)."""
         start = time.perf_counter()
         version = str(item.get("model_version", ""))
-        try:
+
+        def create() -> PushResult:
             if check_existing and self.has_version(ls_task_id, version):
-                outcome = PushResult(PUSHED, "already present")
-            else:
-                self.client().predictions.create(
-                    task=int(ls_task_id), result=list(item.get("result") or []),
-                    score=float(item.get("score") or 0.0), model_version=version)
-                outcome = PushResult(PUSHED)
+                return PushResult(PUSHED, "already present")
+            self.count_request()
+            self.client().predictions.create(
+                task=int(ls_task_id), result=list(item.get("result") or []),
+                score=float(item.get("score") or 0.0), model_version=version)
+            return PushResult(PUSHED)
+
+        outcome = self._attempt(create, start)
+        _count(outcome, 1)
+        if outcome.outcome != PUSHED:
+            logger.warning("task %s: push %s: %s", ls_task_id, outcome.outcome, outcome.detail,
+                           extra={"task_id": ls_task_id, "push_outcome": outcome.outcome})
+        return outcome
+
+    def _attempt(self, send, start: float) -> PushResult:
+        """Run ``send()``, turning every failure into its outcome (a push never raises)."""
+        try:
+            outcome = send()
         except LabelStudioAccessError as exc:
             outcome = PushResult(AUTH, str(exc))
         except Exception as exc:  # noqa: BLE001 - classified below; a push never kills a worker
@@ -107,8 +136,40 @@ class LabelStudioPusher:
             if outcome.outcome == AUTH:
                 self.reset()
         metrics.STAGE_SECONDS.labels(stage="push").observe(time.perf_counter() - start)
-        metrics.JOB_PUSHES.labels(outcome=outcome.outcome).inc()
-        if outcome.outcome != PUSHED:
-            logger.warning("task %s: push %s: %s", ls_task_id, outcome.outcome, outcome.detail,
-                           extra={"task_id": ls_task_id, "push_outcome": outcome.outcome})
         return outcome
+
+    def push_batch(self, project_id: int, items: Sequence[tuple[int, Mapping[str, Any]]]
+                   ) -> PushResult:
+        """Create the predictions of ``(task id, item)`` pairs of one project in one request.
+
+        One outcome for the whole batch (Label Studio creates all or nothing); never raises.
+        ``FAILED`` means Label Studio refused the batch (e.g. one task was deleted): push those
+        tasks one by one to find out which.
+        """
+        if not items:
+            return PushResult(PUSHED)
+        from label_studio_sdk import PredictionRequest
+
+        start = time.perf_counter()
+
+        def send() -> PushResult:
+            request = [PredictionRequest(task=int(task_id), result=list(item.get("result") or []),
+                                         score=float(item.get("score") or 0.0),
+                                         model_version=str(item.get("model_version", "")))
+                       for task_id, item in items]
+            self.count_request()
+            self.client().projects.import_predictions(id=int(project_id), request=request)
+            return PushResult(PUSHED)
+
+        outcome = self._attempt(send, start)
+        if outcome.outcome == PUSHED:
+            _count(outcome, len(items))
+        else:
+            logger.warning("project %s: batch push of %d prediction(s) %s: %s", project_id,
+                           len(items), outcome.outcome, outcome.detail,
+                           extra={"project_id": project_id, "push_outcome": outcome.outcome})
+        return outcome
+
+
+def _count(outcome: PushResult, n: int) -> None:
+    metrics.JOB_PUSHES.labels(outcome=outcome.outcome).inc(n)

@@ -12,24 +12,52 @@ workers (threads, processes, backend replicas) can share one queue:
   puts its tasks back (or fails them after ``max_attempts``, so a task that kills workers cannot
   loop forever).
 * **complete** — conditional on the lease (``lease_owner = me AND status = 'running'``), so a
-  result is recorded once even if a slow worker's lease was taken over meanwhile.
+  result is recorded once even if a slow worker's lease was taken over meanwhile. The result is
+  stored once, in ``prelabel_predictions`` (see :mod:`.schema`).
+
+Every periodic query (claim, heartbeat, lease expiry, settling, depth) reads a partial index
+(:mod:`.schema`), so its cost follows the active work — a batch, the leases, the active jobs —
+and not the million finished tasks a big project accumulates. Enqueueing is chunked
+``INSERT ... ON CONFLICT DO NOTHING`` (no bind-parameter limit, idempotent per task).
 """
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 
 from .. import metrics
-from .schema import ACTIVE_JOB_STATES, CachedPrediction, Job, JobTask, upgrade_job_tables
+from ..sql_claims import update_picked
+from .schema import (
+    ACTIVE_JOB_STATES,
+    ACTIVE_KEY_PREDICATE,
+    LEASED_PREDICATE,
+    PROBLEM_PREDICATE,
+    PUSH_PENDING_PREDICATE,
+    QUEUED_PREDICATE,
+    CachedPrediction,
+    Job,
+    JobTask,
+    predicate,
+    upgrade_job_tables,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Tasks per enqueue transaction (workers see a huge job's first tasks while the rest is added).
+ENQUEUE_CHUNK = 10_000
+#: Keys per ``IN (...)`` lookup: far below every driver's bind-parameter limit.
+LOOKUP_CHUNK = 500
+#: Rows per delete statement of ``purge`` (short transactions, no long table locks).
+PURGE_CHUNK = 10_000
 
 
 class JobError(Exception):
@@ -97,6 +125,41 @@ def _now() -> float:
     return time.time()
 
 
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def dialect_insert(conn: Connection, table):
+    """``INSERT`` of the connection's dialect (both have ON CONFLICT clauses)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise JobError(f"the job queue needs SQLite or PostgreSQL, not {conn.dialect.name}")
+
+
+#: Column values of a freshly queued task (besides job, task id, position, payload and key).
+_NEW_TASK = dict(status="queued", attempts=0, next_at=0.0, error="", model_version="",
+                 push_attempts=0, push_next_at=0.0, push_error="")
+_TASK_COLUMNS = ("ls_task_id", "position", "task_json", "cache_key")
+_PG_STAGE_TASKS = ("CREATE TEMP TABLE tag_new_tasks (ls_task_id BIGINT, position INTEGER, "
+                   "task_json TEXT, cache_key TEXT) ON COMMIT DROP")
+_PG_INSERT_TASKS = (
+    "INSERT INTO prelabel_tasks (job_id, " + ", ".join(_TASK_COLUMNS) + ", "
+    + ", ".join(_NEW_TASK) + ") SELECT %(job_id)s, " + ", ".join(_TASK_COLUMNS) + ", "
+    + ", ".join(f"%({name})s" for name in _NEW_TASK)
+    + " FROM tag_new_tasks ON CONFLICT (job_id, ls_task_id) DO NOTHING")
+
+
+class PurgeReport(NamedTuple):
+    """What ``purge`` deleted."""
+
+    jobs: int
+    tasks: int
+    predictions: int
+
+
 def task_payload(task: Mapping[str, Any]) -> dict:
     """The part of a Label Studio task the engine needs (id + data), small enough to store."""
     if not isinstance(task, Mapping) or not isinstance(task.get("id"), int):
@@ -111,6 +174,10 @@ class JobQueue:
         self.engine = engine
         self.policy = policy
         self.dialect = engine.dialect.name
+        self._configs: dict[int, str] = {}  # job id -> label config (never changes)
+        self._running: set[int] = set()  # jobs this process saw marked running
+        self._depth: tuple[float, int] | None = None  # (recount after, last value)
+        self._depth_lock = threading.Lock()
         upgrade_job_tables(engine)
 
     @classmethod
@@ -135,33 +202,68 @@ class JobQueue:
         return int(job_id)
 
     def add_tasks(self, job_id: int, tasks: Sequence[Mapping[str, Any]],
-                  keys: Sequence[str] | None = None) -> int:
-        """Add tasks not yet in the job (idempotent per Label Studio task id); returns how many."""
-        payloads = [task_payload(t) for t in tasks]
-        if keys is not None and len(keys) != len(payloads):
+                  keys: Sequence[str] | None = None,
+                  on_progress: Callable[[int], None] | None = None) -> int:
+        """Add tasks not yet in the job (idempotent per Label Studio task id); returns how many.
+
+        Chunks of :data:`ENQUEUE_CHUNK` tasks, one transaction each, inserted with
+        ``ON CONFLICT (job_id, ls_task_id) DO NOTHING`` — on PostgreSQL ``COPY`` into a
+        staging table and one ``INSERT ... SELECT`` per chunk (no bind parameter per task, so
+        no parameter limit), on SQLite an ``executemany``. ``on_progress(n)`` follows each
+        chunk.
+        """
+        if keys is not None and len(keys) != len(tasks):
             raise JobError("keys and tasks differ in length")
-        with self.engine.begin() as conn:
-            present = set(conn.scalars(select(JobTask.ls_task_id).where(
-                JobTask.job_id == job_id,
-                JobTask.ls_task_id.in_([p["id"] for p in payloads]))).all()) if payloads else set()
+        with self.engine.connect() as conn:
             start = int(conn.scalar(select(func.coalesce(func.max(JobTask.position), -1))
                                     .where(JobTask.job_id == job_id))) + 1
-            rows, seen = [], set(present)
-            for i, payload in enumerate(payloads):
+        added, seen = 0, set()
+        for offset in range(0, len(tasks), ENQUEUE_CHUNK):
+            ids, positions, payloads, chunk_keys = [], [], [], []
+            for i in range(offset, min(offset + ENQUEUE_CHUNK, len(tasks))):
+                payload = task_payload(tasks[i])
                 if payload["id"] in seen:
                     continue
                 seen.add(payload["id"])
-                rows.append(dict(job_id=job_id, ls_task_id=payload["id"],
-                                 position=start + len(rows),
-                                 task_json=json.dumps(payload), status="queued", attempts=0,
-                                 cache_key=keys[i] if keys is not None else "", next_at=0.0,
-                                 error="", model_version="", push_attempts=0, push_next_at=0.0,
-                                 push_error=""))
-            if rows:
-                conn.execute(JobTask.__table__.insert(), rows)
-                conn.execute(update(Job).where(Job.id == job_id, Job.status.in_(("done",)))
-                             .values(status="queued", updated_at=_now()))
-        return len(rows)
+                ids.append(payload["id"])
+                positions.append(start + i)
+                payloads.append(json.dumps(payload))
+                chunk_keys.append(keys[i] if keys is not None else "")
+            if ids:
+                with self.engine.begin() as conn:
+                    inserted = self._insert_tasks(conn, job_id, ids, positions, payloads,
+                                                  chunk_keys)
+                    if inserted:
+                        conn.execute(update(Job).where(Job.id == job_id, Job.status == "done")
+                                     .values(status="queued", updated_at=_now()))
+                        self._running.discard(job_id)
+                added += inserted
+                self._adjust_depth(inserted)
+            if on_progress is not None:
+                on_progress(min(ENQUEUE_CHUNK, len(tasks) - offset))
+        return added
+
+    def _insert_tasks(self, conn: Connection, job_id: int, ids: list[int],
+                      positions: list[int], payloads: list[str], keys: list[str]) -> int:
+        if self.dialect == "postgresql":
+            # COPY into a transaction-scoped staging table, then one INSERT ... SELECT: COPY
+            # rows are formatted by psycopg's C code, far faster than any parameterised insert.
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(_PG_STAGE_TASKS)
+                with cursor.copy("COPY tag_new_tasks (" + ", ".join(_TASK_COLUMNS)
+                                 + ") FROM STDIN") as copy:
+                    for row in zip(ids, positions, payloads, keys):
+                        copy.write_row(row)
+                cursor.execute(_PG_INSERT_TASKS, dict(job_id=job_id, **_NEW_TASK))
+                return int(cursor.rowcount)
+            finally:
+                cursor.close()
+        rows = [dict(job_id=job_id, ls_task_id=i, position=p, task_json=t, cache_key=k,
+                     **_NEW_TASK) for i, p, t, k in zip(ids, positions, payloads, keys)]
+        stmt = dialect_insert(conn, JobTask.__table__).on_conflict_do_nothing(
+            index_elements=["job_id", "ls_task_id"])
+        return int(conn.execute(stmt, rows).rowcount)
 
     def get_job(self, job_id: int) -> Job:
         with self.engine.connect() as conn:
@@ -203,12 +305,14 @@ class JobQueue:
         now = _now()
         with self.engine.begin() as conn:
             failed = conn.execute(update(JobTask).where(
-                JobTask.status == "running", JobTask.lease_expires_at < now,
+                predicate(LEASED_PREDICATE), JobTask.status == "running",
+                JobTask.lease_expires_at < now,
                 JobTask.attempts >= self.policy.max_attempts,
             ).values(status="failed", lease_owner=None, finished_at=now,
                      error="worker lost its lease on every attempt (crash or kill?)")).rowcount
             back = conn.execute(update(JobTask).where(
-                JobTask.status == "running", JobTask.lease_expires_at < now,
+                predicate(LEASED_PREDICATE), JobTask.status == "running",
+                JobTask.lease_expires_at < now,
             ).values(status="queued", lease_owner=None, next_at=now)).rowcount
         if failed or back:
             logger.warning("expired leases: %d task(s) re-queued, %d failed", back, failed)
@@ -216,46 +320,58 @@ class JobQueue:
         return int(back + failed)
 
     def _claimable(self, now: float):
+        """Due queued tasks of active jobs, oldest job first, in task order.
+
+        Walks ``ix_prelabel_tasks_queued`` (job_id, position) in order and stops after the
+        batch: O(batch), however many tasks wait.
+        """
         active_jobs = select(Job.id).where(Job.status.in_(ACTIVE_JOB_STATES))
         return (select(JobTask.id)
-                .where(JobTask.status == "queued", JobTask.next_at <= now,
+                .where(predicate(QUEUED_PREDICATE), JobTask.next_at <= now,
                        JobTask.job_id.in_(active_jobs))
                 .order_by(JobTask.job_id, JobTask.position))
 
+    def update_picked(self, pick, still_due):
+        """``UPDATE prelabel_tasks`` of the rows ``pick`` selects (:mod:`..sql_claims`)."""
+        return update_picked(JobTask.__table__, pick, self.dialect, still_due)
+
     def claim(self, worker_id: str, limit: int) -> list[ClaimedTask]:
-        """Lease up to ``limit`` due tasks for ``worker_id`` (oldest job first, in task order)."""
+        """Lease up to ``limit`` due tasks for ``worker_id`` (oldest job first, in task order).
+
+        One ``UPDATE ... RETURNING`` statement of the claimable rows (:meth:`update_picked`).
+        """
         if limit <= 0:
             return []
         now = _now()
-        values = dict(status="running", lease_owner=worker_id,
-                      lease_expires_at=now + self.policy.lease_seconds,
-                      attempts=JobTask.attempts + 1)
         with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                ids = conn.scalars(self._claimable(now).limit(limit)
-                                   .with_for_update(skip_locked=True, of=JobTask)).all()
-                if ids:
-                    conn.execute(update(JobTask).where(JobTask.id.in_(ids)).values(**values))
-            else:
-                ids = conn.scalars(update(JobTask).where(
-                    JobTask.status == "queued",
-                    JobTask.id.in_(self._claimable(now).limit(limit).scalar_subquery()),
-                ).values(**values).returning(JobTask.id)).all()
-            if not ids:
+            rows = conn.execute(self.update_picked(
+                self._claimable(now).limit(limit), predicate(QUEUED_PREDICATE))
+                .values(status="running", lease_owner=worker_id,
+                        lease_expires_at=now + self.policy.lease_seconds,
+                        attempts=JobTask.attempts + 1)
+                .returning(JobTask.id, JobTask.job_id, JobTask.ls_task_id, JobTask.task_json,
+                           JobTask.attempts, JobTask.position)).all()
+            if not rows:
                 return []
-            rows = conn.execute(
-                select(JobTask.id, JobTask.job_id, JobTask.ls_task_id, JobTask.task_json,
-                       JobTask.attempts, Job.label_config)
-                .join(Job, Job.id == JobTask.job_id)
-                .where(JobTask.id.in_(ids)).order_by(JobTask.job_id, JobTask.position)).all()
-            conn.execute(update(Job).where(Job.id.in_({r.job_id for r in rows}),
-                                           Job.status == "queued")
-                         .values(status="running", updated_at=now))
+            job_ids = {r.job_id for r in rows}
+            unknown = job_ids - self._configs.keys()
+            if unknown:
+                self._configs.update(conn.execute(select(Job.id, Job.label_config)
+                                                  .where(Job.id.in_(unknown))).all())
+            starting = job_ids - self._running
+            if starting:  # one round trip saved per claim once a job is known to run
+                conn.execute(update(Job).where(Job.id.in_(starting), Job.status == "queued")
+                             .values(status="running", updated_at=now))
+        self._running |= job_ids
+        rows = sorted(rows, key=lambda r: (r.job_id, r.position))
         return [ClaimedTask(int(r.id), int(r.job_id), int(r.ls_task_id), json.loads(r.task_json),
-                            int(r.attempts), r.label_config) for r in rows]
+                            int(r.attempts), self._configs.get(r.job_id, "")) for r in rows]
 
     def heartbeat(self, worker_id: str) -> int:
-        """Renew every lease ``worker_id`` holds (compute and push); returns how many."""
+        """Renew every lease ``worker_id`` holds (compute and push); returns how many.
+
+        ``lease_owner = :me`` reads the partial ``ix_prelabel_tasks_lease_owner``: O(own leases).
+        """
         with self.engine.begin() as conn:
             return int(conn.execute(update(JobTask).where(
                 JobTask.lease_owner == worker_id,
@@ -277,7 +393,13 @@ class JobQueue:
     # ------------------------------------------------------------------ results
     def complete(self, claim: ClaimedTask, worker_id: str, item: Mapping[str, Any],
                  cache_key: str) -> bool:
-        """Record a finished prediction (once: only while ``worker_id`` holds the lease)."""
+        """Record a finished prediction (once: only while ``worker_id`` holds the lease).
+
+        The item is stored once, in ``prelabel_predictions`` under ``cache_key`` (which the
+        task row then points to).
+        """
+        if not cache_key:
+            raise JobError("a finished prediction needs its cache key")
         now = _now()
         text = json.dumps(item, separators=(",", ":"))
         version = str(item.get("model_version", ""))
@@ -287,7 +409,7 @@ class JobQueue:
             done = conn.execute(update(JobTask).where(
                 JobTask.id == claim.row_id, JobTask.lease_owner == worker_id,
                 JobTask.status == "running",
-            ).values(status="done", result_json=text, model_version=version, finished_at=now,
+            ).values(status="done", cache_key=cache_key, model_version=version, finished_at=now,
                      finished_by=worker_id, lease_owner=None, lease_expires_at=None, error="",
                      push_status="pending" if push else "skipped")).rowcount
             if done:
@@ -295,16 +417,16 @@ class JobQueue:
         if not done:
             logger.warning("task %s: lease lost before its result was recorded (another worker "
                            "owns it now): result dropped", claim.ls_task_id)
+        else:
+            self._adjust_depth(-1)
         return bool(done)
 
-    def _put_cache(self, conn, key: str, ls_task_id: int, version: str, text: str,
+    def _put_cache(self, conn: Connection, key: str, ls_task_id: int, version: str, text: str,
                    now: float) -> None:
-        if not key:
-            return
-        conn.execute(delete(CachedPrediction).where(CachedPrediction.cache_key == key))
-        conn.execute(CachedPrediction.__table__.insert().values(
-            cache_key=key, ls_task_id=ls_task_id, model_version=version, result_json=text,
-            created_at=now))
+        values = dict(ls_task_id=ls_task_id, model_version=version, result_json=text,
+                      created_at=now)
+        stmt = dialect_insert(conn, CachedPrediction.__table__).values(cache_key=key, **values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["cache_key"], set_=values))
 
     def fail(self, claim: ClaimedTask, worker_id: str, error: str, *, retry: bool = True) -> str:
         """Record a failed attempt: re-queued with back-off, or failed at the limit / if final."""
@@ -312,12 +434,14 @@ class JobQueue:
         final = not retry or claim.attempts >= self.policy.max_attempts
         status = "failed" if final else "queued"
         with self.engine.begin() as conn:
-            conn.execute(update(JobTask).where(
+            changed = conn.execute(update(JobTask).where(
                 JobTask.id == claim.row_id, JobTask.lease_owner == worker_id,
                 JobTask.status == "running",
             ).values(status=status, error=error[:2000], lease_owner=None, lease_expires_at=None,
                      next_at=now + self.policy.backoff(claim.attempts),
-                     finished_at=now if final else None))
+                     finished_at=now if final else None)).rowcount
+        if changed and final:
+            self._adjust_depth(-1)
         return status
 
     def cached(self, keys: Iterable[str]) -> dict[str, dict]:
@@ -327,24 +451,25 @@ class JobQueue:
             return {}
         out: dict[str, dict] = {}
         with self.engine.connect() as conn:
-            for i in range(0, len(wanted), 500):
+            for part in chunks(wanted, LOOKUP_CHUNK):
                 for key, text in conn.execute(select(CachedPrediction.cache_key,
                                                      CachedPrediction.result_json)
-                                              .where(CachedPrediction.cache_key.in_(
-                                                  wanted[i:i + 500]))):
+                                              .where(CachedPrediction.cache_key.in_(part))):
                     out[key] = json.loads(text)
         return out
 
     def pending_keys(self, keys: Iterable[str]) -> set[str]:
         """Which of ``keys`` are already queued or running in an active job (do not re-queue)."""
         wanted = [k for k in set(keys) if k]
-        if not wanted:
-            return set()
+        found: set[str] = set()
         with self.engine.connect() as conn:
-            return set(conn.scalars(select(JobTask.cache_key).join(Job, Job.id == JobTask.job_id)
-                                    .where(JobTask.cache_key.in_(wanted),
-                                           JobTask.status.in_(("queued", "running")),
-                                           Job.status.in_(ACTIVE_JOB_STATES))).all())
+            for part in chunks(wanted, LOOKUP_CHUNK):
+                found.update(conn.scalars(
+                    select(JobTask.cache_key).join(Job, Job.id == JobTask.job_id)
+                    .where(predicate(ACTIVE_KEY_PREDICATE), JobTask.cache_key.in_(part),
+                           JobTask.status.in_(("queued", "running")),
+                           Job.status.in_(ACTIVE_JOB_STATES))).all())
+        return found
 
     # ------------------------------------------------------------------ progress
     def progress(self, job_id: int) -> JobProgress:
@@ -368,33 +493,117 @@ class JobQueue:
         """(Label Studio task id, reason) of failed tasks and pushes."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(JobTask.ls_task_id, JobTask.error, JobTask.push_error)
-                                .where(JobTask.job_id == job_id, or_(
-                                    JobTask.status == "failed",
-                                    JobTask.push_status.in_(("failed", "gone"))))
+                                .where(JobTask.job_id == job_id, predicate(PROBLEM_PREDICATE))
                                 .order_by(JobTask.position).limit(limit)).all()
         return [(int(r[0]), r[1] or r[2]) for r in rows]
 
     def depth(self) -> int:
-        """Tasks waiting or running in active jobs (the ``tag_queue_depth`` gauge)."""
+        """Tasks waiting or running in active jobs (the ``tag_queue_depth`` gauge).
+
+        A count over the queued and leased partial indexes is O(waiting tasks), so a process
+        recounts only after 50 times the last count's duration (at least a second): with a
+        million tasks waiting the gauge is a few seconds old instead of costing a database
+        core; with a small queue it is current. Between counts the last value is returned.
+        """
+        now = time.monotonic()
+        if self._depth is not None and now < self._depth[0]:
+            return self._depth[1]
+        active = select(Job.id).where(Job.status.in_(ACTIVE_JOB_STATES))
         with self.engine.connect() as conn:
-            n = int(conn.scalar(select(func.count()).select_from(JobTask).join(
-                Job, Job.id == JobTask.job_id).where(
-                JobTask.status.in_(("queued", "running")),
-                Job.status.in_(ACTIVE_JOB_STATES))) or 0)
+            queued = conn.scalar(select(func.count()).select_from(JobTask).where(
+                predicate(QUEUED_PREDICATE), JobTask.job_id.in_(active)))
+            # Running tasks are leased: counted from the lease index (a cancelled job's last
+            # running tasks are included until they finish).
+            running = conn.scalar(select(func.count()).select_from(JobTask).where(
+                predicate(LEASED_PREDICATE), JobTask.status == "running"))
+        n = int(queued or 0) + int(running or 0)
+        cost = time.monotonic() - now
+        with self._depth_lock:
+            self._depth = (now + cost + max(1.0, 50 * cost), n)
         metrics.QUEUE_DEPTH.labels(queue="prelabel").set(n)
         return n
 
+    def _adjust_depth(self, delta: int) -> None:
+        """Apply this process's own change to the last count at once (between recounts the
+        gauge then stays right for the work this process does)."""
+        if not delta:
+            return
+        with self._depth_lock:
+            if self._depth is None:
+                return
+            value = max(0, self._depth[1] + delta)
+            self._depth = (self._depth[0], value)
+        metrics.QUEUE_DEPTH.labels(queue="prelabel").set(value)
+
     def finish_settled_jobs(self) -> list[int]:
-        """Mark active jobs with nothing left to compute or push as done."""
-        busy = select(JobTask.job_id).where(or_(
-            JobTask.status.in_(("queued", "running")),
-            JobTask.push_status.in_(("pending", "pushing"))))
+        """Mark active jobs with nothing left to compute or push as done.
+
+        Two ``EXISTS`` probes per active job on the partial indexes (queued tasks, pending
+        pushes) and one read of the lease index: O(active jobs + leases), not O(tasks).
+        """
+        task = JobTask.__table__
+        busy = or_(
+            exists().where(task.c.job_id == Job.id, predicate(QUEUED_PREDICATE)),
+            exists().where(task.c.job_id == Job.id, predicate(PUSH_PENDING_PREDICATE)),
+        )
         with self.engine.begin() as conn:
-            ids = conn.scalars(select(Job.id).where(and_(
-                Job.status.in_(ACTIVE_JOB_STATES), Job.id.not_in(busy)))).all()
+            # Leased rows (running or pushing) are few: read them whole from their index rather
+            # than probing per job (SQLite would probe through the job's full unique index).
+            leased = set(conn.scalars(select(JobTask.job_id).where(
+                predicate(LEASED_PREDICATE))).all())
+            ids = [i for i in conn.scalars(select(Job.id).where(
+                Job.status.in_(ACTIVE_JOB_STATES), ~busy)).all() if i not in leased]
             if ids:
-                conn.execute(update(Job).where(Job.id.in_(ids)).values(status="done",
-                                                                       updated_at=_now()))
+                conn.execute(update(Job).where(Job.id.in_(ids),
+                                               Job.status.in_(ACTIVE_JOB_STATES))
+                             .values(status="done", updated_at=_now()))
         for job_id in ids:
             logger.info("job %s finished", job_id, extra={"job_id": job_id})
         return list(ids)
+
+    # ------------------------------------------------------------------ purge
+    def purge(self, older_than: float,
+              on_progress: Callable[[int], None] | None = None) -> PurgeReport:
+        """Delete finished jobs (done/cancelled) last changed more than ``older_than`` seconds
+        ago with their task rows, and stored predictions older than that which no active task
+        or pending push still needs. Deletes in chunks of :data:`PURGE_CHUNK` rows (short
+        transactions); ``on_progress(n)`` follows each chunk.
+        """
+        if older_than < 0:
+            raise JobError("older_than must be >= 0 seconds")
+        cutoff = _now() - older_than
+        jobs = tasks = 0
+        with self.engine.connect() as conn:
+            old_jobs = conn.scalars(select(Job.id).where(
+                Job.status.in_(("done", "cancelled")), Job.updated_at < cutoff)
+                .order_by(Job.id)).all()
+        for job_id in old_jobs:
+            tasks += self._delete_chunks(JobTask.id, select(JobTask.id).where(
+                JobTask.job_id == job_id), on_progress)
+            with self.engine.begin() as conn:
+                jobs += conn.execute(delete(Job).where(
+                    Job.id == job_id, Job.status.in_(("done", "cancelled")))).rowcount
+        task = JobTask.__table__
+        still_needed = exists().where(task.c.cache_key == CachedPrediction.cache_key,
+                                      predicate(ACTIVE_KEY_PREDICATE))
+        predictions = self._delete_chunks(
+            CachedPrediction.cache_key, select(CachedPrediction.cache_key).where(
+                CachedPrediction.created_at < cutoff, ~still_needed), on_progress)
+        self._configs = {k: v for k, v in self._configs.items() if k not in set(old_jobs)}
+        self._running -= set(old_jobs)
+        logger.info("purged %d job(s), %d task row(s), %d stored prediction(s)", jobs, tasks,
+                    predictions)
+        return PurgeReport(jobs, tasks, predictions)
+
+    def _delete_chunks(self, key, pick, on_progress: Callable[[int], None] | None) -> int:
+        """Delete the rows whose ``key`` ``pick`` selects, :data:`PURGE_CHUNK` per transaction."""
+        deleted = 0
+        while True:
+            with self.engine.begin() as conn:
+                n = conn.execute(delete(key.class_).where(
+                    key.in_(pick.limit(PURGE_CHUNK).scalar_subquery()))).rowcount
+            deleted += n
+            if on_progress is not None and n:
+                on_progress(n)
+            if n < PURGE_CHUNK:
+                return deleted

@@ -8,13 +8,22 @@ their own Alembic migrations (``tag_backend/jobs/migrations``, version table
 
 Times are float Unix seconds: leases and back-off compare them with ``time.time()`` on every
 dialect without timezone surprises.
+
+Indexes are **partial** (PostgreSQL and SQLite): each covers only the rows one query needs —
+queued tasks for the claim, leased rows for heartbeats and expiry, pending pushes, active cache
+keys — so their size and the cost of every periodic query follow the active work, not the
+number of finished tasks. SQLite uses a partial index only when the query repeats its predicate
+with the same literal values, so queries build their filters from the ``*_PREDICATE`` texts
+below rather than from bound parameters.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Engine,
     Float,
     ForeignKey,
@@ -23,6 +32,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -35,6 +45,29 @@ ACTIVE_JOB_STATES = ("queued", "running")
 TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
 #: Push states of a finished task: pending -> pushed | gone (task deleted) | failed | skipped.
 PUSH_STATES = ("pending", "pushed", "gone", "failed", "skipped")
+
+
+#: Partial-index predicates, shared verbatim by the index definitions and the queries.
+QUEUED_PREDICATE = "status = 'queued'"
+LEASED_PREDICATE = "lease_owner IS NOT NULL"
+PUSH_PENDING_PREDICATE = "push_status = 'pending'"
+ACTIVE_KEY_PREDICATE = ("status IN ('queued', 'running') "
+                        "OR push_status IN ('pending', 'pushing')")
+PROBLEM_PREDICATE = "status = 'failed' OR push_status IN ('failed', 'gone')"
+
+
+def predicate(sql: str) -> ColumnElement[bool]:
+    """A partial-index predicate as a query filter on ``prelabel_tasks`` (literal values).
+
+    Column names are qualified so the filter stays unambiguous in joins with ``prelabel_jobs``
+    (which has a ``status`` too); both databases match it to the index's unqualified predicate.
+    """
+    return text("(" + re.sub(r"\b(status|lease_owner|push_status)\b", r"prelabel_tasks.\1", sql)
+                + ")")
+
+
+def _partial(name: str, *columns: str, where: str) -> Index:
+    return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
 
 
 class JobsBase(DeclarativeBase):
@@ -60,14 +93,22 @@ class Job(JobsBase):
 
 
 class JobTask(JobsBase):
-    """One Label Studio task inside a job, with its lease, attempts, result and push state."""
+    """One Label Studio task inside a job, with its lease, attempts and push state.
+
+    The result itself is stored once, in :class:`CachedPrediction` under ``cache_key`` (set to
+    the key of the recorded result when the task finishes).
+    """
 
     __tablename__ = "prelabel_tasks"
     __table_args__ = (
         UniqueConstraint("job_id", "ls_task_id", name="uq_prelabel_tasks_job_task"),
-        Index("ix_prelabel_tasks_claim", "status", "next_at"),
-        Index("ix_prelabel_tasks_push", "push_status", "push_next_at"),
-        Index("ix_prelabel_tasks_owner", "lease_owner"),
+        _partial("ix_prelabel_tasks_queued", "job_id", "position", where=QUEUED_PREDICATE),
+        _partial("ix_prelabel_tasks_lease_owner", "lease_owner", where=LEASED_PREDICATE),
+        _partial("ix_prelabel_tasks_lease_expiry", "lease_expires_at", where=LEASED_PREDICATE),
+        _partial("ix_prelabel_tasks_push_pending", "job_id", "push_next_at",
+                 where=PUSH_PENDING_PREDICATE),
+        _partial("ix_prelabel_tasks_active_key", "cache_key", where=ACTIVE_KEY_PREDICATE),
+        _partial("ix_prelabel_tasks_problems", "job_id", "position", where=PROBLEM_PREDICATE),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(
@@ -84,7 +125,6 @@ class JobTask(JobsBase):
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str] = mapped_column(Text, nullable=False, default="")
     model_version: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     push_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -94,9 +134,15 @@ class JobTask(JobsBase):
 
 
 class CachedPrediction(JobsBase):
-    """A finished prediction, found again by ``/predict`` for the same task, config and version."""
+    """A finished prediction, found again by ``/predict`` for the same task, config and version.
+
+    The only copy of a job's result: dropped once Label Studio confirmed its push (Label Studio
+    then holds it and skips the task for this ``model_version``), otherwise kept until
+    ``tag-backend jobs purge``.
+    """
 
     __tablename__ = "prelabel_predictions"
+    __table_args__ = (Index("ix_prelabel_predictions_created", "created_at"),)
     cache_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     ls_task_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     model_version: Mapped[str] = mapped_column(Text, nullable=False)

@@ -33,8 +33,8 @@ from ..ls.controls import parse_label_config
 from ..ls.predictor import FetchedTask, TaskPredictor
 from .budget import CostEstimate
 from .keys import cache_key
-from .push import AUTH, PUSHED, LabelStudioPusher
-from .push_queue import claim_pushes, mark_push
+from .push import AUTH, PUSH_BATCH, PUSHED, LabelStudioPusher
+from .push_queue import claim_pushes, push_claims
 from .queue import ClaimedTask, JobQueue
 
 logger = logging.getLogger(__name__)
@@ -295,14 +295,11 @@ class Worker:
     # ------------------------------------------------------------------ push
     def _push_loop(self) -> None:
         while not self._stop.is_set():
-            claims = claim_pushes(self.queue, self.worker_id, 16)
+            claims = claim_pushes(self.queue, self.worker_id, PUSH_BATCH)
             if not claims:
                 self._idle()
                 continue
-            for claim in claims:
-                result = self.pusher.push(claim.ls_task_id, claim.item,
-                                          check_existing=claim.attempts > 1)
-                mark_push(self.queue, claim, self.worker_id, result.outcome, result.detail)
+            for _claim, result in push_claims(self.queue, self.pusher, self.worker_id, claims):
                 if result.outcome == PUSHED:
                     self.stats.pushed += 1
                 else:

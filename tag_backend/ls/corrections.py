@@ -5,7 +5,9 @@ prediction it started from (``database_tools.corrections.record_annotation``), w
 exemplar per named region (the region's CLIP embedding), updates the concept index
 incrementally and refreshes the services' knowledge, so the next ``/predict`` uses the correction and
 reports a new ``model_version``. ``START_TRAINING`` re-ingests every annotated task of the
-project through the SDK. Database outages are retried with back-off; nothing is dropped.
+project through the SDK on a training thread of its own (a project can hold thousands of
+tasks; corrections keep flowing meanwhile). Database outages are retried with back-off;
+nothing is dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,11 +25,14 @@ from .. import metrics
 from .controls import parse_label_config
 from .errors import LabelConfigError, MediaError
 from .media import MediaFetcher
+from .protocol import project_id
 from .webhook_queue import SpoolItem, WebhookSpool
 
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY = 300.0
+#: START_TRAINING runs waiting for the training thread; more are deferred (kept in the spool).
+MAX_TRAINING_BACKLOG = 4
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -73,12 +79,12 @@ class RegionEmbedder:
     def _load(self) -> Image.Image | None:
         if self._image is None and not self._failed:
             data = (self.task or {}).get("data") or {}
-            url = data.get(self.image_field) or next(
-                (v for v in data.values() if isinstance(v, str) and ("/" in v or ":" in v)), None
-            )
+            # Only the field the labeling config names: guessing from other strings could fetch
+            # any URL-looking text of the task (and learn from the wrong image).
+            url = data.get(self.image_field) if isinstance(data, Mapping) else None
             try:
-                if not url:
-                    raise MediaError("the task in the payload has no image URL")
+                if not isinstance(url, str) or not url:
+                    raise MediaError(f"the task has no {self.image_field!r} image field")
                 self._image = self.fetcher.fetch(url, task_id=(self.task or {}).get("id")).image
             except MediaError as exc:
                 self._failed = True
@@ -179,6 +185,10 @@ class CorrectionWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._index_lock = threading.Lock()  # the correction and training threads both update
+        self._training: ThreadPoolExecutor | None = None
+        self._training_projects: set[str] = set()
+        self._training_lock = threading.Lock()
         self.processed = 0
 
     def start(self) -> None:
@@ -193,6 +203,8 @@ class CorrectionWorker:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._training is not None:
+            self._training.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -214,15 +226,50 @@ class CorrectionWorker:
         metrics.QUEUE_DEPTH.labels(queue="webhook").set(self.spool.depth())
         if item is None:
             return False
+        if str(item.payload.get("action") or "") == "START_TRAINING" and self.reingest is not None:
+            self._start_training(item)
+            return True
+        self._process(item)
+        return True
+
+    def _process(self, item: SpoolItem) -> None:
         try:
             outcome = self.handle(item.payload)
         except Exception as exc:
             self._failed(item, exc)
-            return True
+            return
         self.spool.done(item)
         self.processed += 1
         metrics.CORRECTIONS_INGESTED.labels(outcome=outcome).inc()
-        return True
+
+    def _start_training(self, item: SpoolItem) -> None:
+        """Hand a START_TRAINING item to the training thread (one run per project at a time)."""
+        project = str(project_id(item.payload.get("project")) or "")
+        with self._training_lock:
+            if project in self._training_projects or (
+                len(self._training_projects) >= MAX_TRAINING_BACKLOG
+            ):
+                busy = project in self._training_projects
+                logger.info(
+                    "START_TRAINING project %s deferred (%s)",
+                    project or "?",
+                    "a run for it is in progress" if busy else "training backlog full",
+                )
+                self.spool.retry(item, 30.0)  # kept: runs after the current one
+                return
+            self._training_projects.add(project)
+            if self._training is None:
+                self._training = ThreadPoolExecutor(1, thread_name_prefix="tag-training")
+        self._training.submit(self._train, item, project)
+
+    def _train(self, item: SpoolItem, project: str) -> None:
+        try:
+            self._process(item)
+        except Exception:  # never let the training thread die silently
+            logger.exception("START_TRAINING project %s failed", project or "?")
+        finally:
+            with self._training_lock:
+                self._training_projects.discard(project)
 
     def _failed(self, item: SpoolItem, exc: Exception) -> None:
         if is_transient(exc):
@@ -279,9 +326,10 @@ class CorrectionWorker:
         from database_tools.index_build import update_index
 
         services = self.services
-        update_index(
-            services.store, services.text_encoder, services.settings.resolved_index_dir,
-            progress=False,
-        )
-        services.refresh(force=True)  # the index files changed even if the version did not
+        with self._index_lock:  # the correction and training threads both update the index
+            update_index(
+                services.store, services.text_encoder, services.settings.resolved_index_dir,
+                progress=False,
+            )
+            services.refresh(force=True)  # the index files changed even if the version did not
         metrics.DB_VERSION.set(services.store.db_version())

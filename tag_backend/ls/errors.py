@@ -21,3 +21,12 @@ class LabelConfigWithoutImage(LabelConfigError):
 
 class MediaError(TagError):
     """A task's image cannot be fetched or is not allowed (the task gets an empty result)."""
+
+    transient = False
+
+
+class TransientMediaError(MediaError):
+    """The image may be fetched later (timeout, connection refused, HTTP 5xx/429): the task gets
+    no prediction now rather than an empty one that Label Studio would keep."""
+
+    transient = True

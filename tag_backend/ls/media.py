@@ -1,13 +1,16 @@
 """Fetch a task's image the way Label Studio's own tools do, but capped and fenced.
 
 URLs are resolved with label-studio-sdk's ``get_local_path`` (uploads, Local Files storage,
-cloud presigned URLs, plain http(s); label-studio-sdk's ``get_local_path``) with three additions:
+cloud presigned URLs, plain http(s); label-studio-sdk's ``get_local_path``) with these additions:
 
-* a policy: only the URL kinds the settings allow (``Settings.allow_http_urls``; plain local
-  paths only under ``Settings.allowed_local_roots``; ``/data/local-files/`` only under the SDK's
-  ``LOCAL_FILES_DOCUMENT_ROOT``, else downloaded from Label Studio with the token), so a task
-  URL cannot read arbitrary files of the backend's machine;
-* a size cap and a wall-clock timeout on every download (the SDK has neither);
+* a policy on URL kinds: only what the settings allow (``Settings.allow_http_urls``; plain local
+  paths only under ``Settings.allowed_local_roots``), so a task URL cannot read arbitrary files
+  of the backend's machine;
+* ``/data/local-files/?d=`` images are read from ``LOCAL_FILES_DOCUMENT_ROOT`` (Label Studio's own
+  setting, shared with the backend) when the file is there, else downloaded from Label Studio;
+* a policy on addresses (:mod:`.url_policy`): downloads connect only to public addresses, the
+  Label Studio host and ``TAG_URL_ALLOWLIST``;
+* one total deadline and a size cap per fetch (:mod:`.http_fetch`; the SDK has neither);
 * personal access tokens are exchanged for access tokens once per process (SDK client).
 
 Downloads are cached under ``<data_dir>/ls-media`` (the SDK never re-downloads a cached URL).
@@ -18,10 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import posixpath
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import requests
 from label_studio_sdk._extensions.label_studio_tools.core.utils import io as sdk_io
@@ -29,7 +33,9 @@ from PIL import Image
 
 from ..config import Settings
 from ..image_io import open_image
-from .errors import MediaError
+from .errors import MediaError, TransientMediaError
+from .http_fetch import CappedSession, FetchGuard
+from .url_policy import UrlPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,8 @@ _LS_PREFIXES = (
 )
 _CLOUD = ("s3:", "gs:", "azure-blob:")
 _CACHE_MAX_FILES = 5000
+# Worth retrying later: request timeout, rate limit, server-side failures.
+_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -51,46 +59,6 @@ class FetchedImage:
 
     image: Image.Image
     path: str
-
-
-class CappedSession(requests.Session):
-    """A session whose GETs stop at ``max_bytes`` and ``timeout`` seconds of wall-clock time."""
-
-    def __init__(self, max_bytes: int, timeout: float) -> None:
-        super().__init__()
-        self.max_bytes, self.timeout = max_bytes, timeout
-
-    def get(self, url, **kwargs):  # noqa: D102 - same contract as requests
-        kwargs.setdefault("timeout", (min(self.timeout, 10.0), self.timeout))
-        kwargs["stream"] = True
-        start = time.monotonic()
-        response = super().get(url, **kwargs)
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            response.close()
-            raise MediaError(
-                f"image is {int(declared):,} bytes, more than the limit of "
-                f"{self.max_bytes:,} (TAG_MAX_DOWNLOAD_BYTES)"
-            )
-        if response.status_code >= 400:
-            return response  # the SDK calls raise_for_status (and may try its fallback URL)
-        chunks, size = [], 0
-        for chunk in response.iter_content(64 * 1024):
-            size += len(chunk)
-            if size > self.max_bytes:
-                response.close()
-                raise MediaError(
-                    f"image download exceeded {self.max_bytes:,} bytes (TAG_MAX_DOWNLOAD_BYTES)"
-                )
-            if time.monotonic() - start > self.timeout:
-                response.close()
-                raise MediaError(
-                    f"image download took more than {self.timeout:g} s (TAG_DOWNLOAD_TIMEOUT)"
-                )
-            chunks.append(chunk)
-        response._content = b"".join(chunks)
-        response._content_consumed = True
-        return response
 
 
 class MediaFetcher:
@@ -104,6 +72,12 @@ class MediaFetcher:
             for p in (settings.allowed_local_roots or "").split(os.pathsep)
             if p.strip()
         ]
+        self.document_root = (
+            Path(settings.local_files_document_root).resolve()
+            if settings.local_files_document_root
+            else None
+        )
+        self.policy = UrlPolicy.from_settings(settings)
         self._token: str | None = None
         self._token_lock = threading.Lock()
         self._downloads = 0
@@ -160,43 +134,72 @@ class MediaFetcher:
             )
         if not path.is_file():
             raise MediaError(f"local image not found: {path.name}")
-        if path.stat().st_size > self.settings.max_download_bytes:
-            raise MediaError(
-                f"image file is larger than {self.settings.max_download_bytes:,} bytes"
-            )
-        return str(path)
+        return self._checked_size(str(path))
 
     # ------------------------------------------------------------------ fetch
+    def _document_root_file(self, url: str) -> str | None:
+        """The file of a ``/data/local-files/?d=`` URL under LOCAL_FILES_DOCUMENT_ROOT, if there.
+
+        Same normalisation as Label Studio's ``/data/local-files/`` view (``d`` is relative to
+        the root, the last value wins); a path leaving the root (``..``, symlinks) is refused.
+        """
+        if self.document_root is None or not _is_local_files(url):
+            return None
+        values = parse_qs(urlparse(url.strip()).query, keep_blank_values=True).get("d")
+        relative = posixpath.normpath(values[-1]).lstrip("/") if values and values[-1] else ""
+        if not relative or relative == ".":
+            raise MediaError("the Local Files URL has no file path (?d=)")
+        path = (self.document_root / relative).resolve()
+        if self.document_root != path and self.document_root not in path.parents:
+            raise MediaError("the Local Files path leaves LOCAL_FILES_DOCUMENT_ROOT: refused")
+        return str(path) if path.is_file() else None
+
     def local_path(self, url: str, task_id=None) -> str:
         """A local file holding the image of ``url`` (downloaded or read from disk)."""
         kind = self.check_allowed(url)
         if kind == "local":
             return self._local_path(url)
+        on_disk = self._document_root_file(url) if kind == "label-studio" else None
+        if on_disk is not None:
+            return self._checked_size(on_disk)
         if kind in ("label-studio", "cloud") and not self.settings.label_studio_url:
+            where = (
+                " (not found under LOCAL_FILES_DOCUMENT_ROOT)"
+                if self.document_root is not None and _is_local_files(url)
+                else ""
+            )
             raise MediaError(
-                "this image is stored in Label Studio: set LABEL_STUDIO_URL and "
+                f"this image is stored in Label Studio{where}: set LABEL_STUDIO_URL and "
                 "LABEL_STUDIO_API_KEY so the backend can download it"
+                + ("" if where or not _is_local_files(url) else ", or LOCAL_FILES_DOCUMENT_ROOT")
             )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        session = CappedSession(self.settings.max_download_bytes, self.settings.download_timeout)
+        token = self.access_token() if kind != "http" else None
+        guard = FetchGuard(self.settings.download_timeout, self.policy)
+        session = CappedSession(self.settings.max_download_bytes, guard)
         try:
             with sdk_io.http_session(session):
                 path = sdk_io.get_local_path(
                     url.strip(),
                     cache_dir=str(self.cache_dir),
                     hostname=self.settings.label_studio_url or None,
-                    access_token=self.access_token() if kind != "http" else None,
+                    access_token=token,
                     task_id=task_id,
                 )
         except MediaError:
             raise
         except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else "?"
+            status = exc.response.status_code if exc.response is not None else 0
             hint = " (check LABEL_STUDIO_API_KEY)" if status in (401, 403) else ""
-            raise MediaError(f"image download failed: HTTP {status}{hint}") from None
+            error = TransientMediaError if status in _TRANSIENT_STATUS else MediaError
+            raise error(f"image download failed: HTTP {status or '?'}{hint}") from None
         except requests.Timeout:
-            raise MediaError(
+            raise TransientMediaError(
                 f"image download timed out after {self.settings.download_timeout:g} s"
+            ) from None
+        except (requests.ConnectionError, TimeoutError) as exc:
+            raise TransientMediaError(
+                f"image download failed: {type(exc).__name__}: {_short(exc)}"
             ) from None
         except (requests.RequestException, OSError, ValueError) as exc:
             raise MediaError(
@@ -209,6 +212,13 @@ class MediaFetcher:
         finally:
             session.close()
         self._maybe_prune()
+        return path
+
+    def _checked_size(self, path: str) -> str:
+        if os.path.getsize(path) > self.settings.max_download_bytes:
+            raise MediaError(
+                f"image file is larger than {self.settings.max_download_bytes:,} bytes"
+            )
         return path
 
     def fetch(self, url: str, task_id=None) -> FetchedImage:
@@ -240,6 +250,10 @@ class MediaFetcher:
                 old.unlink(missing_ok=True)
         except OSError as exc:
             logger.warning("cannot prune the image cache %s: %s", self.cache_dir, exc)
+
+
+def _is_local_files(url: str) -> bool:
+    return url.strip().startswith("/data/") and "?d=" in url
 
 
 def _discard_cached(path: str, cache_dir: Path) -> None:

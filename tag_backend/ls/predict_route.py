@@ -9,7 +9,9 @@ rest become a background job whose predictions are pushed to Label Studio as the
 While the models are not loaded yet (first request after start), they load in the background
 and the request waits for them at most half the budget; if they are still loading, everything
 not stored is queued. Interactive calls (``params.context`` set) are computed directly: Label
-Studio waits for them and they concern one task.
+Studio waits for them and they concern one task. A request with more than
+:data:`~.protocol.MAX_TASKS_PER_REQUEST` tasks computes nothing inline: every task not stored is
+queued at once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from ..jobs.budget import predict_with_budget
 from .layout import ResultLayout
-from .protocol import PredictRequest
+from .protocol import MAX_TASKS_PER_REQUEST, PredictRequest
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,11 @@ def predict_results(services, req: PredictRequest, layout: ResultLayout) -> tupl
                 for task in req.tasks], version
     settings = services.settings
     started = time.monotonic()
-    ready = services.wait_until_loaded(settings.predict_budget_seconds / 2)
+    oversized = len(req.tasks) > MAX_TASKS_PER_REQUEST  # nothing inline: all queued as a job
+    if oversized:
+        logger.info("/predict with %d tasks (> %d): queued as a job", len(req.tasks),
+                    MAX_TASKS_PER_REQUEST)
+    ready = not oversized and services.wait_until_loaded(settings.predict_budget_seconds / 2)
     knowledge = None
     if ready:
         _refresh(services)  # close the correction loop: newest exemplars and index
@@ -45,7 +51,8 @@ def predict_results(services, req: PredictRequest, layout: ResultLayout) -> tupl
         version = services.version_for(knowledge)
     else:
         version = services.model_version()
-    budget = max(0.0, settings.predict_budget_seconds - (time.monotonic() - started))
+    budget = 0.0 if oversized else max(
+        0.0, settings.predict_budget_seconds - (time.monotonic() - started))
     project = int(req.project) if req.project and str(req.project).isdigit() else None
     push = services.label_studio.configured
     outcome = predict_with_budget(

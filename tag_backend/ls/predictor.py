@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image
 
 from .. import metrics
+from ..errors import ImageError
 from ..knowledge import Knowledge
 from ..predictor import Predictor
 from ..types import SegmentLabel
@@ -35,12 +36,15 @@ class FetchedTask:
     """A decoded task image ready for the engine, or why it could not be had.
 
     retry: False when the task itself is unusable (no image URL): retrying cannot help.
+    transient: the image is only unavailable for now (timeout, HTTP 5xx...): no prediction
+    should be given for it, not even an empty one.
     """
 
     image: Image.Image | None
     error: str = ""
     retry: bool = True
     seconds: float = 0.0
+    transient: bool = False
 
 
 def task_label(task: Any) -> str:
@@ -64,7 +68,8 @@ class TaskPredictor:
         try:
             image = self.fetcher.fetch(url, task_id=task.get("id")).image
         except MediaError as exc:
-            return FetchedTask(None, str(exc), seconds=time.perf_counter() - start)
+            return FetchedTask(None, str(exc), seconds=time.perf_counter() - start,
+                               transient=exc.transient)
         except Exception as exc:  # noqa: BLE001 - a bad task must never stop its caller
             return FetchedTask(None, f"{type(exc).__name__}: {exc}",
                                seconds=time.perf_counter() - start)
@@ -87,10 +92,19 @@ class TaskPredictor:
         return item
 
     def predict(self, task: Any, layout: ResultLayout, model_version: str,
-                knowledge: Knowledge | None = None) -> dict:
-        """The ``/predict`` item of one task; an empty item (logged) if anything fails."""
+                knowledge: Knowledge | None = None) -> dict | list:
+        """The ``/predict`` item of one task; an empty item (logged) if anything fails, and
+        ``[]`` (no prediction) if its image is only unavailable for now."""
         start = time.perf_counter()
         fetched = self.fetch(task, layout)
+        if fetched.image is None and fetched.transient:
+            # An empty prediction would be stored by Label Studio with this model_version, which
+            # then skips the task on every later "Retrieve Predictions". An empty *list* keeps
+            # the reply aligned (one item per task) and stores nothing: the next retrieval retries.
+            logger.warning("task %s: image unavailable for now, no prediction: %s",
+                           task_label(task), fetched.error)
+            metrics.TASKS_PREDICTED.labels(outcome="image_unavailable").inc()
+            return []
         if fetched.image is None:
             logger.warning("task %s: image unusable: %s", task_label(task), fetched.error)
             metrics.TASKS_PREDICTED.labels(outcome="image_error").inc()
@@ -98,6 +112,10 @@ class TaskPredictor:
         try:
             regions = self.regions([fetched.image], knowledge)[0]
             item = self.item(fetched.image, regions, layout, model_version)
+        except ImageError as exc:  # e.g. smaller than one model patch: one line, no traceback
+            logger.warning("task %s: image unusable: %s", task_label(task), exc)
+            metrics.TASKS_PREDICTED.labels(outcome="image_error").inc()
+            return empty_item(model_version)
         except Exception:  # noqa: BLE001 - one bad task never fails the others
             logger.exception("task %s: prediction failed", task_label(task))
             metrics.TASKS_PREDICTED.labels(outcome="error").inc()

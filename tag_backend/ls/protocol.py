@@ -13,6 +13,8 @@ from typing import Any
 
 from .errors import BackendRequestError
 
+#: Above this many tasks a ``/predict`` computes nothing inline: every task not already stored is
+#: queued as a background job at once (LS's timeout could not be met anyway).
 MAX_TASKS_PER_REQUEST = 10_000
 TRAIN_ACTIONS = (
     "ANNOTATION_CREATED",
@@ -68,11 +70,6 @@ def parse_predict(body: Mapping[str, Any]) -> PredictRequest:
     tasks = body.get("tasks")
     if not isinstance(tasks, list):
         raise BackendRequestError("/predict needs a 'tasks' list")
-    if len(tasks) > MAX_TASKS_PER_REQUEST:
-        raise BackendRequestError(
-            f"too many tasks in one request ({len(tasks)} > "
-            f"{MAX_TASKS_PER_REQUEST}): select fewer tasks"
-        )
     params = body.get("params") if isinstance(body.get("params"), Mapping) else {}
     context = params.get("context") if isinstance(params.get("context"), Mapping) else None
     config = body.get("label_config")

@@ -5,7 +5,13 @@ Layout under ``<data_dir>/webhook-spool/``: ``pending/`` (waiting), ``working/``
 one worker), ``failed/`` (permanent errors, kept for inspection). Every file is written to a
 temp name, fsynced, then renamed (atomic on POSIX). A file is claimed by renaming it into
 ``working/`` (only one process can win), so several gunicorn workers may share the spool.
-File names sort by due time, so retries with back-off wait their turn.
+``keys/`` holds one empty marker per payload digest from ``put`` until the payload is done or
+failed: the duplicate check of ``/webhook`` is one ``stat``, not a scan of a backlog that may
+hold thousands of files.
+File names are ``<due time>-<attempts>-<digest>.json`` (``.<pid>`` added while claimed), so
+they sort by due time (retries with back-off wait their turn) and carry the payload's identity
+(its digest) through every retry: a re-delivery of a payload already waiting, claimed or waiting
+for a retry is not stored twice.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -48,11 +55,12 @@ class WebhookSpool:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.pending, self.working, self.failed = (
-            self.root / d for d in ("pending", "working", "failed")
+        self.pending, self.working, self.failed, self.keys = (
+            self.root / d for d in ("pending", "working", "failed", "keys")
         )
-        for d in (self.pending, self.working, self.failed):
+        for d in (self.pending, self.working, self.failed, self.keys):
             d.mkdir(parents=True, exist_ok=True)
+        self._put_lock = threading.Lock()  # check-then-write of put() in one thread at a time
 
     # ------------------------------------------------------------------ writing
     def put(self, payload: dict) -> str:
@@ -60,10 +68,17 @@ class WebhookSpool:
         data = json.dumps({"attempts": 0, "payload": payload}, separators=(",", ":")).encode()
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
         name = f"{time.time():017.6f}-0-{digest}.json"
-        if any(self.pending.glob(f"*-{digest}.json")):
-            return digest  # the same delivery is already waiting: nothing to add
-        self._write_atomic(self.pending / name, data)
+        with self._put_lock:
+            if self.holds(digest):
+                return digest  # the same delivery is already waiting or in work: nothing to add
+            self._write_atomic(self.pending / name, data)
+            # After the payload: a crash in between loses only the duplicate check, never data.
+            (self.keys / digest).touch()
         return digest
+
+    def holds(self, digest: str) -> bool:
+        """Whether a payload with this digest is pending (also awaiting a retry) or claimed."""
+        return (self.keys / digest).exists()
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
@@ -103,10 +118,16 @@ class WebhookSpool:
     # ------------------------------------------------------------------ outcomes
     def done(self, item: SpoolItem) -> None:
         item.path.unlink(missing_ok=True)
+        self._forget(item.path)
+
+    def _forget(self, path: Path) -> None:
+        """Drop the duplicate marker: a later identical delivery is stored (recording is
+        idempotent, so it changes nothing)."""
+        (self.keys / digest_of(path)).unlink(missing_ok=True)
 
     def retry(self, item: SpoolItem, delay: float) -> None:
         """Put ``item`` back, due after ``delay`` seconds."""
-        digest = item.path.stem.split(".")[0].rsplit("-", 1)[-1]
+        digest = digest_of(item.path)
         attempts = item.attempts + 1
         name = f"{time.time() + delay:017.6f}-{attempts}-{digest}.json"
         data = json.dumps({"attempts": attempts, "payload": item.payload}).encode()
@@ -119,6 +140,7 @@ class WebhookSpool:
     def _fail(self, path: Path, reason: str) -> None:
         target = self.failed / path.name
         os.replace(path, target)
+        self._forget(path)
         (self.failed / (path.name + ".error.txt")).write_text(reason + "\n", encoding="utf-8")
         logger.error("webhook payload %s failed permanently: %s", path.name, reason)
 
@@ -141,6 +163,14 @@ class WebhookSpool:
         if moved:
             logger.info("recovered %d unfinished webhook payload(s)", moved)
         return moved
+
+
+def digest_of(path: Path) -> str:
+    """The payload digest in a spool file name (``<due>-<attempts>-<digest>[.<pid>].json``).
+
+    The due time itself contains a dot, so the name is split on ``-`` first.
+    """
+    return path.name.split("-", 2)[-1].split(".", 1)[0]
 
 
 def _alive(pid: int) -> bool:

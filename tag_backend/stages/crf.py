@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .crf_worker import crf_inference, ping
+from .crf_worker import alive, crf_inference, die_with_parent, ping
 from .segments import upsample_scores
 
 logger = logging.getLogger(__name__)
@@ -181,14 +181,46 @@ def _at_scale(rgb: np.ndarray, scores: torch.Tensor, params: CrfParams):
 
 _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_pool_release: threading.Event | None = None  # ends the thread that started _pool's helper
 
 
 def _executor() -> ProcessPoolExecutor:
-    global _pool
+    global _pool, _pool_release
     with _pool_lock:
         if _pool is None:
-            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            _pool, _pool_release = _owned_pool()
         return _pool
+
+
+def _owned_pool() -> tuple[ProcessPoolExecutor, threading.Event]:
+    """A one-helper pool whose helper dies with this process (``crf_worker.die_with_parent``).
+
+    The helper is started from a thread kept alive until the pool is dropped: Linux's parent-death
+    signal follows the thread that started a child, and the first CRF may be submitted from a
+    short-lived thread (warm-up, a request thread of a recycled worker).
+    """
+    started: list = []
+    ready, release = threading.Event(), threading.Event()
+
+    def own() -> None:
+        try:
+            pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with_parent, initargs=(os.getpid(),),
+            )
+            pool.submit(alive)  # the helper process starts now, from this thread
+            started.append(pool)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller below
+            started.append(exc)
+        ready.set()
+        if isinstance(started[0], ProcessPoolExecutor):
+            release.wait()  # keep the starting thread alive as long as the helper is in use
+
+    threading.Thread(target=own, name="tag-crf-helper-owner", daemon=True).start()
+    ready.wait()
+    if isinstance(started[0], Exception):
+        raise started[0]
+    return started[0], release
 
 
 def start_helper() -> None:
@@ -207,10 +239,13 @@ def _submit(fn, *args) -> Future | None:
 
 
 def _drop(pool: ProcessPoolExecutor) -> None:
-    global _pool
+    global _pool, _pool_release
     with _pool_lock:
-        if _pool is pool:
-            _pool = None
+        if _pool is not pool:
+            return
+        release, _pool, _pool_release = _pool_release, None, None
+    if release is not None:
+        release.set()
 
 
 def _result(future: Future | None, fn, args):

@@ -27,3 +27,19 @@ def make_queue(store, **policy):
 def tasks(n: int, start: int = 1) -> list[dict]:
     return [{"id": i, "data": {"image": f"/data/upload/1/img{i}.png"}}
             for i in range(start, start + n)]
+
+
+def previous_release_tables(engine) -> None:
+    """The job tables as the previous release's store revision 0002 created them (the DDL of
+    jobs_0001), without the job tables' own version table."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from database_tools.migrate import alembic_config
+    from tag_backend.jobs.schema import JOB_MIGRATIONS
+
+    cfg = alembic_config(JOB_MIGRATIONS)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "jobs_0001")
+        conn.execute(text(f"DROP TABLE {JOB_MIGRATIONS.version_table}"))

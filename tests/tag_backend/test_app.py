@@ -28,6 +28,7 @@ def make_app(session, tmp_path, images, **changes):
     """An app on the session's store and index; /predict computes every task (no job-queue
     budget: the budget path is tested with the jobs engine)."""
     changes.setdefault("predict_budget_seconds", 1e9)
+    changes.setdefault("url_allowlist", "127.0.0.1")  # test image servers are on loopback
     services = shared_services(session, tmp_path / "srv", allowed_local_roots=str(images),
                                **changes)
     return create_app(services=services, start_worker=False)
@@ -169,7 +170,6 @@ def test_basic_auth_and_webhook_secret(tiny_services_session, tmp_path, images):
     )
     c = app.test_client()
     for method, path in (
-        ("get", "/health"),
         ("get", "/metrics"),
         ("post", "/setup"),
         ("post", "/predict"),
@@ -180,8 +180,11 @@ def test_basic_auth_and_webhook_secret(tiny_services_session, tmp_path, images):
         assert r.status_code == 401, path
         if path != "/webhook":
             assert r.headers["WWW-Authenticate"].startswith("Basic")
-    assert c.get("/health", headers=_basic("u", "wrong")).status_code == 401
-    assert c.get("/health", headers=_basic("u", "p")).status_code == 200
+    # Liveness needs no credentials (Docker HEALTHCHECK) and says nothing about the setup.
+    for path in ("/", "/health"):
+        assert c.get(path).json == {"status": "UP", "model_class": "TagBackend"}
+    assert c.get("/metrics", headers=_basic("u", "wrong")).status_code == 401
+    assert c.get("/metrics", headers=_basic("u", "p")).status_code == 200
     event = {"action": "PROJECT_UPDATED", "project": {"id": 1}}
     assert (
         c.post("/webhook", json=event, headers={"X-Tag-Webhook-Secret": "s3cret"}).status_code
@@ -210,14 +213,15 @@ def test_webhook_acknowledges_fast_and_persists(client):
     assert time.perf_counter() - start < 0.5
     client.post("/webhook", json=payload)  # delivered twice
     assert backend.spool.depth() == 1  # persisted before answering, once
+    # Payloads that could never be recorded are refused, not acknowledged and dropped later.
     for action in (
         "ANNOTATIONS_CREATED",
         "ANNOTATIONS_DELETED",
         "ANNOTATION_DELETED",
         "ANNOTATION_UPDATED",
-        "START_TRAINING",
+        "START_TRAINING",  # this backend has no Label Studio credentials to re-ingest with
     ):
-        assert (
-            client.post("/webhook", json={"action": action, "project": {"id": 1}}).status_code
-            == 201
-        )
+        r = client.post("/webhook", json={"action": action, "project": {"id": 1}})
+        assert r.status_code == 422, action
+        assert action in r.json["detail"] or "LABEL_STUDIO_URL" in r.json["detail"]
+    assert backend.spool.depth() == 1

@@ -112,3 +112,23 @@ def test_dense_method_is_selectable_from_the_cli(env, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert [s.pipeline().dense_method for s in used] == ["naclip"]
     assert CliRunner().invoke(main, ["predict", "x", "--out", "y", "--dense-method", "maskclip"]).exit_code == 2
+
+
+def test_predict_files_feeds_batches_and_isolates_a_failing_image(tiny_services_session, tmp_path, monkeypatch):
+    from tag_backend.predict_files import predict_files
+
+    paths = []
+    for i, size in enumerate([(320, 240), (448, 448), (5, 5), (300, 300), (448, 448)]):
+        paths.append(tmp_path / f"{i}.png")
+        flat_shapes(seed=i)[0].resize(size).save(paths[-1])
+    predictor = tiny_services_session.predictor
+    calls = []
+    real = predictor.predict
+    monkeypatch.setattr(predictor, "predict", lambda images, **kw: (calls.append(len(images)),
+                                                                    real(images, **kw))[1])
+    report = predict_files(tiny_services_session, [str(p) for p in paths], lambda p: p.name,
+                           progress=False, batch_size=3)
+    # [0, 1, 2] fails as a batch (2 is smaller than a patch) and is retried image by image.
+    assert calls == [3, 1, 1, 1, 2]
+    assert [t["data"]["image"] for t in report.tasks] == ["0.png", "1.png", "3.png", "4.png"]
+    assert [(path.rsplit("/", 1)[-1], "smaller than one" in why) for path, why in report.failures] == [("2.png", True)]

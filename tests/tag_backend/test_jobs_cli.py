@@ -63,6 +63,31 @@ def test_prelabel_reports_token_project_and_connection_problems(tmp_path, fake_l
     assert config.exit_code == 1 and "<Image>" in config.output  # config TAG cannot fill
 
 
+def test_jobs_purge(tmp_path):
+    import time
+
+    from database_tools.store import Store
+
+    from tag_backend.jobs.queue import JobQueue
+    from tag_backend.jobs.schema import Job
+
+    store = Store(f"sqlite:///{tmp_path / 'data' / 'concepts.db'}")
+    queue = JobQueue.from_store(store)
+    job = queue.create_job("prelabel", [{"id": 5, "data": {}}], label_config="<View/>",
+                           model_version="v", project_id=4)
+    queue.cancel(job)
+    with store.engine.begin() as conn:
+        conn.execute(Job.__table__.update().values(updated_at=time.time() - 3 * 86400))
+    bad = _run(["jobs", "purge", "--older-than", "soon"], tmp_path)
+    assert bad.exit_code == 2 and "expected a number with s, m, h, d or w" in bad.output
+    kept = _run(["jobs", "purge", "--older-than", "7d", "--quiet"], tmp_path)
+    assert kept.exit_code == 0 and "purged 0 job(s), 0 task row(s)" in kept.output
+    gone = _run(["jobs", "purge", "--older-than", "2d", "--quiet"], tmp_path)
+    assert gone.exit_code == 0 and "purged 1 job(s), 1 task row(s)" in gone.output
+    assert queue.list_jobs() == []
+    store.close()
+
+
 def test_jobs_list_show_cancel(tmp_path):
     from database_tools.store import Store
 
@@ -110,20 +135,40 @@ def test_prediction_version_and_labeled_checks():
 
 @pytest.fixture()
 def paged_ls():
-    """Projects + paginated tasks API (404 past the last page, like DRF in Label Studio)."""
+    """Projects + paginated tasks API (404 past the last page, like DRF in Label Studio) with
+    the two Data Manager filters planning sends, applied as Label Studio 1.23 does
+    (``predictions__model_version__contains`` per value; ``total_annotations`` equal), and
+    ``fields=task_only`` answered without predictions or annotations."""
+    import json
+
     from tag_backend.ls import recommended_label_config
 
-    state = {"version": None, "tasks": []}
+    state = {"version": None, "tasks": [], "queries": []}
     app = Flask("fake-ls-tasks")
 
     @app.get("/api/projects/<int:pid>/")
     def project(pid):
-        return jsonify({"id": pid, "title": "p", "label_config": recommended_label_config()})
+        return jsonify({"id": pid, "title": "p", "label_config": recommended_label_config(),
+                        "task_number": len(state["tasks"])})
+
+    def matches(task, item):
+        if item["filter"] == "filter:tasks:predictions_model_versions":
+            assert item["operator"] == "not_contains"
+            return not any(v in p["model_version"] for p in task["predictions"]
+                           for v in item["value"])
+        assert item["filter"] == "filter:tasks:total_annotations", item
+        return task["total_annotations"] == item["value"]
 
     @app.get("/api/tasks/")
     def list_tasks():
         page, size = int(request.args["page"]), int(request.args["page_size"])
-        chunk = state["tasks"][(page - 1) * size: page * size]
+        assert request.args["fields"] == "task_only"
+        query = json.loads(request.args["query"])
+        state["queries"].append(query)
+        items = query["filters"]["items"]
+        tasks = [{k: v for k, v in t.items() if k != "predictions"} for t in state["tasks"]
+                 if all(matches(t, item) for item in items)]
+        chunk = tasks[(page - 1) * size: page * size]
         if page > 1 and not chunk:
             return jsonify({"detail": "Invalid page."}), 404
         return jsonify({"tasks": chunk, "total": len(state["tasks"]), "total_annotations": 0,
@@ -154,12 +199,16 @@ def test_plan_skips_predicted_and_labeled_tasks_and_joins_the_active_job(tiny_se
     plan = plan_prelabel(services, queue, pusher, 1, filter="unlabeled")
     predicted = {i for i in range(1, 251) if i % 5 == 0}
     labeled = {i for i in range(1, 251) if i % 7 == 0} - predicted
-    assert (plan.seen, plan.already_predicted, plan.labeled) == (250, len(predicted), len(labeled))
+    assert plan.seen == 250 - len(predicted) - len(labeled)  # Label Studio filtered them out
+    assert (plan.already_predicted, plan.labeled) == (0, 0)
+    assert plan.skipped == len(predicted) + len(labeled) and plan.ls_requests == 0
     assert plan.queued == 250 - len(predicted) - len(labeled) and not plan.joined
+    assert pusher.requests == 2  # the project + one page of up to 1,000 tasks
     again = plan_prelabel(services, queue, pusher, 1, filter="all")  # a second run joins
     assert again.joined and again.job_id == plan.job_id and again.queued == len(labeled)
     assert queue.progress(plan.job_id).total == 250 - len(predicted)
     limited = plan_prelabel(services, queue, pusher, 2, filter="all", limit=10)
-    assert limited.queued == 10 and limited.seen == 12 and limited.job_id != plan.job_id
+    assert limited.queued == 10 and limited.seen == 10 and limited.job_id != plan.job_id
+    assert limited.skipped is None  # the listing stopped early: nothing known about the rest
     with pytest.raises(ValueError):
         plan_prelabel(services, queue, pusher, 1, filter="some")

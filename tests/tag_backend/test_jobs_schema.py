@@ -5,23 +5,37 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import MetaData, inspect, text
 
 from database_tools.errors import SchemaTooNew
 from database_tools.migrate import current_revision, head_revision
 from tag_backend.jobs.queue import JobQueue
 from tag_backend.jobs.schema import JOB_MIGRATIONS, JobsBase, upgrade_job_tables
 
+from jobs_fixtures import previous_release_tables
+
+
+def _models() -> MetaData:
+    """The job models and the webhook queue's table (same migration history)."""
+    from tag_backend.ls.webhook_db_queue import metadata as webhook_metadata
+
+    models = MetaData()
+    for table in [*JobsBase.metadata.tables.values(), *webhook_metadata.tables.values()]:
+        table.to_metadata(models)
+    return models
+
 
 def _job_table_diff(engine) -> list:
     """Differences between the database and the job models, ignoring every other table."""
+    models = _models()
+
     def only_job_tables(name, type_, parent_names) -> bool:
-        return type_ != "table" or name in JobsBase.metadata.tables
+        return type_ != "table" or name in models.tables
 
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={
             "version_table": JOB_MIGRATIONS.version_table, "include_name": only_job_tables})
-        return compare_metadata(context, JobsBase.metadata)
+        return compare_metadata(context, models)
 
 
 def test_opening_a_queue_creates_exactly_the_job_models(store):
@@ -34,8 +48,7 @@ def test_opening_a_queue_creates_exactly_the_job_models(store):
 
 
 def test_tables_of_the_previous_release_are_adopted_with_their_rows(store):
-    # The previous release's store revision 0002 created these tables with the models' DDL.
-    JobsBase.metadata.create_all(store.engine)
+    previous_release_tables(store.engine)
     with store.engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO prelabel_jobs (kind, status, model_version, label_config, push, "

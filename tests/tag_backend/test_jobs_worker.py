@@ -7,6 +7,7 @@ import time
 
 import pytest
 from flask import Flask, jsonify, request
+from jobs_fixtures import jobs_db_url, jobs_store, make_queue  # noqa: F401
 from werkzeug.serving import make_server
 
 from tag_backend.jobs.push import LabelStudioPusher
@@ -18,12 +19,32 @@ TOKEN = "0123456789abcdef0123456789abcdef01234567"
 
 
 class FakeLabelStudio:
-    """POST/GET /api/predictions/: task 404 is deleted, task 500 fails once, 401 without token."""
+    """POST/GET /api/predictions/ and POST /api/projects/<id>/import/predictions: task 404 is
+    deleted (a batch holding it is refused with 400, as Label Studio validates every task id
+    before creating anything), task 500 fails once, 401 without token."""
 
     def __init__(self) -> None:
         self.created: list[dict] = []
         self.flaky_left = 1
+        self.requests = 0
         app = Flask("fake-ls")
+
+        @app.before_request
+        def count():
+            self.requests += 1
+
+        @app.post("/api/projects/<int:pid>/import/predictions")
+        def import_predictions(pid):
+            if request.headers.get("Authorization") != f"Token {TOKEN}":
+                return jsonify({"detail": "no"}), 401
+            body = request.get_json()
+            if any(p["task"] == 404 for p in body):
+                return jsonify({"detail": "invalid 'task' field"}), 400
+            if any(p["task"] == 500 for p in body) and self.flaky_left:
+                self.flaky_left -= 1
+                return jsonify({"detail": "boom"}), 500
+            self.created.extend(body)
+            return jsonify({"created": len(body)}), 201
 
         @app.post("/api/predictions/")
         def create():
@@ -107,6 +128,52 @@ def test_worker_computes_retries_and_pushes(tiny_settings, tmp_path, fake_ls):
     assert worker.stats.retried == 1 and worker.stats.done == 3
     queue.finish_settled_jobs()  # the worker's heartbeat may have finished the job already
     assert queue.get_job(job).status == "done"
+
+
+def _finished_job(queue, ids, project_id=1):
+    items = [{"id": i, "data": {}} for i in ids]
+    job = queue.create_job("prelabel", items, label_config="<View/>", model_version="v",
+                           project_id=project_id, keys=[f"k{i}" for i in ids])
+    for claim in queue.claim("w", len(ids)):
+        item = {"result": [{"id": str(claim.ls_task_id)}], "score": 0.5, "model_version": "v"}
+        assert queue.complete(claim, "w", item, f"k{claim.ls_task_id}")
+    return job
+
+
+def _push_all(queue, pusher):
+    from tag_backend.jobs.push_queue import claim_pushes, push_claims
+
+    while claims := claim_pushes(queue, "w", 100):
+        push_claims(queue, pusher, "w", claims)
+
+
+def test_pushes_are_batched_and_pushed_results_dropped(jobs_store, fake_ls, monkeypatch):
+    """120 finished tasks of one project take 3 import requests of at most 50 (the batch size
+    is lowered to keep the test short), each result pushed once and then dropped from the
+    store; a batch holding a deleted task is refused and re-sent one by one, so only that task
+    is 'gone' (its result stays until a purge)."""
+    from tag_backend.jobs import push_queue
+    from tag_backend.jobs.schema import CachedPrediction
+
+    monkeypatch.setattr(push_queue, "PUSH_BATCH", 50)
+    queue = make_queue(jobs_store)
+    good = list(range(1000, 1120))
+    job = _finished_job(queue, good)
+    pusher = LabelStudioPusher(fake_ls.url, TOKEN)
+    _push_all(queue, pusher)
+    assert sorted(c["task"] for c in fake_ls.created) == good
+    assert pusher.requests == fake_ls.requests == 3
+    assert queue.progress(job).pushed == 120
+
+    mixed = _finished_job(queue, [404, 1200, 1201])
+    _push_all(queue, pusher)
+    p = queue.progress(mixed)
+    assert (p.pushed, p.push_gone, p.push_pending) == (2, 1, 0)
+    assert pusher.requests == fake_ls.requests == 3 + 1 + 3  # refused batch, then one by one
+    assert sorted(c["task"] for c in fake_ls.created) == good + [1200, 1201]
+    with jobs_store.engine.connect() as conn:
+        left = [r.cache_key for r in conn.execute(CachedPrediction.__table__.select())]
+    assert left == ["k404"]
 
 
 def test_predict_over_budget_queues_then_answers_from_the_store(tiny_settings, tmp_path):

@@ -28,6 +28,7 @@ def server():
 
 
 def _fetcher(tmp_path, **kw) -> MediaFetcher:
+    kw.setdefault("url_allowlist", "127.0.0.1")  # the test server is on loopback
     return MediaFetcher(Settings(data_dir=str(tmp_path / "d"), **kw))
 
 

@@ -1,7 +1,6 @@
 """Job-engine benchmark: end-to-end tasks/s through the queue vs the engine alone, peak RSS.
 
-``python -m tag_backend.jobs.bench --jobs 200`` (the lead's ``python -m tag_backend.bench --jobs N``
-dispatches here). Images are synthetic PNG files read through the normal media path (local
+``python -m benchmarks.jobs --jobs 200`` (run from the repository root). Images are synthetic PNG files read through the normal media path (local
 files under ``TAG_ALLOWED_LOCAL_ROOTS``); the queue is a fresh SQLite store; pushes are off (no
 Label Studio), so the number is "queue + fetch/decode + engine + masks/RLE + record".
 Models come from the environment (``TAG_*``); without ``TAG_DINO_MODEL``/``TAG_CLIP_MODEL``
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..config import Settings, settings_from_env
+from tag_backend.config import Settings, settings_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def _settings(root: Path, real_sizes: bool = False) -> Settings:
     changes: dict = {"data_dir": str(root / "data"), "allowed_local_roots": str(root / "images"),
                      "label_studio_url": None, "label_studio_api_key": None, "db_url": None}
     if not (settings.dino_model and settings.clip_model):
-        from ..random_models import save_random_clip, save_random_dino, save_random_dino_named
+        from tag_backend.random_models import save_random_clip, save_random_dino, save_random_dino_named
 
         if real_sizes:  # the `fast` preset's architectures (DINOv2-S/14, CLIP ViT-B/16)
             save_random_dino_named(root / "dino", "facebook/dinov2-small")
@@ -89,7 +88,7 @@ def _engine_alone(services, paths: list[Path], batch_size: int) -> float:
     """
     import threading
 
-    from ..image_io import open_image
+    from tag_backend.image_io import open_image
 
     images = [open_image(p) for p in paths]  # decoded up front: pure model throughput
     out: dict[str, float] = {}
@@ -109,8 +108,8 @@ def _engine_alone(services, paths: list[Path], batch_size: int) -> float:
 
 
 def _end_to_end(services, paths: list[Path], batch_size: int) -> float:
-    from ..ls import recommended_label_config
-    from .worker import Worker, WorkerOptions
+    from tag_backend.jobs.worker import Worker, WorkerOptions
+    from tag_backend.ls import recommended_label_config
 
     queue = services.jobs.queue
     tasks = [{"id": i + 1, "data": {"image": str(p)}} for i, p in enumerate(paths)]
@@ -137,7 +136,7 @@ def _end_to_end(services, paths: list[Path], batch_size: int) -> float:
 
 def _stage_totals() -> dict[str, float]:
     """Seconds summed per ``tag_stage_seconds`` stage so far in this process."""
-    from .. import metrics
+    from tag_backend import metrics
 
     totals: dict[str, float] = {}
     for family in metrics.REGISTRY.collect():
@@ -154,7 +153,7 @@ def run_jobs_bench(n_jobs: int, batch_size: int = 4, image_size: tuple[int, int]
     """Run both measurements on ``n_jobs`` synthetic images and print the numbers."""
     if n_jobs < 1:
         raise ValueError("n_jobs must be >= 1")
-    from ..services import Services
+    from tag_backend.services import Services
 
     with tempfile.TemporaryDirectory(prefix="tag-jobs-bench-") as tmp:
         root = Path(tmp)

@@ -1,0 +1,72 @@
+"""OpenVINO: convert the torch graph, optionally compress weights to int8 (NNCF), compile for CPU."""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.xml"  # + model.bin beside it
+
+
+class OpenVinoBackend:
+    """Export and load graphs with OpenVINO's CPU plugin."""
+
+    name = "openvino"
+
+    @staticmethod
+    def version() -> str:
+        import openvino
+
+        return openvino.get_version()
+
+    def export(self, graph: nn.Module, example: torch.Tensor, directory: Path, int8: bool) -> None:
+        """Convert ``graph`` traced on ``example`` (batch dimension left dynamic) into ``directory``."""
+        import openvino as ov
+
+        shape = ov.PartialShape([-1, *example.shape[1:]])
+        # Traced once here: the converter's own trace runs the model twice and compares the
+        # graphs, which fails on the per-grid caches of the dense forward (first call computes,
+        # second call reads the cache) and doubles the export time.
+        traced = torch.jit.trace(graph, example, check_trace=False, strict=False)
+        model = ov.convert_model(traced, example_input=example, input=[shape])
+        if int8:
+            import nncf
+
+            # Weights only (activations stay float): no calibration data needed.
+            model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+        # compress_to_fp16=False: the default would store fp16 weights, not what torch computes with.
+        ov.save_model(model, directory / MODEL_FILE, compress_to_fp16=False)
+
+    def load(self, directory: Path, precision: torch.dtype, threads: int) -> "OpenVinoGraph":
+        import openvino as ov
+
+        core = ov.Core()
+        config = {
+            # Explicit: on CPUs with AVX512-BF16/AMX the plugin would otherwise compute in bf16.
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == torch.bfloat16 else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": max(1, threads),
+        }
+        compiled = core.compile_model(core.read_model(directory / MODEL_FILE), "CPU", config)
+        return OpenVinoGraph(compiled)
+
+
+class OpenVinoGraph:
+    """A compiled model callable from any thread (one infer request per calling thread)."""
+
+    def __init__(self, compiled) -> None:
+        self._compiled = compiled
+        self._local = threading.local()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        request.infer({0: pixels})
+        return request.get_output_tensor(0).data.copy()
