@@ -6,40 +6,14 @@ import sys
 import click
 
 from .cli_common import configure_logging, engine_options, handle_errors, settings_with
+from .eval.cli import eval_command
+from .export.cli import export_command
+from .jobs.cli import jobs, prelabel
+from .ls.connect_cli import ls_connect
+from .serve_cli import download_weights, serve
 
 
-# Commands in their own modules, imported only when invoked (or listed by --help): `predict`
-# does not pay for the server, the evaluator or the job engine at start-up.
-LAZY_COMMANDS = {
-    "serve": ("tag_backend.serve_cli", "serve"),
-    "download-weights": ("tag_backend.serve_cli", "download_weights"),
-    "eval": ("tag_backend.eval.cli", "eval_command"),
-    "prelabel": ("tag_backend.jobs.cli", "prelabel"),
-    "jobs": ("tag_backend.jobs.cli", "jobs"),
-    "ls-connect": ("tag_backend.ls.connect_cli", "ls_connect"),
-    "export": ("tag_backend.export.cli", "export_command"),
-}
-
-
-class LazyGroup(click.Group):
-    """A click group that imports a command's module when the command is first looked up."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in LAZY_COMMANDS and name not in self.commands:
-            import importlib
-
-            module, attr = LAZY_COMMANDS[name]
-            try:
-                self.add_command(getattr(importlib.import_module(module), attr), name)
-            except ImportError as exc:
-                raise click.ClickException(f"`{name}` is unavailable: {exc}") from None
-        return super().get_command(ctx, name)
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tag-backend")
 def main() -> None:
     """Guidance-free open-vocabulary segmentation (TAG) for Label Studio pre-labelling."""
@@ -82,3 +56,10 @@ def models() -> None:
     from .models_info import describe_models
 
     click.echo(describe_models(settings_with()))
+
+
+# Commands in their own modules, imported plainly: their modules import only click and light
+# helpers at the top (numpy at most, which `predict` loads anyway); the heavy work is imported
+# inside each command.
+for command in (serve, download_weights, eval_command, prelabel, jobs, ls_connect, export_command):
+    main.add_command(command)

@@ -51,6 +51,23 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true/false, got {value!r}")
 
 
+def _probability(value: str) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"expected a probability between 0 and 1, got {value!r}")
+    return v
+
+
+def _choice(*choices: str):
+    def parse(value: str) -> str:
+        v = value.strip().lower()
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return v
+
+    return parse
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -80,6 +97,8 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     dense_method: str | None = None
+    refine: str = "none"
+    sam_model: str | None = None
     backend: str = "auto"
     backend_cache_dir: str = field(default_factory=_default_compiled_cache)
     backend_int8: bool = False
@@ -114,8 +133,9 @@ class Settings:
     request_body_timeout: float = 30.0
     max_regions: int = 30
     polygon_tolerance: float = 1.5
-    guided_threshold: float = 0.75
+    guided_threshold: float = 0.5
     guided_fallback: str | None = None
+    guided_below: str = "keep"
     predict_budget_seconds: float = 60.0
     feature_cache_mb: int = 256
     log_format: str = "text"
@@ -153,6 +173,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_DEVICE", "device", "`cpu`, `cuda`, `cuda:N` (default: cuda if available).", default_doc="`cuda` if available, else `cpu`"),
     EnvVar("TAG_DTYPE", "dtype", "`float32`, `bfloat16` or `float16` (default: per preset and device).", default_doc="per preset and device"),
     EnvVar("TAG_DENSE_METHOD", "dense_method", "Dense CLIP features: `gem` (paper), `naclip` (NACLIP last block, cost of a plain forward) or `plain` (open_clip patch tokens).", default_doc="the preset's (`gem`)"),
+    EnvVar("TAG_REFINE", "refine", "Mask refinement: `none` or `sam2` (SAM 2.1 boundaries for every segment; interactive clicks use SAM too; docs/interactive.md).", _choice("none", "sam2")),
+    EnvVar("TAG_SAM_MODEL", "sam_model", "SAM 2 / 2.1 weights for `TAG_REFINE=sam2`: a Hugging Face id (default `facebook/sam2.1-hiera-tiny`) or a local directory saved with `save_pretrained`.", default_doc="`facebook/sam2.1-hiera-tiny`"),
     EnvVar("TAG_BACKEND", "backend", "Engine of the backbone forwards: `torch`, `openvino`, `onnxruntime` or `auto` (OpenVINO on CPU when installed, else torch). See docs/inference-backends.md."),
     EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs are cached (under `$XDG_CACHE_HOME`, by default `~/.cache`).", default_doc="`~/.cache/tag-backend/compiled`"),
     EnvVar("TAG_BACKEND_INT8", "backend_int8", "OpenVINO only: int8 weight compression (NNCF); faster, features drift (docs/inference-backends.md).", _bool),
@@ -185,8 +207,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_REQUEST_BODY_TIMEOUT", "request_body_timeout", "Seconds a client has to send a request body, however slowly it trickles (408 after).", float),
     EnvVar("TAG_MAX_REGIONS", "max_regions", "Most regions returned per image (largest kept).", int),
     EnvVar("TAG_POLYGON_TOLERANCE", "polygon_tolerance", "`PolygonLabels` output: the most a simplified outline strays from the mask, in pixels (0 keeps every corner).", float),
-    EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: CLIP text cosine needed to snap a name to a project label.", float),
-    EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold (unset: region dropped)."),
+    EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: zero-shot probability (0-1) a project label needs to label a region; a control's `model_score_threshold` overrides it (docs/interactive.md).", _probability),
+    EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold when it is one of the project's labels."),
+    EnvVar("TAG_GUIDED_BELOW", "guided_below", "Guided mode, below the threshold and no fallback label: `keep` (the free-form name is the label) or `drop` the region.", _choice("keep", "drop")),
     EnvVar("TAG_PREDICT_BUDGET", "predict_budget_seconds", "Seconds `/predict` may compute before queueing the rest.", float),
     EnvVar("TAG_FEATURE_CACHE_MB", "feature_cache_mb", "Memory for the backbone features of recently predicted images (a second request on the same image skips the backbones); 0 turns the cache off.", int),
     EnvVar("TAG_LOG_FORMAT", "log_format", "`text` or `json` (structured logs)."),

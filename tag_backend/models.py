@@ -113,16 +113,23 @@ def _dino_error(model: str, cause: str) -> WeightsNotFoundError:
     )
 
 
-def _build_dino(model: str, device: torch.device, dtype: torch.dtype) -> LoadedDino:
-    from transformers import AutoConfig, AutoModel  # heavy import, only when loading
-
+def hf_source(model: str, error) -> tuple[Path, bool]:
+    """(path, is a local directory) of a Hugging Face model spec (hub id or local directory);
+    ``error(model, cause)`` builds the exception for a missing directory or weights file."""
     local = Path(model).expanduser()
     is_dir = local.is_dir()
     looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1
     if not is_dir and looks_like_path:
-        raise _dino_error(model, f"directory {local} does not exist")
+        raise error(model, f"directory {local} does not exist")
     if is_dir and not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
-        raise _dino_error(model, f"no weights file (*.safetensors / *.bin) in {local}")
+        raise error(model, f"no weights file (*.safetensors / *.bin) in {local}")
+    return local, is_dir
+
+
+def _build_dino(model: str, device: torch.device, dtype: torch.dtype) -> LoadedDino:
+    from transformers import AutoConfig, AutoModel  # heavy import, only when loading
+
+    local, is_dir = hf_source(model, _dino_error)
     source = str(local) if is_dir else model
     try:
         config = _from_pretrained(AutoConfig, source, offline_first=not is_dir)

@@ -74,6 +74,8 @@ class TagPipeline:
       merge_same_name (True; paper False): segments with the same name become one region.
       exemplar_threshold (0.90): cosine needed to take a corrected exemplar's name.
       max_image_pixels: decompression-bomb guard for decoded images.
+      refiner: optional SAM 2 boundary refinement (:class:`~.stages.sam_refine.SamRefiner`);
+        names are then pooled inside the refined masks.
     """
 
     def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *,
@@ -88,7 +90,8 @@ class TagPipeline:
                  min_segment_area: float = 0.002, dense_method: str = "gem", gem_depth: int = 7,
                  top_k_captions: int = 10, dedup_threshold: float = 0.94, min_word_count: int = 2,
                  pos_filter: bool = True, max_alternatives: int = 5, merge_same_name: bool = True,
-                 exemplar_threshold: float = 0.90, max_image_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 exemplar_threshold: float = 0.90, max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 refiner=None) -> None:
         if n_segments < 1:
             raise ValueError(f"n_segments must be >= 1, got {n_segments}")
         if image_size < max(dino.patch_size, clip.patch_size):
@@ -111,6 +114,7 @@ class TagPipeline:
                                   max_alternatives=max_alternatives)
         self.merge_same_name, self.exemplar_threshold = merge_same_name, exemplar_threshold
         self.max_image_pixels = max_image_pixels
+        self.refiner = refiner
         if use_crf:
             crf_stage.start_helper()
 
@@ -148,8 +152,10 @@ class TagPipeline:
         with _timed(t, "dense_clip"), self._lend_core_to_crf(pending) as rebalance:
             dense = self._batched(functools.partial(self._dense, between_blocks=rebalance),
                                   [p.clip_pixels for p in prepared])
-        features = [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
-                    for prep, patch, feats in zip(prepared, patches, dense)]
+        with self._timed_sam(t):
+            features = [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats,
+                                      self._sam_image(prep))
+                        for prep, patch, feats in zip(prepared, patches, dense)]
         return list(zip(features, self._finish(features, pending, t, knowledge)))
 
     @torch.inference_mode()
@@ -160,8 +166,10 @@ class TagPipeline:
         prepared, patches = self._dino_forward(images, t)
         with _timed(t, "dense_clip"):
             dense = self._batched(self._dense, [p.clip_pixels for p in prepared])
-        return [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats)
-                for prep, patch, feats in zip(prepared, patches, dense)]
+        with self._timed_sam(t):
+            return [ImageFeatures(prep.model_rgb, prep.original_size, patch, feats,
+                                  self._sam_image(prep))
+                    for prep, patch, feats in zip(prepared, patches, dense)]
 
     @torch.inference_mode()
     def regions_from_features(self, features: list[ImageFeatures],
@@ -178,7 +186,8 @@ class TagPipeline:
         """What, besides the image, decides the backbone features (a feature-cache key part)."""
         return repr((self.dino.model_id, str(self.dino.dtype), self.clip.encoder_id,
                      str(self.clip.dtype), str(self.clip.device), self.forwards.signature, self.image_size,
-                     self.resize_mode, self.dense_method, self.gem_depth))
+                     self.resize_mode, self.dense_method, self.gem_depth,
+                     self.refiner.model_id if self.refiner is not None else None))
 
     @torch.inference_mode()
     def embed_regions(self, image, masks: list[np.ndarray],
@@ -196,6 +205,11 @@ class TagPipeline:
             raise ValueError(f"{int(empty.sum())} mask(s) are empty")
         return pool_segments(weights, dense.features)
 
+    def name_regions(self, embeddings: np.ndarray, knowledge: Knowledge | None = None
+                     ) -> list[SegmentNames]:
+        """Names of regions from their CLIP embeddings (exemplars, aliases, retrieval)."""
+        return self._name(embeddings, knowledge or self.knowledge)
+
     def _dino_forward(self, images: list[Image.Image], t: dict[str, float]
                       ) -> tuple[list[PreparedImage], list]:
         with _timed(t, "preprocess"):
@@ -212,11 +226,11 @@ class TagPipeline:
             # CRF result (or the raw scores), then segments below min_segment_area absorbed.
             with _timed(t, "crf"):
                 labels = self._finish_segment(segmenting)
+            with _timed(t, "sam_refine" if self.refiner is not None else "pool"):
+                labels, weights = self._refine(feats, labels)
             # One embedding per segment: dense CLIP features mean-pooled over the segment.
             with _timed(t, "pool"):
-                dense = feats.dense
-                embeddings = pool_segments(patch_weights(labels, dense.grid, dense.features.device),
-                                           dense.features)
+                embeddings = pool_segments(weights, feats.dense.features)
             # Names: corrected exemplars first, then retrieval + CLIP image-text scoring.
             with _timed(t, "name"):
                 names = self._name(embeddings, knowledge)
@@ -269,6 +283,21 @@ class TagPipeline:
         labels = label_map(logits)
         return drop_small_segments(labels, logits, int(self.min_segment_area * labels.size))
 
+    def _refine(self, feats: ImageFeatures, labels: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """Segment ids and their patch coverage: SAM 2 boundaries at the original size when a
+        refiner is set (tag_backend.stages.sam_refine), else the coarse map unchanged."""
+        dense = feats.dense
+        if self.refiner is None or feats.sam is None:
+            return labels, patch_weights(labels, dense.grid, dense.features.device)
+        return self.refiner.refine(feats.sam, labels, dense.grid)
+
+    def _timed_sam(self, t: dict[str, float]):
+        return _timed(t, "sam_embed") if self.refiner is not None else nullcontext()
+
+    def _sam_image(self, prep: PreparedImage):
+        """SAM 2 image embeddings (kept with the backbone features) when refinement is on."""
+        return self.refiner.embed(prep.rgb) if self.refiner is not None else None
+
     def _name(self, embeddings: np.ndarray, knowledge: Knowledge) -> list[SegmentNames]:
         names = name_segments(embeddings, knowledge.index, self.text_encoder, **self.naming_kwargs)
         for seg, match in zip(names, knowledge.exemplars.match(embeddings, self.exemplar_threshold)):
@@ -310,11 +339,12 @@ class TagPipeline:
         return SegmentLabel(
             mask=np.isin(full, segs), name=best.name, score=score,
             alternatives=names[main].candidates[1:], area=int(weights.sum()), sources=sources,
-            embedding=emb, origin=_origin(sources),
+            embedding=emb, origin=region_origin(sources),
         )
 
 
-def _origin(sources: list[str]) -> str:
+def region_origin(sources: list[str]) -> str:
+    """A region's ``origin`` from its name sources (exemplar, alias or retrieval)."""
     if sources and sources[0].startswith("exemplar:"):
         return "exemplar"
     if sources and sources[0].startswith("alias:"):

@@ -65,6 +65,43 @@ def save_random_clip(directory: str | Path, model_cfg: dict | str = TINY_CLIP, s
     return f"local-dir:{directory}"
 
 
+#: A SAM 2 small enough for tests: 256 px input, 4 Hiera blocks, 32-wide prompt encoder and decoder.
+TINY_SAM2 = {
+    "vision_config": {
+        "backbone_config": {
+            "model_type": "sam2_hiera_det_model", "hidden_size": 16, "num_attention_heads": 1,
+            "image_size": [256, 256], "blocks_per_stage": [1, 1, 2, 1],
+            "embed_dim_per_stage": [16, 32, 64, 128], "num_attention_heads_per_stage": [1, 1, 2, 2],
+            "window_size_per_stage": [8, 4, 4, 4], "global_attention_blocks": [3],
+            "window_positional_embedding_background_size": [4, 4],
+        },
+        "backbone_channel_list": [128, 64, 32, 16],
+        "backbone_feature_sizes": [[64, 64], [32, 32], [16, 16]],
+        "fpn_hidden_size": 32,
+    },
+    "prompt_encoder_config": {"hidden_size": 32, "image_size": 256, "patch_size": 16},
+    "mask_decoder_config": {"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2,
+                            "iou_head_hidden_dim": 32},
+}
+
+
+def save_random_sam2(directory: str | Path, config: dict | None = TINY_SAM2, seed: int = 0) -> Path:
+    """A SAM 2 (transformers ``Sam2Model`` + ``Sam2Processor``) with random weights.
+
+    ``config=None`` gives transformers' default configuration, the size of SAM 2.1 Hiera-Tiny
+    (1024 px input), for benchmarks.
+    """
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+
+    torch.manual_seed(seed)
+    sam_config = Sam2Config(**(config or {}))
+    side = int(sam_config.prompt_encoder_config.image_size)
+    directory = Path(directory)
+    Sam2Model(sam_config).save_pretrained(directory)
+    Sam2Processor(Sam2ImageProcessor(size={"height": side, "width": side})).save_pretrained(directory)
+    return directory
+
+
 if __name__ == "__main__":  # python -m tag_backend.random_models DIR  (the `make demo` models)
     import sys
 

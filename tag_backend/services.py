@@ -27,7 +27,8 @@ from .jobs.push import LabelStudioPusher
 from .jobs.service import JobService
 from .knowledge import Knowledge, read_knowledge
 from .ls.client import LabelStudioClient
-from .ls.guided import LabelSnapper
+from .ls.guided import LabelSnapper, clip_temperature
+from .ls.interactive import InteractivePredictor
 from .ls.media import MediaFetcher
 from .ls.predictor import TaskPredictor
 from .ls.serializer import Serializer, snapping_labeler
@@ -86,6 +87,21 @@ class Models:
         with self._lock:
             return load_clip(self.clip_model, self.clip_pretrained, self.device, self.dtype)
 
+    @cached_property
+    def refiner(self):
+        """The SAM 2 refiner when ``TAG_REFINE=sam2`` (loaded on first use), else None."""
+        if self.settings.refine != "sam2":
+            return None
+        from .sam_models import DEFAULT_SAM_MODEL, load_sam
+        from .stages.sam_refine import SamRefiner
+
+        # SAM runs in float32 unless a dtype was asked for explicitly: its mask logits are
+        # thresholded at 0, where bf16 rounding moves boundaries.
+        dtype = resolve_dtype(self.settings.dtype, self.device, prefer_bf16=False)
+        with self._lock:
+            sam = load_sam(self.settings.sam_model or DEFAULT_SAM_MODEL, self.device, dtype)
+        return SamRefiner(sam)
+
     @property
     def clip_model(self) -> str:
         return self.settings.clip_model or self.preset.clip_model
@@ -122,11 +138,13 @@ class Services:
         self.label_studio = LabelStudioClient.from_settings(settings)
         self.predictor = Predictor(self, FeatureCache(settings.feature_cache_mb * 2**20))
         self.snapper = LabelSnapper(self._encode_texts, settings.guided_threshold,
-                                    settings.guided_fallback)
+                                    settings.guided_fallback, below=settings.guided_below,
+                                    logit_scale=lambda: clip_temperature(self.models.clip.model))
         self.serializer = Serializer(max_regions=settings.max_regions,
                                      guided=snapping_labeler(self.snapper),
                                      polygon_tolerance=settings.polygon_tolerance)
         self.tasks = TaskPredictor(self.fetcher, self.predictor, self.serializer)
+        self.interactive = InteractivePredictor(self)
         self.jobs = JobService(self, lambda: self.store,
                                LabelStudioPusher(client=self.label_studio))
 
@@ -182,7 +200,7 @@ class Services:
         knobs.update(self.pipeline_overrides)
         return TagPipeline(models.dino, models.clip, knowledge.index, forwards=models.forwards,
                            text_encoder=self.text_encoder, exemplars=knowledge.exemplars,
-                           aliases=knowledge.aliases, **knobs)
+                           aliases=knowledge.aliases, refiner=models.refiner, **knobs)
 
     def _read_knowledge(self) -> Knowledge:
         s = self.settings
@@ -248,7 +266,8 @@ class Services:
 
     def _version(self, db_version: int | None) -> str:
         encoder = self.models.clip_model.replace("local-dir:", "local-").rsplit("/", 1)[-1]
-        return f"tag-{__version__}-{self.preset.name}-{encoder}-db{db_version}"
+        refine = "-sam2" if self.settings.refine == "sam2" else ""
+        return f"tag-{__version__}-{self.preset.name}{refine}-{encoder}-db{db_version}"
 
     def model_version(self) -> str:
         """Engine version + preset + encoder + concept-database version.

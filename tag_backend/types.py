@@ -6,6 +6,7 @@ K = number of segments; D = feature dimension.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,15 +97,19 @@ class ImageFeatures:
     model_rgb: (h, w, 3) uint8 image at the model input size (the CRF runs on it).
     original_size: (H, W) of the EXIF-transposed original (masks are returned at this size).
     patches: DINOv2 patch tokens; dense: dense CLIP features (both on the compute device).
+    sam: SAM 2 image embeddings (``tag_backend.stages.sam_refine.SamImage``) when refinement
+        is on, else None.
     """
 
     model_rgb: np.ndarray
     original_size: tuple[int, int]
     patches: PatchFeatures
     dense: DenseFeatures
+    sam: Any = None
 
     @property
     def nbytes(self) -> int:
         """Memory held (what a feature cache counts)."""
         tensors = (self.patches.tokens, self.dense.features)
-        return int(self.model_rgb.nbytes) + sum(t.element_size() * t.nelement() for t in tensors)
+        sam = self.sam.nbytes if self.sam is not None else 0
+        return int(self.model_rgb.nbytes) + sum(t.element_size() * t.nelement() for t in tensors) + sam

@@ -34,6 +34,14 @@ def tiny_models_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sam_dir(tiny_models_dir) -> str:
+    """A tiny random SAM 2 saved with ``save_pretrained`` (loaded through the real loader)."""
+    from tag_backend.random_models import save_random_sam2
+
+    return str(save_random_sam2(tiny_models_dir["root"] / "sam2"))
+
+
+@pytest.fixture(scope="session")
 def tiny_dino_dir(tiny_models_dir) -> str:
     return tiny_models_dir["dino"]
 

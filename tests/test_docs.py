@@ -5,6 +5,7 @@ import re
 import shlex
 from pathlib import Path
 
+import click
 import pytest
 import click
 from click.testing import CliRunner
@@ -148,11 +149,11 @@ def _command_path(group, args: list[str]) -> list[str]:
     for word in args:
         if not isinstance(command, click.Group):
             break
-        sub = command.get_command(click.Context(command), word)
-        if sub is None:
+        ctx = click.Context(command)
+        if word not in command.list_commands(ctx):  # lazy groups load commands on lookup
             break
         path.append(word)
-        command = sub
+        command = command.get_command(ctx, word)
     return path
 
 

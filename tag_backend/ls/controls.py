@@ -12,9 +12,11 @@ Rules (docs/label-studio.md, "The labeling config"):
   backends: the backend neither fills nor reads them.
 * Guided mode is on when the first shape control (brush, else polygon, else rectangle) lists the
   project's own labels: more than one label,
-  or any label when there is no per-region TextArea. Each name is then snapped to the closest
-  label (tag_backend.ls.guided). With a TextArea and a single label (the recommended config),
+  or any label when there is no per-region TextArea. Each region is then labelled with one of
+  them (tag_backend.ls.guided). With a TextArea and a single label (the recommended config),
   every region gets that label and the name lives in the TextArea.
+* ``<Label predicted_values="a, b">`` lists free-form names that map to that label; the
+  control's ``model_score_threshold`` (a probability in [0, 1]) is the guided-mode threshold.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections import OrderedDict
 from label_studio_sdk.label_interface import LabelInterface
 
 from .errors import LabelConfigError, LabelConfigWithoutImage
+from .guided import ProjectLabel
 from .layout import ResultLayout
 
 logger = logging.getLogger(__name__)
@@ -108,6 +111,8 @@ def _parse(config: str) -> ResultLayout:
         label=labels[0] if labels else "object",
         guided_labels=labels if guided else (),
         image_field=value.lstrip("$") or "image",
+        project_labels=tuple(_project_label(primary, label) for label in labels) if guided else (),
+        score_threshold=_score_threshold(primary),
     )
 
 
@@ -118,6 +123,30 @@ def _static_labels(control) -> tuple[str, ...]:
 def _skipped(control) -> bool:
     """``model_skip="true"``: the control belongs to the annotators (Label Studio ML convention)."""
     return str(control.attr.get("model_skip", "")).strip().lower() == "true"
+
+
+def _project_label(control, value: str) -> ProjectLabel:
+    """A label and its ``predicted_values`` synonyms (comma-separated, Label Studio convention)."""
+    tag = control.labels_attrs.get(value)
+    raw = str((tag.attr if tag is not None else {}).get("predicted_values") or "")
+    synonyms = tuple(dict.fromkeys(s.strip() for s in raw.split(",") if s.strip() and s.strip() != value))
+    return ProjectLabel(value, synonyms)
+
+
+def _score_threshold(control) -> float | None:
+    raw = control.attr.get("model_score_threshold")
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise LabelConfigError(
+            f"<{control.tag} name=\"{control.name}\"> model_score_threshold={raw!r}: "
+            "expected a probability between 0 and 1"
+        )
+    return value
 
 
 def _per_region_textarea(controls, image_name: str) -> str | None:

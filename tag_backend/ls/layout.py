@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .guided import ProjectLabel
+
 
 @dataclass(frozen=True)
 class ResultLayout:
@@ -17,6 +19,8 @@ class ResultLayout:
     guided_labels: the project's labels in guided mode (each region's label is chosen among
         them by the serializer's label-choice step).
     image_field: the task data key holding the image URL.
+    project_labels: the guided labels with their ``predicted_values`` synonyms.
+    score_threshold: the control's ``model_score_threshold`` (None: the setting's default).
     """
 
     brush_name: str | None = "tag"
@@ -29,6 +33,8 @@ class ResultLayout:
     polygon_labels: tuple[str, ...] = field(default_factory=tuple)
     rectangle_name: str | None = None
     rectangle_labels: tuple[str, ...] = field(default_factory=tuple)
+    project_labels: tuple[ProjectLabel, ...] = field(default_factory=tuple)
+    score_threshold: float | None = None
 
 
 DEFAULT_LAYOUT = ResultLayout()

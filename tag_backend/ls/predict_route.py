@@ -8,10 +8,10 @@ rest become a background job whose predictions are pushed to Label Studio as the
 
 While the models are not loaded yet (first request after start), they load in the background
 and the request waits for them at most half the budget; if they are still loading, everything
-not stored is queued. Interactive calls (``params.context`` set) are computed directly: Label
-Studio waits for them and they concern one task. A request with more than
-:data:`~.protocol.MAX_TASKS_PER_REQUEST` tasks computes nothing inline: every task not stored is
-queued at once.
+not stored is queued. Interactive calls (``params.context`` set) are answered directly with the
+region(s) the prompt selects (tag_backend.ls.interactive): Label Studio waits for them. A request
+with more than :data:`~.protocol.MAX_TASKS_PER_REQUEST` tasks computes nothing inline: every task
+not stored is queued at once.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def predict_results(services, req: PredictRequest, layout: ResultLayout) -> tupl
 
     ``services``: the process's :class:`tag_backend.services.Services`.
     """
-    if req.context is not None:
+    if req.context is not None:  # a smart-tool prompt: only the region(s) it selects
         knowledge = services.knowledge()
         version = services.version_for(knowledge)
-        return [services.tasks.predict(task, layout, version, knowledge)
+        return [services.interactive.predict(task, layout, req.context, version, knowledge)
                 for task in req.tasks], version
     settings = services.settings
     started = time.monotonic()

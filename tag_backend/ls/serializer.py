@@ -29,23 +29,29 @@ import numpy as np
 
 from ..masks import MaskCleaning, clean_regions
 from ..types import SegmentLabel
-from .guided import LabelSnapper
+from .guided import LabelSnapper, ProjectLabel
 from .layout import DEFAULT_LAYOUT, ResultLayout
 from .rle import mask_to_rle
 from .shape_items import control_label, polygon_values, rectangle_values
 
 logger = logging.getLogger(__name__)
 
-#: Guided mode's label choice: the regions and the project's labels -> one label per region
-#: (None: the region matches no label and is dropped).
-GuidedLabeler = Callable[[Sequence[SegmentLabel], tuple[str, ...]], list[str | None]]
+#: Guided mode's label choice: the regions and the layout -> for each region, its label (None:
+#: drop the region) and its score in that label (None: keep the region's own score).
+GuidedLabeler = Callable[[Sequence[SegmentLabel], ResultLayout], list[tuple[str | None, float | None]]]
 
 
 def snapping_labeler(snapper: LabelSnapper) -> GuidedLabeler:
-    """Guided labels by snapping each region's name to the closest project label (CLIP text)."""
+    """Guided labels (tag_backend.ls.guided): a name or ``predicted_values`` match first, else
+    zero-shot CLIP over the project's labels on the region's image embedding; a zero-shot
+    label's probability becomes the region's score."""
 
-    def choose(regions: Sequence[SegmentLabel], labels: tuple[str, ...]) -> list[str | None]:
-        return [snap.label for snap in snapper.snap([r.name for r in regions], labels)]
+    def choose(regions: Sequence[SegmentLabel], layout: ResultLayout
+               ) -> list[tuple[str | None, float | None]]:
+        labels = layout.project_labels or tuple(ProjectLabel(v) for v in layout.guided_labels)
+        snaps = snapper.snap([r.name for r in regions], [r.embedding for r in regions], labels,
+                             layout.score_threshold)
+        return [(s.label, s.score if s.method == "zero-shot" else None) for s in snaps]
 
     return choose
 
@@ -139,30 +145,34 @@ class Serializer:
         kept = clean_regions([r.mask for r in regions], self.max_regions, self.cleaning)
         chosen = [regions[i] for i, _ in kept]
         placed = []
-        for (_, mask), region, label in zip(kept, chosen, self._labels(chosen, layout)):
+        for (_, mask), region, (label, score) in zip(kept, chosen, self._labels(chosen, layout)):
             if label is None:
-                logger.debug("guided mode: %r matches no project label: region dropped",
-                             region.name)
+                logger.debug("guided mode: %r is below the threshold: region dropped", region.name)
                 continue
             placed.append(PlacedRegion(mask=mask, name=region.name, label=label,
-                                       score=float(region.score)))
+                                       score=float(region.score if score is None else score)))
         return placed
 
-    def _labels(self, regions: Sequence[SegmentLabel], layout: ResultLayout) -> list[str | None]:
+    def _labels(self, regions: Sequence[SegmentLabel], layout: ResultLayout
+                ) -> list[tuple[str | None, float | None]]:
         if layout.guided_labels:
             if self.guided is None:
                 raise ValueError("this labeling config lists its own labels (guided mode), "
                                  "but the serializer has no guided label choice")
-            return self.guided(regions, layout.guided_labels)
+            return self.guided(regions, layout)
         if layout.text_name:
-            return [layout.label] * len(regions)
-        return [r.name for r in regions]  # no TextArea, no static labels: the name is the label
+            return [(layout.label, None)] * len(regions)
+        # No TextArea, no static labels: the name is the label.
+        return [(r.name, None) for r in regions]
 
     def item(self, regions: Sequence[SegmentLabel], width: int, height: int,
-             layout: ResultLayout, model_version: str) -> dict:
+             layout: ResultLayout, model_version: str, label: str | None = None) -> dict:
         """One ``/predict`` result item / task prediction: ``{"result", "score",
-        "model_version"}``. Masks must be (height, width) booleans at the original size."""
+        "model_version"}``. Masks must be (height, width) booleans at the original size.
+        ``label``: every region gets this label (the label an annotator chose on a smart tool)."""
         placed = self.place(regions, layout)
+        if label is not None:
+            placed = [PlacedRegion(p.mask, p.name, label, p.score) for p in placed]
         result: list[dict] = []
         for region in placed:
             result.extend(region_items(region, width, height, layout,

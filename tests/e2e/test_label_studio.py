@@ -210,3 +210,32 @@ def _screenshot(stack, project: int, task_id: int, name: str) -> None:
         docs = Path(__file__).resolve().parents[2] / "docs" / "img"
         docs.mkdir(parents=True, exist_ok=True)
         shutil.copy(ARTIFACTS / name, docs / name)
+
+
+def test_interactive_click_through_label_studio(stack):
+    """A smart-tool click sent through Label Studio's own interactive API
+    (``POST /api/ml/<id>/interactive-annotating``, what the labeling UI calls): Label Studio
+    forwards the context to ``/predict`` and hands back ``results[0]``."""
+    from tag_backend.ls import interactive_label_config
+
+    project = _api(stack, "POST", "/api/projects",
+                   json={"title": "TAG interactive", "label_config": interactive_label_config()})["id"]
+    _upload(stack, project, _images(stack["root"])[1])
+    ml = _api(stack, "POST", "/api/ml", json={"url": stack["backend"], "project": project,
+                                               "title": "TAG", "is_interactive": True})
+    (task,) = _tasks(stack, project)
+    x, y = 80, 115  # inside the disc of flat_shapes(160)
+    click = {"original_width": 160, "original_height": 160, "image_rotation": 0,
+             "value": {"x": 100 * x / 160, "y": 100 * y / 160, "width": 0.6,
+                       "keypointlabels": ["object"]},
+             "is_positive": True, "id": "clk0000001", "from_name": "click", "to_name": "image",
+             "type": "keypointlabels", "origin": "manual"}
+    answer = _api(stack, "POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                  json={"task": task["id"], "context": {"result": [click]}})
+    assert "errors" not in answer, answer
+    items = answer["data"]["result"]
+    (brush,) = [i for i in items if i["type"] == "brushlabels"]
+    (text,) = [i for i in items if i["type"] == "textarea"]
+    assert brush["id"] == text["id"] and text["value"]["text"][0]
+    mask = decode_rle(brush["value"]["rle"]).reshape(160, 160, 4)[:, :, 3] > 0
+    assert mask[y, x]

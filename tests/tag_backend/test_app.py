@@ -130,7 +130,7 @@ def test_guided_mode_snaps_to_project_labels(tiny_services_session, tmp_path, im
     )
     task = {"id": 1, "data": {"photo": str(images / "s2.png")}}
     loose = make_app(
-        tiny_services_session, tmp_path / "a", images, guided_threshold=-1.0
+        tiny_services_session, tmp_path / "a", images, guided_threshold=0.0
     ).test_client()
     items = loose.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][
         0
@@ -138,7 +138,7 @@ def test_guided_mode_snaps_to_project_labels(tiny_services_session, tmp_path, im
     assert items and all(i["value"]["brushlabels"][0] in ("cat", "dog", "thing") for i in items)
     assert all(i["from_name"] == "b" and i["to_name"] == "img" for i in items)
     strict = make_app(
-        tiny_services_session, tmp_path / "b", images, guided_threshold=1.0
+        tiny_services_session, tmp_path / "b", images, guided_threshold=1.0, guided_below="drop"
     ).test_client()
     assert (
         strict.post("/predict", json={"tasks": [task], "label_config": config}).json["results"][0][
@@ -153,6 +153,13 @@ def test_guided_mode_snaps_to_project_labels(tiny_services_session, tmp_path, im
         "results"
     ][0]["result"]
     assert items and {i["value"]["brushlabels"][0] for i in items} == {"thing"}
+    kept = make_app(
+        tiny_services_session, tmp_path / "d", images, guided_threshold=1.0
+    ).test_client()
+    items = kept.post("/predict", json={"tasks": [task], "label_config": config}).json[
+        "results"
+    ][0]["result"]
+    assert items and not {i["value"]["brushlabels"][0] for i in items} & {"cat", "dog", "thing"}
 
 
 def _basic(user, pw):

@@ -9,7 +9,6 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from tag_backend.ls.controls import parse_label_config
 from tag_backend.ls.errors import LabelConfigError
-from tag_backend.ls.guided import LabelSnapper
 from tag_backend.ls.layout import DEFAULT_LAYOUT
 from tag_backend.ls.serializer import Serializer
 from tag_backend.masks import MaskCleaning, clean_mask, clean_regions
@@ -82,22 +81,6 @@ def test_parse_config_modes_and_errors():
     ]:
         with pytest.raises(LabelConfigError, match=reason):
             parse_label_config(bad)
-
-
-def test_guided_snapping_with_real_clip(tiny_services_session):
-    clip = tiny_services_session.models.clip
-    snapper = LabelSnapper(clip.encode_text, threshold=0.999, fallback="other")
-    snaps = snapper.snap(["Cat", "cat", "a thing"], ("cat", "dog", "other"))
-    assert snaps[0].label == "cat" and snaps[1].label == "cat"
-    assert snaps[2].label in ("cat", "dog", "other")
-    strict = LabelSnapper(clip.encode_text, threshold=1.0, fallback=None)
-    assert strict.snap(["zebra crossing"], ("cat", "dog"))[0].label is None
-    loose = LabelSnapper(clip.encode_text, threshold=-1.0, fallback=None)
-    sims = clip.encode_text(["zebra crossing"]) @ clip.encode_text(["cat", "dog"]).T
-    assert (
-        loose.snap(["zebra crossing"], ("cat", "dog"))[0].label
-        == ("cat", "dog")[int(sims.argmax())]
-    )
 
 
 def _regions(h=100, w=120):

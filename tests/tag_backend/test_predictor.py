@@ -27,22 +27,21 @@ def services(tiny_services_session, tmp_path):
 
 @pytest.fixture()
 def forwards(monkeypatch):
-    """Counts the DINOv2 and dense-CLIP forwards the pipeline runs (images per forward)."""
-    from tag_backend import pipeline as pipeline_module
+    """Counts the DINOv2 and dense-CLIP forwards the pipeline runs (images per forward), on
+    whichever inference backend the settings select."""
+    from tag_backend.inference.forwards import CompiledForwards, TorchForwards
 
     counts = {"dino": 0, "clip": 0}
-    dino, clip = pipeline_module.dino_patch_features, pipeline_module.dense_clip_features
 
-    def count_dino(model, pixels, *args, **kwargs):
-        counts["dino"] += int(pixels.shape[0])
-        return dino(model, pixels, *args, **kwargs)
+    def counting(method, key):
+        def wrapper(self, pixels, *args, **kwargs):
+            counts[key] += int(pixels.shape[0])
+            return method(self, pixels, *args, **kwargs)
+        return wrapper
 
-    def count_clip(visual, pixels, *args, **kwargs):
-        counts["clip"] += int(pixels.shape[0])
-        return clip(visual, pixels, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline_module, "dino_patch_features", count_dino)
-    monkeypatch.setattr(pipeline_module, "dense_clip_features", count_clip)
+    for cls in (TorchForwards, CompiledForwards):
+        monkeypatch.setattr(cls, "dino", counting(cls.dino, "dino"))
+        monkeypatch.setattr(cls, "dense", counting(cls.dense, "clip"))
     return counts
 
 
