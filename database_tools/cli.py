@@ -197,9 +197,11 @@ def stats(app: AppContext, top: int) -> None:
         click.echo(f"  {created[:19]} {kind:<8} {text}")
 
 
+from .cli_learning import register as register_learning
 from .cli_more import register
 
 register(cli, pass_app, handle_errors)
+register_learning(cli, pass_app, handle_errors)
 
 
 def main() -> None:

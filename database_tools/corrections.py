@@ -3,6 +3,17 @@
 Every annotation's contribution is recorded per region (``annotation_effects``) so that
 replays add nothing, an UPDATED annotation replaces its previous contribution, and a deleted
 annotation is undone exactly. Everything for one annotation happens in one transaction.
+
+A region is resolved to the concept id it was predicted as (:mod:`.prediction_log`), so an
+accepted shown name ("bat" for "bat (animal)") supports that concept instead of creating a
+second one. What is learnt depends on what the annotator did (docs/learning.md):
+
+* name **accepted unchanged**: the concept's support grows; no exemplar (the engine already
+  names that region so; an exemplar would only widen its own reach and reinforce itself);
+* name **changed** or region **drawn by hand**: the name (a new concept if needed), an alias
+  from the predicted name, a concept change on the predicted concept, and a candidate visual
+  exemplar (bounded per concept and in total: :mod:`.exemplar_index`);
+* the placeholder label (``object``) and empty names are never learnt.
 """
 from __future__ import annotations
 
@@ -18,10 +29,12 @@ from sqlalchemy import delete, select, update
 from tqdm.auto import tqdm
 
 from .errors import ImportFormatError
+from .exemplar_index import ExemplarLimits, learn_exemplar, retire_exemplar
 from .ls_results import Region, regions
 from .normalize import display_text, normalize_text
-from .schema import Alias, Annotation, AnnotationEffect, Entry, Exemplar, utcnow
-from .sql import add_support, entry_ids, insert_exemplar, insert_for, set_status, upsert_entries
+from .prediction_log import RegionConcept, note_concept_change, region_concepts
+from .schema import Alias, Annotation, AnnotationEffect, Entry, utcnow
+from .sql import add_support, entry_ids, insert_for, set_status, upsert_entries
 from .store import Store
 from .txn import Txn
 
@@ -32,6 +45,9 @@ EmbedRegion = Callable[[Mapping[str, Any]], "np.ndarray | None"]
 #: anything longer is pasted text or abuse, and would be embedded, indexed and shown forever.
 MAX_NAME_CHARS = 200
 DELETE_ACTIONS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
+#: Brush labels that only mark "a region" in open mode (the name is in the TextArea): a region
+#: left with just this label has no name to learn.
+PLACEHOLDER_LABELS = ("object",)
 RECORD_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 
 
@@ -49,11 +65,12 @@ class CorrectionReport:
     new_concepts: list[str] = field(default_factory=list)
     aliases: list[tuple[str, str]] = field(default_factory=list)
     exemplars: int = 0
+    accepted: int = 0
 
     def merge(self, other: CorrectionReport) -> None:
         """Add ``other``'s counts to this report."""
         for name in ("recorded", "replaced", "duplicates", "deleted", "ignored", "regions",
-                     "refused_names", "exemplars"):
+                     "refused_names", "exemplars", "accepted"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.new_concepts += other.new_concepts
         self.aliases += other.aliases
@@ -63,7 +80,8 @@ class CorrectionReport:
         return (
             f"{self.recorded} annotations recorded ({self.replaced} replaced earlier versions), "
             f"{self.duplicates} duplicates, {self.deleted} deleted, {self.ignored} ignored; "
-            f"{self.regions} regions, {len(self.new_concepts)} new concepts, "
+            f"{self.regions} regions ({self.accepted} accepted unchanged), "
+            f"{len(self.new_concepts)} new concepts, "
             f"{len(self.aliases)} aliases, {self.exemplars} exemplars"
             + (f", {self.refused_names} names refused (longer than {MAX_NAME_CHARS} characters)"
                if self.refused_names else "")
@@ -71,10 +89,23 @@ class CorrectionReport:
 
 
 @dataclass(frozen=True)
+class Learning:
+    """How annotations are learnt: exemplar limits and the placeholder labels never learnt."""
+
+    limits: ExemplarLimits = ExemplarLimits()
+    placeholders: tuple[str, ...] = PLACEHOLDER_LABELS
+
+    def learnable(self, name: str | None) -> bool:
+        norm = normalize_text(name or "")
+        return bool(norm) and norm not in {normalize_text(p) for p in self.placeholders}
+
+
+@dataclass(frozen=True)
 class _Context:
     project: str
     task: str
     prediction: list[Mapping[str, Any]] | None
+    learning: Learning = Learning()
 
 
 def _id(value: Any) -> str:
@@ -113,6 +144,7 @@ def record_annotation(
     embed_region: EmbedRegion | None = None,
     encoder_id: str | None = None,
     new_concept_status: str = "active",
+    learning: Learning = Learning(),
 ) -> CorrectionReport:
     """Record a webhook payload, an export task (with ``annotations``) or a bare annotation.
 
@@ -121,6 +153,7 @@ def record_annotation(
     :param embed_region: ``f(region result item) -> embedding | None`` for visual exemplars.
     :param encoder_id: the image encoder of ``embed_region`` (default ``embed_region.encoder_id``).
     :param new_concept_status: status of names never seen before (``active`` or ``pending``).
+    :param learning: exemplar limits and placeholder labels.
     """
     if new_concept_status not in ("active", "pending"):
         raise ValueError("new_concept_status must be 'active' or 'pending'")
@@ -135,7 +168,7 @@ def record_annotation(
     if action in DELETE_ACTIONS:
         items = annotation.get("annotations") or [annotation.get("annotation") or {}]
         for item in items:
-            report.merge(delete_annotation(store, _id(item)))
+            report.merge(delete_annotation(store, _id(item), learning))
         return report
     if action and action not in RECORD_ACTIONS:
         report.ignored += 1
@@ -147,6 +180,7 @@ def record_annotation(
             project=project or _id(ann.get("project")) or _id((task or {}).get("project")),
             task=_id(ann.get("task")) or _id(task),
             prediction=_prediction_result(prediction, task, ann),
+            learning=learning,
         )
         report.merge(_record_one(store, ann, ctx, embed_region, encoder_id, new_concept_status))
     return report
@@ -175,22 +209,23 @@ def _record_one(
         report.duplicates += 1
         return report
     found = [] if ann.get("was_cancelled") else list(regions(ann.get("result")).values())
-    predicted = regions(ctx.prediction) if ctx.prediction else {}
-    vectors = _embed(found, embed_region)  # slow work outside the transaction
+    found = [r for r in found if ctx.learning.learnable(r.name)]
+    predicted = _predicted(store, ctx, found)
+    changed = [r for r in found if _changed(r, predicted.get(r.region_id))]
+    vectors = _embed(changed, embed_region)  # slow work outside the transaction
     with store.write() as txn:
         row = _lock_annotation(txn, ann_id, ctx, ann)
         if row.deleted or (row.updated_at and not _newer(updated_at, row.updated_at)):
             report.duplicates += 1
             return report
         if row.updated_at:
-            _undo(txn, row.id)
+            _undo(txn, row.id, ctx.learning)
             report.replaced += 1
         row.updated_at = updated_at or "-"
         provenance = {"source": "labelstudio", "project": ctx.project, "task": ctx.task,
                       "annotation": ann_id, "annotator": row.annotator}
         for region in found:
-            pred = predicted.get(region.region_id)
-            _apply_region(txn, row.id, region, pred.name if pred else None, vectors, ctx,
+            _apply_region(txn, row.id, region, predicted.get(region.region_id), vectors, ctx,
                           encoder_id, provenance, status, report)
         report.recorded += 1
     return report
@@ -203,6 +238,22 @@ def _already_recorded(store: Store, ann_id: str, updated_at: str) -> bool:
             .where(Annotation.ls_key == f"ls-annotation:{ann_id}")
         ).first()
     return row is not None and (bool(row[0]) or (bool(row[1]) and not _newer(updated_at, row[1])))
+
+
+def _predicted(store: Store, ctx: _Context, found: list[Region]) -> dict[str, RegionConcept]:
+    """What each region was predicted as: the served prediction's concept id when this backend
+    recorded it, else the name in the payload's prediction (no id)."""
+    named = {rid: RegionConcept(rid, None, r.name or "")
+             for rid, r in (regions(ctx.prediction) if ctx.prediction else {}).items()}
+    if found:
+        with store.read() as session:
+            named.update(region_concepts(session, [r.region_id for r in found]))
+    return named
+
+
+def _changed(region: Region, predicted: RegionConcept | None) -> bool:
+    """Drawn by hand (not predicted) or renamed by the annotator."""
+    return predicted is None or normalize_text(region.name or "") != normalize_text(predicted.name)
 
 
 def _embed(found: list[Region], embed_region: EmbedRegion | None) -> dict[str, np.ndarray]:
@@ -232,7 +283,7 @@ def _lock_annotation(txn: Txn, ann_id: str, ctx: _Context, ann: Mapping) -> Anno
 
 
 def _apply_region(
-    txn: Txn, annotation_row: int, region: Region, predicted: str | None,
+    txn: Txn, annotation_row: int, region: Region, predicted: RegionConcept | None,
     vectors: dict[str, np.ndarray], ctx: _Context, encoder_id: str | None,
     provenance: dict[str, Any], status: str, report: CorrectionReport,
 ) -> None:
@@ -245,6 +296,14 @@ def _apply_region(
         report.refused_names += 1
         return
     report.regions += 1
+    if not _changed(region, predicted) and predicted.entry_id is not None \
+            and txn.session.get(Entry, predicted.entry_id) is not None:
+        # accepted unchanged: support for the very concept shown (never a same-name shadow)
+        add_support(txn, predicted.entry_id, +1)
+        report.accepted += 1
+        txn.session.add(AnnotationEffect(annotation_id=annotation_row,
+                                         entry_id=predicted.entry_id, created_entry=False))
+        return
     norm = normalize_text(region.name)
     existed = entry_ids(txn.session, "concept", [norm])
     ids = upsert_entries(
@@ -254,20 +313,23 @@ def _apply_region(
     entry_id = ids[norm]
     if not existed:
         report.new_concepts.append(norm)
-    alias_id = None
-    if predicted and normalize_text(predicted) and normalize_text(predicted) != norm:
-        alias_id = _bump_alias(txn, predicted, entry_id, +1)
-        report.aliases.append((normalize_text(predicted), norm))
+    alias_id = predicted_entry = None
+    if predicted is not None and _changed(region, predicted) and normalize_text(predicted.name):
+        alias_id = _bump_alias(txn, predicted.name, entry_id, +1)
+        report.aliases.append((normalize_text(predicted.name), norm))
+        if predicted.entry_id is not None and predicted.entry_id != entry_id:
+            predicted_entry = predicted.entry_id
+            note_concept_change(txn, predicted_entry, "corrected")
     exemplar_id = None
     if region.region_id in vectors and encoder_id:
-        exemplar_id = insert_exemplar(
+        exemplar_id = learn_exemplar(
             txn, encoder_id, entry_id, vectors[region.region_id],
-            {**provenance, "region": region.region_id},
+            {**provenance, "region": region.region_id}, ctx.learning.limits,
         )
-        report.exemplars += 1
+        report.exemplars += exemplar_id is not None
     txn.session.add(AnnotationEffect(
         annotation_id=annotation_row, entry_id=entry_id, alias_id=alias_id,
-        exemplar_id=exemplar_id, created_entry=not existed,
+        exemplar_id=exemplar_id, created_entry=not existed, predicted_entry_id=predicted_entry,
     ))
 
 
@@ -289,7 +351,7 @@ def _bump_alias(txn: Txn, text: str, entry_id: int, delta: int) -> int:
     ))
 
 
-def _undo(txn: Txn, annotation_row: int) -> None:
+def _undo(txn: Txn, annotation_row: int, learning: Learning = Learning()) -> None:
     """Reverse every recorded effect of one annotation."""
     effects = txn.session.scalars(
         select(AnnotationEffect).where(AnnotationEffect.annotation_id == annotation_row)
@@ -302,7 +364,9 @@ def _undo(txn: Txn, annotation_row: int) -> None:
             )
             txn.session.execute(delete(Alias).where(Alias.id == effect.alias_id, Alias.count <= 0))
         if effect.exemplar_id is not None:
-            txn.session.execute(delete(Exemplar).where(Exemplar.id == effect.exemplar_id))
+            retire_exemplar(txn, effect.exemplar_id, learning.limits.per_concept)
+        if effect.predicted_entry_id is not None:
+            note_concept_change(txn, effect.predicted_entry_id, "correction undone")
         entry = txn.session.get(Entry, effect.entry_id)
         txn.session.refresh(entry)
         if (entry.support <= 0 and entry.source.startswith("labelstudio:")
@@ -313,7 +377,8 @@ def _undo(txn: Txn, annotation_row: int) -> None:
     )
 
 
-def delete_annotation(store: Store, annotation_id: str) -> CorrectionReport:
+def delete_annotation(store: Store, annotation_id: str,
+                      learning: Learning = Learning()) -> CorrectionReport:
     """Undo everything annotation ``annotation_id`` contributed (idempotent)."""
     report = CorrectionReport()
     if not annotation_id:
@@ -325,7 +390,7 @@ def delete_annotation(store: Store, annotation_id: str) -> CorrectionReport:
         if row.deleted:
             report.duplicates += 1
             return report
-        _undo(txn, row.id)
+        _undo(txn, row.id, learning)
         row.deleted = True
         report.deleted += 1
     return report

@@ -30,6 +30,7 @@ from .index_files import (
     load_excluded,
     read_entries,
 )
+from .index_filter import search_without
 from .index_policy import apply_search_params
 
 logger = logging.getLogger(__name__)
@@ -168,22 +169,26 @@ class ConceptIndex:
                     manifest.factory)
         return cls(path, manifest, index, entries, load_excluded(path / EXCLUDED_FILE))
 
-    def search(self, queries: np.ndarray, k: int,
-               return_vectors: bool = False) -> list[list[SearchHit]]:
+    def search(self, queries: np.ndarray, k: int, return_vectors: bool = False,
+               exclude: np.ndarray | None = None) -> list[list[SearchHit]]:
         """Top-``k`` entries per query row, best first (fewer if the index is smaller).
 
         :param queries: ``(n, dim)`` float32 embeddings of the same encoder; rows are
             L2-normalised here (a copy), so scores are cosines.
         :param return_vectors: attach each hit's stored vector (exact for flat indexes, 8-bit
             decoded for SQ8) — used for TAG's near-duplicate grouping.
+        :param exclude: entry ids to skip (besides the version's own exclusion list); skipped
+            during the scan (faiss ``IDSelector``), so excluding costs no extra results.
         """
         queries = self._check_queries(queries, k)
         if len(queries) == 0 or self.index.ntotal == 0:
             return [[] for _ in range(len(queries))]
-        fetch = int(min(self.index.ntotal, k + len(self._excluded)))
+        excluded = self._excluded if exclude is None or len(exclude) == 0 else \
+            np.union1d(self._excluded, np.asarray(exclude, dtype=np.int64))
         with _threads_for(len(queries)):
-            scores, ids = self.index.search(queries, fetch)
-        keep = (ids >= 0) & ~np.isin(ids, self._excluded)
+            scores, ids = search_without(self.index, queries, int(min(self.index.ntotal, k)),
+                                         excluded)
+        keep = ids >= 0
         per_query = [(ids[i][keep[i]][:k], scores[i][keep[i]][:k]) for i in range(len(ids))]
         flat_ids = np.concatenate([row_ids for row_ids, _ in per_query]).astype(np.int64)
         texts, kinds = self._lookup(flat_ids)

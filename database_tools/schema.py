@@ -83,10 +83,20 @@ class Alias(Base):
 
 
 class Exemplar(Base):
-    """A region embedding an annotator named: the visual memory of a concept."""
+    """A region embedding an annotator named: the visual memory of a concept.
+
+    Rows are never deleted by the correction loop: an undone or evicted exemplar stops being
+    ``served`` and ``served_seq`` records when (the store sequence number), so every process
+    updates its in-memory exemplar index incrementally (:mod:`database_tools.exemplar_index`).
+    ``removed`` marks candidates whose annotation was undone (no longer eligible at all).
+    """
 
     __tablename__ = "exemplars"
-    __table_args__ = (Index("ix_exemplars_encoder", "encoder_id"),)
+    __table_args__ = (
+        Index("ix_exemplars_encoder", "encoder_id"),
+        Index("ix_exemplars_served_seq", "served_seq"),
+        Index("ix_exemplars_entry", "entry_id"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     encoder_id: Mapped[str] = mapped_column(String(255), nullable=False)
     entry_id: Mapped[int] = mapped_column(
@@ -96,6 +106,9 @@ class Exemplar(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     provenance: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    served: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    removed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    served_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
 class TextEmbedding(Base):
@@ -156,6 +169,9 @@ class AnnotationEffect(Base):
         ForeignKey("exemplars.id", ondelete="SET NULL"), nullable=True
     )
     created_entry: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    #: the concept the region was predicted as, when the annotator changed it (undo notes a
+    #: concept change on it again, so ``prelabel --refresh`` sees both directions)
+    predicted_entry_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class IndexVersion(Base):
@@ -171,3 +187,70 @@ class IndexVersion(Base):
     count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     manifest: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KnowledgeRelease(Base):
+    """A knowledge release ``r<number>``: the part of ``model_version`` learning changes.
+
+    ``db_seq`` is the store sequence number the release names; ``number`` is unique, so two
+    processes cutting a release at once cannot both publish the same number.
+    """
+
+    __tablename__ = "knowledge_releases"
+    __table_args__ = (UniqueConstraint("number", name="uq_knowledge_releases_number"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    db_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    note: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    source: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ServedPrediction(Base):
+    """A prediction the backend returned for a Label Studio task, with the knowledge it used.
+
+    ``knowledge_seq`` is the store sequence number the serving process had loaded; together
+    with :class:`PredictedRegion` it lets corrections resolve region ids to concept ids and
+    ``prelabel --refresh`` find the predictions later knowledge can change.
+    """
+
+    __tablename__ = "served_predictions"
+    __table_args__ = (Index("ix_served_predictions_task", "project", "task"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    task: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    model_version: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    knowledge_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PredictedRegion(Base):
+    """One region of a served prediction: its Label Studio region id and concept id."""
+
+    __tablename__ = "predicted_regions"
+    __table_args__ = (
+        Index("ix_predicted_regions_region", "region_id"),
+        Index("ix_predicted_regions_entry", "entry_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(
+        ForeignKey("served_predictions.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    region_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    entry_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+class ConceptChange(Base):
+    """Knowledge about a concept changed at ``seq`` (e.g. a region predicted as it was renamed).
+
+    Text and status changes are already visible in ``entries.updated_seq``; this table records
+    what is not: corrections away from the concept and their undo.
+    """
+
+    __tablename__ = "concept_changes"
+    __table_args__ = (Index("ix_concept_changes_entry_seq", "entry_id", "seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    entry_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reason: Mapped[str] = mapped_column(String(32), nullable=False, default="")

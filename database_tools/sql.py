@@ -121,10 +121,10 @@ def insert_exemplar(
 ) -> int:
     """Add one exemplar row for ``entry_id``; returns its id."""
     blob, dim = vector_bytes(embedding)
-    txn.seq()
     row = Exemplar(
         encoder_id=encoder_id, entry_id=entry_id, dim=dim, vector=blob,
         provenance=json.dumps(dict(provenance), sort_keys=True, default=str), created_at=utcnow(),
+        served=True, removed=False, served_seq=txn.seq(),
     )
     txn.session.add(row)
     txn.session.flush()

@@ -264,12 +264,13 @@ class Store:
 
     # -- exemplars ------------------------------------------------------------------------
     def load_exemplars(self, encoder_id: str) -> tuple[list[str], np.ndarray]:
-        """Names and ``(n, dim)`` float32 embeddings of active concepts' exemplars."""
+        """Names and ``(n, dim)`` float32 embeddings of active concepts' served exemplars."""
         with self.read() as session:
             rows = session.execute(
                 select(Entry.text, Exemplar.dim, Exemplar.vector)
                 .join(Entry, Entry.id == Exemplar.entry_id)
-                .where(Exemplar.encoder_id == encoder_id, Entry.status == "active")
+                .where(Exemplar.encoder_id == encoder_id, Entry.status == "active",
+                       Exemplar.served.is_(True))
                 .order_by(Exemplar.id)
             ).all()
         if not rows:
@@ -280,19 +281,19 @@ class Store:
         vectors = np.stack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
         return [r[0] for r in rows], vectors.astype(np.float32, copy=False)
 
-    def load_aliases(self, min_count: int = 1) -> dict[str, tuple[str, int]]:
-        """Predicted-name (normalised) -> (corrected active concept, count), the most frequent
-        correction per predicted name, only those corrected at least ``min_count`` times."""
+    def load_aliases(self, min_count: int = 1) -> dict[str, tuple[str, int, int]]:
+        """Predicted-name (normalised) -> (corrected active concept, count, its entry id), the
+        most frequent correction per predicted name, only those corrected ``min_count`` times."""
         with self.read() as session:
             rows = session.execute(
-                select(Alias.norm, Entry.text, Alias.count)
+                select(Alias.norm, Entry.text, Alias.count, Entry.id)
                 .join(Entry, Entry.id == Alias.entry_id)
                 .where(Entry.status == "active", Alias.count >= min_count)
                 .order_by(Alias.count.desc(), Alias.id)
             ).all()
-        aliases: dict[str, tuple[str, int]] = {}
-        for norm, text, count in rows:
-            aliases.setdefault(norm, (text, int(count)))
+        aliases: dict[str, tuple[str, int, int]] = {}
+        for norm, text, count, entry_id in rows:
+            aliases.setdefault(norm, (text, int(count), int(entry_id)))
         return aliases
 
     # -- index versions -------------------------------------------------------------------

@@ -248,7 +248,18 @@ def _register_routes(app: Flask, backend: Backend) -> None:
 
     @app.get("/versions")
     def versions():
-        return jsonify({"versions": [backend.model_version()], "message": ""})
+        """Every knowledge release as a model_version, newest first (Label Studio's version
+        picker); the current one alone when the database is unreachable."""
+        try:
+            from database_tools.releases import list_releases
+
+            # r0 is the knowledge before the first release: predictions may carry it too
+            numbers = [r.number for r in list_releases(backend.services.store)] + [0]
+            found = [backend.services.release_version(n) for n in numbers]
+        except Exception as exc:  # noqa: BLE001 - a listing must not fail the page
+            logger.warning("cannot list knowledge releases: %s", str(exc).splitlines()[0][:200])
+            found = [backend.model_version()]
+        return jsonify({"versions": found, "message": ""})
 
 
 def app_backend(app: Flask) -> Any:

@@ -51,6 +51,14 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected true/false, got {value!r}")
 
 
+def _release_policy(value: str) -> str:
+    """A valid ``TAG_RELEASE_POLICY`` (parsed by ``database_tools.releases``), normalised."""
+    from database_tools.releases import ReleasePolicy
+
+    policy = ReleasePolicy.parse(value)
+    return policy.kind if policy.kind == "manual" else f"{policy.kind}:{policy.value}"
+
+
 def _probability(value: str) -> float:
     v = float(value)
     if not 0.0 <= v <= 1.0:
@@ -114,6 +122,9 @@ class Settings:
     default_vocabulary: str | None = None
     exemplar_threshold: float = 0.90
     alias_min_count: int = 3
+    exemplars_per_concept: int = 32
+    exemplars_total: int = 200_000
+    release_policy: str = "manual"
     # Label Studio backend
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
@@ -189,6 +200,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_NEW_CONCEPT_STATUS", "new_concept_status", "Status of concepts first seen in a correction: `active` or `pending`."),
     EnvVar("TAG_EXEMPLAR_THRESHOLD", "exemplar_threshold", "Cosine above which a segment takes the name of a corrected exemplar.", float),
     EnvVar("TAG_ALIAS_MIN_COUNT", "alias_min_count", "Corrections of a predicted name to the same new name before every later prediction of it is renamed.", int),
+    EnvVar("TAG_EXEMPLARS_PER_CONCEPT", "exemplars_per_concept", "Most exemplars served per concept (a diverse subset, k-center, of its corrected regions).", int),
+    EnvVar("TAG_EXEMPLARS_TOTAL", "exemplars_total", "Most exemplar candidates stored per encoder; at the cap new corrected regions add no exemplar.", int),
+    EnvVar("TAG_RELEASE_POLICY", "release_policy", "When a knowledge release (the `r<N>` of model_version) is cut: `manual` (tag-db release, Start Training), `corrections:N` or `minutes:T`.", _release_policy),
     EnvVar("LABEL_STUDIO_URL", "label_studio_url", "Label Studio base URL the backend fetches images from and pushes predictions to."),
     EnvVar("LABEL_STUDIO_API_KEY", "label_studio_api_key", "Label Studio personal access token or legacy token.", str, True),
     EnvVar("TAG_BACKEND_URL", "backend_url", "Address at which Label Studio reaches this backend (`tag-backend ls-connect` connects it there)."),

@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .exemplars import AliasMap, ExemplarMemory
+from .exemplars import AliasMap, ExemplarIndex, empty_exemplars
 from .image_io import DEFAULT_MAX_PIXELS, open_image
 from .inference.forwards import BackboneForwards, TorchForwards
 from .knowledge import Knowledge
 from .models import LoadedClip, LoadedDino
 from .stages import crf as crf_stage
 from .stages.kmeans import kmeans
-from .stages.naming import SegmentNames, name_segments
+from .stages.confidence import combine, exemplar_probability, retrieval_probability
+from .stages.naming import FALLBACK_NAME, SegmentNames, display_name, name_segments
 from .stages.pooling import mask_weights, pool_segments
 from .stages.preprocess import prepare_image
 from .stages.segments import (
@@ -48,8 +49,8 @@ class TagPipeline:
       index: the concept index (``database_tools.index.ConceptIndex``): ``search(q, k, return_vectors)``.
       text_encoder: ``TextEncoder`` for words extracted from captions; defaults to the CLIP text
         tower. Concept entries are scored with the vectors the index returns for them.
-      exemplars: corrected-region memory; a segment within ``exemplar_threshold`` cosine of an
-        exemplar takes its name.
+      exemplars: corrected-region memory (an ``ExemplarIndex``); a segment within
+        ``exemplar_threshold`` cosine of an exemplar takes its concept.
       aliases: names annotators repeatedly corrected (predicted -> wanted); applied to the best
         retrieved name when no exemplar matched.
       image_size (448): model input side in pixels; cost grows with its square.
@@ -71,7 +72,8 @@ class TagPipeline:
       top_k_captions (10), dedup_threshold (0.94), min_word_count (2), pos_filter (True):
         retrieval and TAG's word extraction.
       max_alternatives (5): alternative names kept per region.
-      merge_same_name (True; paper False): segments with the same name become one region.
+      merge_same_name (True; paper False): segments with the same concept (id, or text for
+        caption words) become one region; homonyms shown with the same name stay apart.
       exemplar_threshold (0.90): cosine needed to take a corrected exemplar's name.
       max_image_pixels: decompression-bomb guard for decoded images.
       refiner: optional SAM 2 boundary refinement (:class:`~.stages.sam_refine.SamRefiner`);
@@ -80,7 +82,7 @@ class TagPipeline:
 
     def __init__(self, dino: LoadedDino, clip: LoadedClip, index, *,
                  forwards: BackboneForwards | None = None, text_encoder=None,
-                 exemplars: ExemplarMemory | None = None, aliases: AliasMap | None = None,
+                 exemplars: ExemplarIndex | None = None, aliases: AliasMap | None = None,
                  image_size: int = 448,
                  resize_mode: str = "squash", n_segments: int = 15, kmeans_init: str = "k-means++",
                  kmeans_restarts: int = 8, kmeans_max_iter: int = 100, kmeans_tol: float = 1e-4,
@@ -101,9 +103,13 @@ class TagPipeline:
         self.dino, self.clip = dino, clip
         self.forwards = forwards or TorchForwards(dino, clip)
         self.text_encoder = text_encoder or clip.text_encoder()
+        # CLIP's learned softmax temperature: turns name cosines into zero-shot probabilities
+        scale = getattr(clip.model, "logit_scale", None)
+        self.logit_scale = float(scale.detach().exp()) if scale is not None else 100.0
         # The default snapshot; callers that refresh knowledge pass theirs to each call instead
         # of changing this one under threads that may be using it.
-        self.knowledge = Knowledge(index, exemplars or ExemplarMemory(), aliases or AliasMap())
+        self.knowledge = Knowledge(index, exemplars if exemplars is not None else empty_exemplars(),
+                                   aliases or AliasMap())
         self.image_size, self.resize_mode, self.n_segments = image_size, resize_mode, n_segments
         self.kmeans_kwargs = dict(n_init=kmeans_restarts, max_iter=kmeans_max_iter, tol=kmeans_tol,
                                   init=kmeans_init, seed=seed, convergence=kmeans_convergence)
@@ -299,31 +305,48 @@ class TagPipeline:
         return self.refiner.embed(prep.rgb) if self.refiner is not None else None
 
     def _name(self, embeddings: np.ndarray, knowledge: Knowledge) -> list[SegmentNames]:
+        """Candidates per segment, best first; ``confidence`` holds the calibrated probability
+        of the first (see :mod:`tag_backend.stages.confidence`)."""
         names = name_segments(embeddings, knowledge.index, self.text_encoder, **self.naming_kwargs)
         for seg, match in zip(names, knowledge.exemplars.match(embeddings, self.exemplar_threshold)):
             if match is not None:
-                name, score = match
-                rest = [c for c in seg.candidates if c.name != name]
-                seg.candidates = [NameCandidate(name, score)] + rest
-                seg.sources = ["exemplar:" + name] + seg.sources
+                shown = display_name(match.name)
+                same = [c for c in seg.candidates if c.identity == match.entry_id]
+                rest = [c for c in seg.candidates if c.identity != match.entry_id]
+                cosine = same[0].score if same else 0.0
+                evidence = [exemplar_probability(match.score)]
+                if same:
+                    evidence.append(self._retrieval_probability(seg, seg.candidates.index(same[0])))
+                seg.candidates = [NameCandidate(shown, cosine, match.entry_id, match.name)] + rest
+                seg.confidence = combine(*evidence)
+                seg.sources = ["exemplar:" + match.name] + seg.sources
                 continue
             best = seg.candidates[0]
+            seg.confidence = self._retrieval_probability(seg, 0)
             wanted = knowledge.aliases.lookup(best.name)
             if wanted is not None:
-                rest = [c for c in seg.candidates if c.name != wanted]
-                seg.candidates = [NameCandidate(wanted, best.score)] + rest
-                seg.sources = [f"alias:{best.name}->{wanted}"] + seg.sources
+                shown = display_name(wanted.text)
+                rest = [c for c in seg.candidates if c.name != shown]
+                seg.candidates = [NameCandidate(shown, best.score, wanted.entry_id, wanted.text)] + rest
+                seg.sources = [f"alias:{best.name}->{wanted.text}"] + seg.sources
         return names
+
+    def _retrieval_probability(self, seg: SegmentNames, chosen: int) -> float:
+        """CLIP's probability of candidate ``chosen`` among the segment's candidates."""
+        if seg.candidates[chosen].entry_id is None and seg.candidates[chosen].name == FALLBACK_NAME \
+                and len(seg.candidates) == 1:
+            return 0.0  # retrieval found nothing: the placeholder is no name
+        return retrieval_probability([c.score for c in seg.candidates], chosen, self.logit_scale)
 
     def _regions(self, original_size: tuple[int, int], labels: np.ndarray,
                  embeddings: np.ndarray, names: list[SegmentNames]) -> list[SegmentLabel]:
         full = upsample_labels(labels, original_size)
         areas = np.bincount(full.ravel(), minlength=len(names))
-        groups: dict[str, list[int]] = {}
+        groups: dict[object, list[int]] = {}
         for seg, info in enumerate(names):
             if areas[seg] == 0:
                 continue
-            key = info.candidates[0].name if self.merge_same_name else f"{seg}"
+            key = info.candidates[0].identity if self.merge_same_name else f"segment {seg}"
             groups.setdefault(key, []).append(seg)
         regions = [self._merge(full, segs, areas, embeddings, names) for segs in groups.values()]
         return sorted(regions, key=lambda r: -r.area)
@@ -334,12 +357,13 @@ class TagPipeline:
         emb = (embeddings[segs] * weights[:, None]).sum(0)
         emb = (emb / max(np.linalg.norm(emb), 1e-12)).astype(np.float32)
         best = names[main].candidates[0]
-        score = float(sum(names[s].candidates[0].score * w for s, w in zip(segs, weights)) / weights.sum())
+        score = float(sum(names[s].confidence * w for s, w in zip(segs, weights)) / weights.sum())
+        cosine = float(sum(names[s].candidates[0].score * w for s, w in zip(segs, weights)) / weights.sum())
         sources = list(dict.fromkeys(src for s in segs for src in names[s].sources))
         return SegmentLabel(
             mask=np.isin(full, segs), name=best.name, score=score,
             alternatives=names[main].candidates[1:], area=int(weights.sum()), sources=sources,
-            embedding=emb, origin=region_origin(sources),
+            embedding=emb, origin=region_origin(sources), entry_id=best.entry_id, cosine=cosine,
         )
 
 

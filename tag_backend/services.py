@@ -7,9 +7,10 @@ snapshot, the job queue and worker, the image fetcher, the Label Studio client, 
 Nothing heavy happens when it is built: models, store and index load on first use, so
 ``/health`` and ``/setup`` stay instant. Gunicorn serves requests on threads that share it.
 
-Knowledge (index, exemplars, aliases) is an immutable :class:`~tag_backend.knowledge.Knowledge`
-snapshot: :meth:`Services.refresh` reads a new one and swaps it in with one assignment, and
-each prediction names its regions with the snapshot it started with.
+Knowledge (index, exemplars, aliases, knowledge release) is a
+:class:`~tag_backend.knowledge.Knowledge` snapshot: :meth:`Services.refresh` applies what
+changed since the current one (incrementally, :func:`~tag_backend.knowledge.refresh_knowledge`)
+and swaps the new snapshot in with one assignment.
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from .feature_cache import FeatureCache
 from .jobs.budget import CostEstimate
 from .jobs.push import LabelStudioPusher
 from .jobs.service import JobService
-from .knowledge import Knowledge, read_knowledge
+from .knowledge import Knowledge, read_knowledge, refresh_knowledge
 from .ls.client import LabelStudioClient
 from .ls.guided import LabelSnapper, clip_temperature
 from .ls.interactive import InteractivePredictor
 from .ls.media import MediaFetcher
 from .ls.predictor import TaskPredictor
 from .ls.serializer import Serializer, snapping_labeler
+from .ls.served import ServedRecorder
 from .models import LoadedClip, LoadedDino, load_clip, load_dino, resolve_device, resolve_dtype
 from .pipeline import TagPipeline
 from .predictor import Predictor
@@ -143,7 +145,8 @@ class Services:
         self.serializer = Serializer(max_regions=settings.max_regions,
                                      guided=snapping_labeler(self.snapper),
                                      polygon_tolerance=settings.polygon_tolerance)
-        self.tasks = TaskPredictor(self.fetcher, self.predictor, self.serializer)
+        self.tasks = TaskPredictor(self.fetcher, self.predictor, self.serializer,
+                                   ServedRecorder(lambda: self.store))
         self.interactive = InteractivePredictor(self)
         self.jobs = JobService(self, lambda: self.store,
                                LabelStudioPusher(client=self.label_studio))
@@ -208,6 +211,12 @@ class Services:
                               index_dir=s.resolved_index_dir, vocabulary=s.default_vocabulary,
                               alias_min_count=s.alias_min_count, index_store=s.index_store)
 
+    def _next_knowledge(self, version: int) -> Knowledge:
+        s = self.settings
+        return refresh_knowledge(self._knowledge, self.store, self.stored_text_encoder,
+                                 self.models.clip.encoder_id, index_dir=s.resolved_index_dir,
+                                 alias_min_count=s.alias_min_count, version=version)
+
     def knowledge(self) -> Knowledge:
         """The current knowledge snapshot (loading models and knowledge on first call)."""
         self.pipeline()
@@ -244,7 +253,9 @@ class Services:
         """Pick up concept-database changes made by this or another process.
 
         Cheap when nothing changed (one small query); a no-op until the models are loaded.
-        ``force``: re-read even when the version did not move (after this process rewrote the
+        Otherwise only what changed since the current snapshot is read (delta index, exemplar
+        index, aliases, release; a new base index version when ``tag-db compact`` published
+        one). ``force``: also when the version did not move (after this process rewrote the
         index files). Returns True when a new snapshot was swapped in.
         """
         if self._pipeline is None:
@@ -253,24 +264,26 @@ class Services:
         with self._lock:
             if not force and version == self._knowledge.db_version:
                 return False
-            knowledge = self._read_knowledge()
-            self._knowledge = knowledge  # the swap: one assignment, readers keep their snapshot
-        logger.info("concept database version %s: index, exemplars and aliases reloaded",
-                    knowledge.db_version)
+            knowledge = self._next_knowledge(version)
+            self._knowledge = knowledge  # the swap: one assignment
+        logger.debug("knowledge at store sequence %s (release r%s)", knowledge.db_version,
+                     knowledge.release)
         return True
 
     # --------------------------------------------------------------- versions
     def version_for(self, knowledge: Knowledge) -> str:
         """The Label Studio ``model_version`` of predictions named with ``knowledge``."""
-        return self._version(knowledge.db_version)
+        return self.release_version(knowledge.release)
 
-    def _version(self, db_version: int | None) -> str:
+    def release_version(self, release: int) -> str:
+        """``model_version`` of knowledge release ``release``: engine version, preset, encoder
+        and ``r<release>`` — not the store sequence number (docs/learning.md)."""
         encoder = self.models.clip_model.replace("local-dir:", "local-").rsplit("/", 1)[-1]
         refine = "-sam2" if self.settings.refine == "sam2" else ""
-        return f"tag-{__version__}-{self.preset.name}{refine}-{encoder}-db{db_version}"
+        return f"tag-{__version__}-{self.preset.name}{refine}-{encoder}-r{release}"
 
     def model_version(self) -> str:
-        """Engine version + preset + encoder + concept-database version.
+        """Engine version + preset + encoder + knowledge release.
 
         With the models loaded: the version of the current snapshot (no query). Before: read
         from the store; if the store is unreachable, the last known version (or a placeholder
@@ -280,7 +293,9 @@ class Services:
         if knowledge is not None:
             return self.version_for(knowledge)
         try:
-            self._last_version = self._version(self.store.db_version())
+            from database_tools.releases import current_release
+
+            self._last_version = self.release_version(current_release(self.store).number)
         except Exception as exc:  # noqa: BLE001 - any driver error: report, answer anyway
             logger.warning("concept database unreachable for model_version: %s",
                            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)

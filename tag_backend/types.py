@@ -60,10 +60,23 @@ class DenseFeatures:
 
 @dataclass
 class NameCandidate:
-    """One possible name for a segment and its CLIP image-text cosine."""
+    """One possible name for a segment and its CLIP image-text cosine.
+
+    name: the shown name (database text without a trailing "(qualifier)").
+    entry_id: the concept's id in the concept database (None for words taken from captions);
+        homonyms ("bat (animal)", "bat (club)") share a shown name but not an id.
+    text: the database text the name came from (with its qualifier).
+    """
 
     name: str
     score: float
+    entry_id: int | None = None
+    text: str = ""
+
+    @property
+    def identity(self) -> int | str:
+        """What makes two candidates the same name: the concept id, else the text."""
+        return self.entry_id if self.entry_id is not None else (self.text or self.name)
 
 
 @dataclass
@@ -71,7 +84,11 @@ class SegmentLabel:
     """One named region of the final output.
 
     mask: (H, W) bool at the original image size.
-    name: the chosen free-form name; score: its CLIP image-text cosine (or exemplar similarity).
+    name: the chosen free-form name (shown name, see :class:`NameCandidate`).
+    score: the probability that the name is right (:mod:`tag_backend.stages.confidence`),
+        area-weighted over the merged segments.
+    entry_id: the concept id of the name (None for a caption word).
+    cosine: the CLIP image-text cosine of the name (for diagnostics; not on the score scale).
     alternatives: the next best names (up to 5), best first.
     area: number of True pixels in mask.
     sources: texts of the retrieved database entries that produced the candidates.
@@ -88,6 +105,8 @@ class SegmentLabel:
     sources: list[str] = field(default_factory=list)
     embedding: np.ndarray | None = None
     origin: str = "retrieval"
+    entry_id: int | None = None
+    cosine: float = 0.0
 
 
 @dataclass

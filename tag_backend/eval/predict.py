@@ -56,7 +56,9 @@ def config_hash(services, extra: dict) -> str:
     :class:`tag_backend.services.Services` that predicts)."""
     pipeline = services.pipeline()
     knobs = {k: getattr(pipeline, k, None) for k in _KNOBS}
+    knowledge = services.loaded_knowledge()
     payload = {"model_version": services.model_version(),
+               "knowledge": knowledge.db_version if knowledge is not None else None,
                "encoder": services.models.clip.encoder_id, "knobs": knobs, **extra}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

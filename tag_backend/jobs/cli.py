@@ -29,24 +29,29 @@ def _options(batch_size: int):
               default="unlabeled", show_default=True,
               help="unlabeled: skip tasks with annotations; all: every task.")
 @click.option("--limit", type=click.IntRange(min=1), help="Queue at most N tasks this run.")
+@click.option("--refresh", is_flag=True,
+              help="Re-predict only unlabeled tasks whose stored prediction corrections learnt "
+                   "since can change (see docs/learning.md); --filter is ignored.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Images per engine call.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @engine_options
 @handle_errors
-def prelabel(project_id, task_filter, limit, batch_size, quiet, **flags) -> None:
+def prelabel(project_id, task_filter, limit, refresh, batch_size, quiet, **flags) -> None:
     """Pre-label a whole Label Studio project (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY).
 
     Skips tasks that already have a prediction of the current model version, pushes each
     prediction as it finishes, and can be stopped with Ctrl-C: run it again to resume.
-    A second run on a project whose job is still active joins that job.
+    A second run on a project whose job is still active joins that job. With --refresh,
+    only predictions that corrections made stale are recomputed.
     """
     from .prelabel import PrelabelInterrupted, prelabel_project
 
     services = _services(flags)
     try:
         plan, final = prelabel_project(services, project_id, filter=task_filter, limit=limit,
-                                       progress=not quiet, options=_options(batch_size))
+                                       progress=not quiet, refresh=refresh,
+                                       options=_options(batch_size))
     except PrelabelInterrupted as exc:
         click.echo(str(exc), err=True)
         sys.exit(130)

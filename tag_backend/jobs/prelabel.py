@@ -11,6 +11,11 @@
    task twice.
 3. **run**: a worker (prefetch, batched engine, pushes) processes the queue while a progress bar
    shows tasks/s, ETA and failures, until the job has nothing left to compute or push.
+
+With ``refresh=True`` (``prelabel --refresh``) step 1 instead selects the tasks no annotator has
+submitted whose newest prediction by this backend has a region predicted as a concept that
+changed since that prediction's knowledge (corrected, merged, renamed, rejected:
+``database_tools.prediction_log.stale_tasks``); docs/learning.md says what the rule can miss.
 """
 from __future__ import annotations
 
@@ -72,6 +77,7 @@ class PrelabelPlan:
         if self.total is None or not self.listed_all:
             return None
         return self.total - self.seen + self.already_predicted + self.labeled
+    refresh: bool = False  # planned by ``prelabel --refresh``
 
 
 def _as_dict(task: Any) -> dict:
@@ -126,9 +132,18 @@ def needs_work_query(model_version: str, filter: str) -> str:
     items = [{"filter": "filter:tasks:predictions_model_versions", "operator": "not_contains",
               "type": "List", "value": [model_version]}]
     if filter == "unlabeled":
-        items.append({"filter": "filter:tasks:total_annotations", "operator": "equal",
-                      "type": "Number", "value": 0})
+        items.append(UNLABELED_FILTER)
     return json.dumps({"filters": {"conjunction": "and", "items": items}})
+
+
+#: Data Manager filter item of the tasks no annotator has submitted.
+UNLABELED_FILTER = {"filter": "filter:tasks:total_annotations", "operator": "equal",
+                    "type": "Number", "value": 0}
+
+
+def unlabeled_query() -> str:
+    """Data Manager query of the unlabeled tasks (``prelabel --refresh`` plans among them)."""
+    return json.dumps({"filters": {"conjunction": "and", "items": [UNLABELED_FILTER]}})
 
 
 def iter_tasks(client, project_id: int, page_size: int = PLAN_PAGE_SIZE, *,
@@ -164,9 +179,31 @@ def _raise(exc: BaseException):
     raise exc
 
 
+def _refresh_selection(services, tasks: Iterator[dict], limit: int | None
+                       ) -> tuple[list[dict], int, int, int]:
+    """(stale unlabeled tasks, seen, up to date, labeled) for ``prelabel --refresh``."""
+    from database_tools.prediction_log import stale_tasks
+
+    candidates, seen, labeled = [], 0, 0
+    for task in tasks:
+        seen += 1
+        if is_labeled(task):
+            labeled += 1
+        else:
+            candidates.append(task_payload(task))
+    stale = stale_tasks(services.store, [str(t["id"]) for t in candidates])
+    selected = [t for t in candidates if str(t["id"]) in stale][:limit]
+    return selected, seen, len(candidates) - len(selected), labeled
+
+
 def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_id: int, *,
-                  filter: str = "unlabeled", limit: int | None = None) -> PrelabelPlan:
-    """Queue the project's tasks that need a prediction (joining an active job if any)."""
+                  filter: str = "unlabeled", limit: int | None = None,
+                  refresh: bool = False) -> PrelabelPlan:
+    """Queue the project's tasks that need a prediction (joining an active job if any).
+
+    :param refresh: queue only tasks whose stored prediction the knowledge learnt since can
+        change (unlabeled ones; ``filter`` is ignored), whatever their model_version.
+    """
     if filter not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
     if limit is not None and limit < 1:
@@ -178,8 +215,14 @@ def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_
     parse_label_config(label_config)  # LabelConfigError if TAG cannot fill this project
     version = services.model_version()
     selected, seen, predicted, labeled, listed_all = [], 0, 0, 0, True
+    if refresh:
+        selected, seen, predicted, labeled = _refresh_selection(
+            services, iter_tasks(client, project_id, query=unlabeled_query(),
+                                 on_request=pusher.count_request), limit)
     query = needs_work_query(version, filter)
-    for task in iter_tasks(client, project_id, query=query, on_request=pusher.count_request):
+    tasks = () if refresh else iter_tasks(client, project_id, query=query,
+                                          on_request=pusher.count_request)
+    for task in tasks:
         seen += 1  # the filter already left out predicted (and labeled) tasks; re-checked here
         if has_version(task, version):
             predicted += 1
@@ -204,7 +247,8 @@ def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_
         added = 0
     total = getattr(project, "task_number", None)
     return PrelabelPlan(project_id, version, job_id, joined, seen, predicted, labeled, added,
-                        int(total) if isinstance(total, int) else None, listed_all)
+                        int(total) if isinstance(total, int) else None, listed_all,
+                        refresh=refresh)
 
 
 def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = True,
@@ -241,7 +285,7 @@ def run_job(queue: JobQueue, worker: Worker, job_id: int, *, progress: bool = Tr
 
 
 def prelabel_project(services, project_id: int, *, filter: str = "unlabeled",
-                     limit: int | None = None, progress: bool = True,
+                     limit: int | None = None, progress: bool = True, refresh: bool = False,
                      options: WorkerOptions = WorkerOptions()
                      ) -> tuple[PrelabelPlan, JobProgress | None]:
     """Plan and run a project's pre-labelling; returns the plan and the final job progress.
@@ -249,7 +293,8 @@ def prelabel_project(services, project_id: int, *, filter: str = "unlabeled",
     ``services``: the command's :class:`tag_backend.services.Services`.
     """
     pusher, queue = services.jobs.pusher, services.jobs.queue
-    plan = plan_prelabel(services, queue, pusher, project_id, filter=filter, limit=limit)
+    plan = plan_prelabel(services, queue, pusher, project_id, filter=filter, limit=limit,
+                         refresh=refresh)
     logger.info("project %s: %d tasks need work, %s skipped (predicted or labeled), %d queued "
                 "(job %s%s)", project_id, plan.seen, plan.skipped, plan.queued, plan.job_id,
                 ", joined" if plan.joined else "",

@@ -223,7 +223,7 @@ class Worker:
             return
         while not self._stop.is_set():
             try:
-                self._post.put((good, regions, version), timeout=0.5)
+                self._post.put((good, regions, version, knowledge), timeout=0.5)
                 return
             except queue_mod.Full:
                 continue
@@ -232,18 +232,19 @@ class Worker:
         """Masks -> Label Studio items -> recorded results, overlapping the next engine batch."""
         while not self._stop.is_set():
             try:
-                good, regions, version = self._post.get(timeout=0.5)
+                good, regions, version, knowledge = self._post.get(timeout=0.5)
             except queue_mod.Empty:
                 continue
-            self._finish(good, regions, version)
+            self._finish(good, regions, version, knowledge)
             self._gauges()
 
-    def _finish(self, good, regions, version: str) -> None:
+    def _finish(self, good, regions, version: str, knowledge: Knowledge) -> None:
         started = time.perf_counter()
         for (claim, fetched), found in zip(good, regions):
             try:
                 layout = parse_label_config(claim.label_config)
-                item = self.services.tasks.item(fetched.image, found, layout, version)
+                item = self.services.tasks.item(fetched.image, found, layout, version,
+                                                task=claim.task, knowledge=knowledge)
             except Exception as exc:  # noqa: BLE001 - one bad result never stops the others
                 self._failed(claim, f"building the result failed: {type(exc).__name__}: {exc}",
                              True)

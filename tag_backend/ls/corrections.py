@@ -1,13 +1,14 @@
-"""The correction loop's worker: spooled webhook payloads -> concept database -> index.
+"""The correction loop's worker: spooled webhook payloads -> concept database -> live knowledge.
 
-For every annotation event the worker records each region's final name against the
-prediction it started from (``database_tools.corrections.record_annotation``), with a visual
-exemplar per named region (the region's CLIP embedding), updates the concept index
-incrementally and refreshes the services' knowledge, so the next ``/predict`` uses the correction and
-reports a new ``model_version``. ``START_TRAINING`` re-ingests every annotated task of the
-project through the SDK on a training thread of its own (a project can hold thousands of
-tasks; corrections keep flowing meanwhile). Database outages are retried with back-off;
-nothing is dropped.
+For every annotation event the worker records each region's final name against the concept
+it was predicted as (``database_tools.corrections.record_annotation``), with a candidate visual
+exemplar for each renamed or hand-drawn region (the region's CLIP embedding), and refreshes the
+services' knowledge incrementally (delta index, exemplar index), so the next ``/predict`` uses the
+correction. The base index is never rewritten here, and ``model_version`` only changes when a
+knowledge release is cut: by ``START_TRAINING`` (which re-ingests every annotated task of the
+project through the SDK on a training thread of its own, so corrections keep flowing
+meanwhile), ``tag-db release`` or ``TAG_RELEASE_POLICY`` (docs/learning.md). Database outages
+are retried with back-off; nothing is dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ logger = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 300.0
 #: START_TRAINING runs waiting for the training thread; more are deferred (kept in the spool).
 MAX_TRAINING_BACKLOG = 4
+
+
+def learning_for(settings):
+    """How the correction loop learns (exemplar limits, placeholder label) from ``settings``."""
+    from database_tools.corrections import Learning
+    from database_tools.exemplar_index import ExemplarLimits
+
+    from .layout import DEFAULT_LAYOUT
+
+    return Learning(ExemplarLimits(settings.exemplars_per_concept, settings.exemplars_total),
+                    (DEFAULT_LAYOUT.label,))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -185,7 +197,6 @@ class CorrectionWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._index_lock = threading.Lock()  # the correction and training threads both update
         self._training: ThreadPoolExecutor | None = None
         self._training_projects: set[str] = set()
         self._training_lock = threading.Lock()
@@ -290,6 +301,8 @@ class CorrectionWorker:
 
     def handle(self, payload: Mapping[str, Any]) -> str:
         """Apply one payload; returns the outcome label. Raises on failure (see _failed)."""
+        from database_tools.releases import ReleasePolicy, apply_policy, cut_release
+
         action = str(payload.get("action") or "")
         if action == "START_TRAINING":
             if self.reingest is None:
@@ -299,8 +312,20 @@ class CorrectionWorker:
             report = self._record(payload)
         logger.info("%s: %s", action or "annotation", report.summary())
         changed = bool(report.recorded or report.deleted or report.replaced)
-        if changed:
-            self.update_index()
+        store, released = self.services.store, False
+        if action == "START_TRAINING":
+            release, released = cut_release(store, note="Label Studio Start Training",
+                                            source="label-studio")
+            logger.info("START_TRAINING: knowledge release %s%s", release.label,
+                        "" if released else " (nothing new since it)")
+        elif changed:
+            policy = ReleasePolicy.parse(self.services.settings.release_policy)
+            release = apply_policy(store, policy)
+            released = release is not None
+            if released:
+                logger.info("release policy cut knowledge release %s", release.label)
+        if changed or released:
+            self.learn()
         return "recorded" if changed else "unchanged"
 
     def _record(self, payload: Mapping[str, Any]):
@@ -317,19 +342,16 @@ class CorrectionWorker:
                     single,
                     embed_region=embedder,
                     new_concept_status=self.services.settings.new_concept_status,
+                    learning=learning_for(self.services.settings),
                 )
             )
         return report
 
-    def update_index(self) -> None:
-        """Apply store changes to the index and reload it with the exemplars in this process."""
-        from database_tools.index_build import update_index
+    def learn(self) -> None:
+        """Load what the store learnt into this process (delta index, exemplars, aliases).
 
+        Incremental: the base index is never rewritten on this path (``tag-db compact`` folds
+        the delta into a new base off the request path)."""
         services = self.services
-        with self._index_lock:  # the correction and training threads both update the index
-            update_index(
-                services.store, services.text_encoder, services.settings.resolved_index_dir,
-                progress=False,
-            )
-            services.refresh(force=True)  # the index files changed even if the version did not
+        services.refresh()
         metrics.DB_VERSION.set(services.store.db_version())

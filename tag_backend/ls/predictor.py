@@ -27,6 +27,7 @@ from .errors import MediaError
 from .layout import ResultLayout
 from .media import MediaFetcher
 from .serializer import Serializer, empty_item
+from .served import ServedRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ def task_label(task: Any) -> str:
 class TaskPredictor:
     """Fetch + :class:`~tag_backend.predictor.Predictor` + :class:`.Serializer` for LS tasks."""
 
-    def __init__(self, fetcher: MediaFetcher, predictor: Predictor, serializer: Serializer) -> None:
+    def __init__(self, fetcher: MediaFetcher, predictor: Predictor, serializer: Serializer,
+                 recorder: ServedRecorder | None = None) -> None:
         self.fetcher, self.predictor, self.serializer = fetcher, predictor, serializer
+        self.recorder = recorder
 
     def fetch(self, task: Any, layout: ResultLayout) -> FetchedTask:
         """Download and decode the task's image; never raises (the reason is returned)."""
@@ -83,11 +86,14 @@ class TaskPredictor:
         return self.predictor.predict(images, knowledge=knowledge)
 
     def item(self, image: Image.Image, regions: list[SegmentLabel], layout: ResultLayout,
-             model_version: str) -> dict:
-        """The Label Studio item of one image (cleaned masks, labels, brush RLE)."""
+             model_version: str, *, task: Any = None, knowledge: Knowledge | None = None) -> dict:
+        """The Label Studio item of one image (cleaned masks, labels, brush RLE); with ``task``,
+        recorded with its region concept ids and ``knowledge``'s sequence number."""
         start = time.perf_counter()
         width, height = image.size
-        item = self.serializer.item(regions, width, height, layout, model_version)
+        item, placed = self.serializer.placed_item(regions, width, height, layout, model_version)
+        if task is not None and self.recorder is not None:
+            self.recorder(task, placed, model_version, knowledge)
         metrics.STAGE_SECONDS.labels(stage="results").observe(time.perf_counter() - start)
         return item
 
@@ -111,7 +117,8 @@ class TaskPredictor:
             return empty_item(model_version)
         try:
             regions = self.regions([fetched.image], knowledge)[0]
-            item = self.item(fetched.image, regions, layout, model_version)
+            item = self.item(fetched.image, regions, layout, model_version, task=task,
+                             knowledge=knowledge)
         except ImageError as exc:  # e.g. smaller than one model patch: one line, no traceback
             logger.warning("task %s: image unusable: %s", task_label(task), exc)
             metrics.TASKS_PREDICTED.labels(outcome="image_error").inc()

@@ -13,7 +13,8 @@ Everything that decides what Label Studio shows happens here, in this order:
    (:mod:`.shape_items`); with a per-region TextArea each shape item is paired with a
    ``textarea`` item with the **same id** carrying the free-form name, so the annotator corrects
    the name by editing the text;
-4. **the task score** (what the Data Manager sorts on): area-weighted mean region score.
+4. **the task score** (what the Data Manager sorts on): area-weighted mean of the regions'
+   scores, each the probability that the region's name is right (docs/learning.md).
 
 Nothing else in the project builds Label Studio result JSON.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -56,19 +57,25 @@ def snapping_labeler(snapper: LabelSnapper) -> GuidedLabeler:
     return choose
 
 
+def new_region_id() -> str:
+    """Short unique region id (Label Studio's own ids are 10 url-safe characters)."""
+    return uuid.uuid4().hex[:10]
+
+
 @dataclass
 class PlacedRegion:
-    """A region ready for Label Studio: cleaned mask, the brush label and the free-form name."""
+    """A region ready for Label Studio: cleaned mask, the brush label and the free-form name.
+
+    ``entry_id`` is the name's concept id and ``region_id`` the Label Studio region id; the
+    pair is recorded with the served prediction so corrections resolve to concept ids.
+    """
 
     mask: np.ndarray
     name: str
     label: str
     score: float
-
-
-def new_region_id() -> str:
-    """Short unique region id (Label Studio's own ids are 10 url-safe characters)."""
-    return uuid.uuid4().hex[:10]
+    entry_id: int | None = None
+    region_id: str = field(default_factory=new_region_id)
 
 
 def empty_item(model_version: str) -> dict:
@@ -83,7 +90,7 @@ def region_items(region: PlacedRegion, width: int, height: int,
     the config has, each paired with its name item when the config has a per-region TextArea."""
     if region.mask.shape != (height, width):
         raise ValueError(f"mask shape {region.mask.shape} does not match image {height}x{width}")
-    rid = region_id or new_region_id()
+    rid = region_id or region.region_id
     common = {
         "to_name": layout.image_name,
         "original_width": int(width),
@@ -114,7 +121,8 @@ def region_items(region: PlacedRegion, width: int, height: int,
 
 
 def task_score(regions: Sequence[PlacedRegion]) -> float:
-    """Task-level score: area-weighted mean region score, 0 if none."""
+    """Task-level score: area-weighted mean of the regions' name probabilities (the expected
+    share of the labelled area named right), 0 if none."""
     if not regions:
         return 0.0
     areas = np.array([max(int(r.mask.sum()), 1) for r in regions], dtype=np.float64)
@@ -150,7 +158,8 @@ class Serializer:
                 logger.debug("guided mode: %r is below the threshold: region dropped", region.name)
                 continue
             placed.append(PlacedRegion(mask=mask, name=region.name, label=label,
-                                       score=float(region.score if score is None else score)))
+                                       score=float(region.score if score is None else score),
+                                       entry_id=region.entry_id))
         return placed
 
     def _labels(self, regions: Sequence[SegmentLabel], layout: ResultLayout
@@ -170,14 +179,22 @@ class Serializer:
         """One ``/predict`` result item / task prediction: ``{"result", "score",
         "model_version"}``. Masks must be (height, width) booleans at the original size.
         ``label``: every region gets this label (the label an annotator chose on a smart tool)."""
+        return self.placed_item(regions, width, height, layout, model_version, label)[0]
+
+    def placed_item(self, regions: Sequence[SegmentLabel], width: int, height: int,
+                    layout: ResultLayout, model_version: str, label: str | None = None
+                    ) -> tuple[dict, list[PlacedRegion]]:
+        """:meth:`item` and the placed regions it holds (region ids, concept ids)."""
         placed = self.place(regions, layout)
         if label is not None:
-            placed = [PlacedRegion(p.mask, p.name, label, p.score) for p in placed]
+            placed = [PlacedRegion(p.mask, p.name, label, p.score, p.entry_id, p.region_id)
+                      for p in placed]
         result: list[dict] = []
         for region in placed:
             result.extend(region_items(region, width, height, layout,
                                        polygon_tolerance=self.polygon_tolerance))
-        return {"result": result, "score": task_score(placed), "model_version": str(model_version)}
+        item = {"result": result, "score": task_score(placed), "model_version": str(model_version)}
+        return item, placed
 
     def task(self, image_ref: str, regions: Sequence[SegmentLabel], width: int, height: int,
              layout: ResultLayout, model_version: str) -> dict:

@@ -34,7 +34,7 @@ def make_reingest(services):
     def reingest(payload: Mapping[str, Any]):
         from database_tools.corrections import CorrectionReport, record_annotation
 
-        from .corrections import image_field_for, region_embedder
+        from .corrections import image_field_for, learning_for, region_embedder
 
         pid = project_id(payload.get("project"))
         if not pid or not pid.isdigit():
@@ -54,6 +54,7 @@ def make_reingest(services):
                     {**task, "project": pid, "annotations": anns},
                     embed_region=embedder,
                     new_concept_status=settings.new_concept_status,
+                    learning=learning_for(settings),
                 )
             )
         logger.info("START_TRAINING project %s: %s", pid, report.summary())

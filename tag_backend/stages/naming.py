@@ -11,7 +11,10 @@ captions are encoded here.
 Shown names drop a trailing parenthesised qualifier ("bat (animal)" -> "bat", "apse (indoor)" ->
 "apse"; 255 of the default vocabulary's concepts carry one, from LVIS, SUN397, ...): the full text
 is still what gets embedded and scored (the qualifier disambiguates), but annotators see the
-plain name, and "car" and "car (automobile)" become one candidate, so same-name merging works.
+plain name. Within one segment, texts with the same shown name are one candidate (the best
+scoring one, keeping its concept id): the annotator could not tell them apart. Across segments
+names keep their identity (concept id), so two segments named "bat (animal)" and "bat (club)"
+are not merged.
 """
 from __future__ import annotations
 
@@ -28,11 +31,19 @@ from ..types import NameCandidate
 
 @dataclass
 class SegmentNames:
-    """Candidates for one segment, best first, and the database texts they came from."""
+    """Candidates for one segment, best first, and the database texts they came from.
+
+    ``confidence``: the probability that the first candidate is right, set by the pipeline
+    once exemplar and alias evidence are known (:mod:`tag_backend.stages.confidence`).
+    """
 
     candidates: list[NameCandidate]
     sources: list[str]
+    confidence: float = 0.0
 
+
+#: The name of a segment for which retrieval found no candidate at all.
+FALLBACK_NAME = "object"
 
 _QUALIFIER = re.compile(r"\s*\([^()]*\)\s*$")
 
@@ -58,13 +69,18 @@ def dedup_hits(hits: list, threshold: float) -> list:
     return kept
 
 
+def concept_ids(hits: list) -> dict[str, int]:
+    """Database text -> entry id of the concept hits (caption words have no id)."""
+    return {h.text: int(h.entry_id) for h in hits if h.kind == "concept"}
+
+
 def candidate_names(hits: list, *, min_word_count: int, pos_filter: bool, use_captions: bool = True) -> list[str]:
     concepts = [h.text for h in hits if h.kind == "concept"]
     captions = [h.text for h in hits if h.kind == "caption"]
     names = list(concepts)
     if captions and use_captions:
         names += extract_words(captions, min_count=min_word_count, pos_filter=pos_filter)
-    return list(dict.fromkeys(n for n in names if n)) or ["object"]
+    return list(dict.fromkeys(n for n in names if n)) or [FALLBACK_NAME]
 
 
 def candidate_vectors(per_segment: list[tuple[list, list[str]]], text_encoder
@@ -94,13 +110,13 @@ def name_segments(embeddings: np.ndarray, index, text_encoder, *, top_k: int = 1
     out = []
     for emb, (hits, names) in zip(embeddings, per_segment):
         scores = np.stack([vectors[n] for n in names]) @ emb
-        best: dict[str, float] = {}  # shown name -> best score of its texts, best first
+        ids = concept_ids(hits)
+        best: dict[str, NameCandidate] = {}  # shown name -> its best text, best first
         for i in np.argsort(-scores, kind="stable"):
-            best.setdefault(display_name(names[i]), float(scores[i]))
+            shown = display_name(names[i])
+            if shown not in best:
+                best[shown] = NameCandidate(shown, float(scores[i]), ids.get(names[i]), names[i])
             if len(best) > max_alternatives:
                 break
-        out.append(SegmentNames(
-            candidates=[NameCandidate(name=name, score=score) for name, score in best.items()],
-            sources=[h.text for h in hits],
-        ))
+        out.append(SegmentNames(candidates=list(best.values()), sources=[h.text for h in hits]))
     return out

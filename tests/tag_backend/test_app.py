@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
@@ -214,10 +213,10 @@ def test_webhook_acknowledges_fast_and_persists(client):
         "annotation": {"id": 7, "result": [], "updated_at": "2024-01-01T00:00:00Z"},
         "task": {"id": 1, "data": {}},
     }
-    start = time.perf_counter()
     r = client.post("/webhook", json=payload)
     assert r.status_code == 201 and r.json["status"] == "ok"
-    assert time.perf_counter() - start < 0.5
+    # Acknowledged before any learning ran (Label Studio waits 1 s): the payload is still queued.
+    assert backend.spool.depth() == 1
     client.post("/webhook", json=payload)  # delivered twice
     assert backend.spool.depth() == 1  # persisted before answering, once
     # Payloads that could never be recorded are refused, not acknowledged and dropped later.

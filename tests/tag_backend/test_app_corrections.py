@@ -12,6 +12,8 @@ from tag_backend.app import app_backend, create_app
 
 from ls_helpers import CONFIG, copy_services
 
+N_WEBHOOKS = 1000
+
 
 @pytest.fixture()
 def loop(tiny_services_session, tmp_path):
@@ -50,7 +52,7 @@ def _renamed(prediction, new_name):
     return result, target, old
 
 
-def test_rename_is_learned_and_changes_model_version(loop):
+def test_rename_is_learned_live_and_released_explicitly(loop):
     client, backend, root = loop
     before = _predict(client, root / "a.png")
     version0, db0 = before["model_version"], backend.services.store.db_version()
@@ -80,11 +82,19 @@ def test_rename_is_learned_and_changes_model_version(loop):
     names, _ = backend.services.store.load_exemplars(backend.services.models.clip.encoder_id)
     assert "zorblax widget" in names
     setup = client.post("/setup", json={"project": "5.1", "schema": CONFIG}).json
-    assert setup["model_version"] != version0
+    assert setup["model_version"] == version0  # learnt live: no new version per correction
     after = _predict(client, root / "b.png")
     texts = [i["value"]["text"][0] for i in after["result"] if i["type"] == "textarea"]
     assert "zorblax widget" in texts
-    assert after["model_version"] == setup["model_version"]
+    assert after["model_version"] == version0
+    from database_tools.releases import cut_release
+
+    cut_release(backend.services.store, note="test")
+    released = _predict(client, root / "b.png")  # /predict picks up the release
+    assert released["model_version"] != version0 and released["model_version"].endswith("-r1")
+    setup = client.post("/setup", json={"project": "5.1", "schema": CONFIG}).json
+    assert setup["model_version"] == released["model_version"]
+    assert client.get("/versions").json["versions"] == [released["model_version"], version0]
     # Deleting the annotation undoes the exemplar.
     client.post(
         "/webhook",
@@ -152,3 +162,47 @@ def test_bulk_annotations_created_payload_shape(loop):
     assert not list(backend.spool.failed.glob("*.json"))
     names, _ = backend.services.store.load_exemplars(backend.services.models.clip.encoder_id)
     assert "bulk gizmo" in names
+
+
+@pytest.mark.slow  # 1,000 recorded annotations: ~1 min on a quiet 2-core machine
+def test_a_thousand_corrections_keep_model_version_until_a_release(loop):
+    """1,000 correction webhooks (200 of them new names): learnt live, no base-index rewrite,
+    model_version unchanged until a release, which changes it exactly once."""
+    from database_tools.releases import cut_release
+
+    client, backend, root = loop
+    services = backend.services
+    first = _predict(client, root / "a.png")
+    version0 = first["model_version"]
+    base_version = services.knowledge().index.version
+    region_id = first["result"][0]["id"]
+    template = [dict(i) for i in first["result"] if i["id"] == region_id]
+    seen = set()
+    for i in range(N_WEBHOOKS):
+        name = f"learnt name {i // 5}" if i % 5 == 0 else "zorblax"
+        result = copy.deepcopy(template)
+        for item in result:
+            if item["type"] == "textarea":
+                item["value"]["text"] = [name]
+        payload = {"action": "ANNOTATION_CREATED", "project": {"id": 5},
+                   "task": {"id": 1000 + i, "data": {}},
+                   "annotation": {"id": 5000 + i, "result": result, "task": 1000 + i,
+                                  "updated_at": "2024-05-01T10:00:00Z"}}
+        assert backend.worker.handle(payload) == "recorded"
+        if i % 100 == 99:
+            seen.add(client.post("/setup", json={"project": "5.1", "schema": CONFIG})
+                     .json["model_version"])
+    assert seen == {version0}
+    assert services.knowledge().index.version == base_version  # never rewritten on this path
+    assert services.knowledge().index.stats().entries >= 201  # zorblax + 200 new names (delta)
+    # the next prediction already uses what was learnt (the repeated rename became an alias)
+    after = _predict(client, root / "b.png")
+    assert "zorblax" in [i["value"]["text"][0] for i in after["result"] if i["type"] == "textarea"]
+    assert after["model_version"] == version0
+    release, created = cut_release(services.store, note="weekly")
+    assert created
+    released = _predict(client, root / "b.png")["model_version"]
+    versions = {client.post("/setup", json={"project": "5.1", "schema": CONFIG})
+                .json["model_version"] for _ in range(3)} | {released}
+    assert len(versions) == 1 and versions != {version0}
+    assert cut_release(services.store)[1] is False  # nothing new: the version stays

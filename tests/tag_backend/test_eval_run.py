@@ -170,3 +170,50 @@ def test_one_correction_renames_the_next_near_identical_region(eval_settings, ev
     assert hits / cases >= 0.95, f"{hits}/{cases} near-identical regions came back renamed"
     assert leaks <= 2, f"the corrected names leaked onto {leaks} other regions"
     assert len(services.knowledge().exemplars) == 0  # deleting the annotations undid them
+
+
+def test_a_region_an_annotator_would_fix_sorts_below_one_they_would_keep(eval_settings,
+                                                                        eval_services, tmp_path):
+    """One score scale: on the synthetic suite, after the simulated annotator corrected some
+    scenes, the regions of near-identical scenes that the same annotator would keep score
+    higher than those they would fix (ranking AUC), whichever evidence named them."""
+    from database_tools.corrections import delete_annotation
+    from tag_backend.eval.datasets import read_dataset
+    from tag_backend.eval.mapping import DEFAULT_STRICT_THRESHOLD, NameMapper
+    from tag_backend.eval.scoring import default_protocols
+    from tag_backend.eval.simulate import annotator_names
+    from tag_backend.services import Services
+
+    root = write_synthetic(tmp_path / "syn", count=1, size=224)
+    dataset = read_dataset("synthetic", root)
+    mapper = NameMapper(eval_services.models.clip.text_encoder(), dataset.classes)
+    strict = next(p for p in default_protocols(dataset, DEFAULT_STRICT_THRESHOLD["clip"])
+                  if p.name == "strict")
+    services = Services(eval_settings, pipeline_overrides={"image_size": 224, "use_crf": False,
+                                                           "kmeans_restarts": 1})
+
+    def predict(image):
+        return services.predictor.predict([Image.fromarray(image)])[0]
+    kept, fixed = [], []
+    try:
+        for seed in range(200, 206):
+            scene = make_scene(seed)
+            twin = jitter(scene, seed + 1000, shift=1, noise=3.0)
+            gt = scene.gt.astype(np.int32)
+            a = prediction_from_regions(predict(scene.image), gt.shape)
+            final, _, _ = annotator_names(a, gt, dataset, mapper, strict)
+            record_correction(services, Image.fromarray(scene.image), f"rank-{seed}", a, final)
+            b = prediction_from_regions(predict(twin.image), gt.shape)
+            after, _, _ = annotator_names(b, twin.gt.astype(np.int32), dataset, mapper, strict)
+            for name, wanted, score in zip(b.names, after, b.scores):
+                (kept if name == wanted else fixed).append(score)
+            delete_annotation(services.store, f"eval-sim:rank-{seed}")
+            services.refresh()
+    finally:
+        services.close()
+    assert kept and fixed, (kept, fixed)
+    pairs = [(k > f) + 0.5 * (k == f) for k in kept for f in fixed]
+    auc = sum(pairs) / len(pairs)
+    print(f"score AUC kept vs fixed: {auc:.3f} ({len(kept)} kept, {len(fixed)} fixed)")
+    assert all(0.0 <= s <= 1.0 for s in kept + fixed)  # probabilities
+    assert auc >= 0.9, f"kept {sorted(kept)} fixed {sorted(fixed)}"

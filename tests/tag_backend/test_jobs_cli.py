@@ -212,3 +212,46 @@ def test_plan_skips_predicted_and_labeled_tasks_and_joins_the_active_job(tiny_se
     assert limited.skipped is None  # the listing stopped early: nothing known about the rest
     with pytest.raises(ValueError):
         plan_prelabel(services, queue, pusher, 1, filter="some")
+
+
+def test_refresh_plan_queues_exactly_the_unlabeled_tasks_made_stale(tiny_settings, paged_ls):
+    from database_tools.corrections import record_annotation
+    from database_tools.curation import set_concept_status
+    from database_tools.prediction_log import RegionConcept, record_prediction
+    from tag_backend.jobs.prelabel import plan_prelabel
+    from tag_backend.jobs.push import LabelStudioPusher
+    from tag_backend.jobs.queue import JobQueue
+    from store_helpers import add_entries, get_entry
+    from tag_backend.services import Services
+
+    services = Services(tiny_settings)
+    store = services.store
+    add_entries(store, "concept", ["dog", "cat", "cow"])
+    ids = {n: get_entry(store, "concept", n).id for n in ("dog", "cat", "cow")}
+    concept_of = {i: "dog" if i <= 10 else "cat" if i <= 20 else "cow" for i in range(1, 41)}
+    seq = store.db_version()
+    for i, name in concept_of.items():
+        record_prediction(store, project="1", task=str(i), model_version=services.model_version(),
+                          knowledge_seq=seq, regions=[RegionConcept(f"r{i}", ids[name], name)])
+    labeled = {5, 15, 25}
+    paged_ls["tasks"] = [
+        {"id": i, "data": {"image": f"/data/upload/1/{i}.png"},
+         "predictions": [{"model_version": services.model_version(), "result": []}],
+         "total_annotations": int(i in labeled), "is_labeled": i in labeled}
+        for i in range(1, 41)]
+    region = [{"id": "r5", "type": "brushlabels", "from_name": "tag", "to_name": "image",
+               "value": {"format": "rle", "rle": [0], "brushlabels": ["object"]}},
+              {"id": "r5", "type": "textarea", "from_name": "name", "to_name": "image",
+               "value": {"text": ["wolf"]}}]
+    record_annotation(store, {"action": "ANNOTATION_CREATED", "project": {"id": 1},
+                              "annotation": {"id": 1, "task": 5, "result": region,
+                                             "updated_at": "2026-01-01T00:00:00Z"}})
+    set_concept_status(store, ["cat"], "rejected")
+    queue = JobQueue.from_store(store)
+    pusher = LabelStudioPusher(paged_ls["url"], TOKEN)
+    plan = plan_prelabel(services, queue, pusher, 1, refresh=True)
+    expected = {i for i, name in concept_of.items() if name in ("dog", "cat")} - labeled
+    queued = {c.ls_task_id for c in queue.claim("test", 100)}
+    assert plan.refresh and plan.queued == len(expected) and queued == expected
+    # labeled tasks are left out by the Data Manager filter already
+    assert (plan.seen, plan.labeled, plan.already_predicted) == (37, 0, 37 - len(expected))

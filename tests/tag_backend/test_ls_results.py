@@ -112,14 +112,16 @@ def test_guided_label_choice_is_one_swappable_function():
         '<Label value="animal"/><Label value="toy"/></BrushLabels></View>')
     seen = []
 
-    def choose(regions, labels):
-        seen.append(([r.name for r in regions], labels))
-        return ["toy" if r.name == "ball" else ("animal" if r.name == "dog" else None)
+    def choose(regions, layout):
+        seen.append(([r.name for r in regions], layout.guided_labels))
+        # (label, score in that label): None drops the region / keeps the region's own score.
+        return [("toy", 0.9) if r.name == "ball" else (("animal", None) if r.name == "dog" else (None, None))
                 for r in regions]
 
     item = Serializer(guided=choose).item(_regions(), 120, 100, guided, "v2")
     assert seen == [(["dog", "ball", "cat"], ("animal", "toy"))]
     assert [i["value"]["brushlabels"][0] for i in item["result"]] == ["animal", "toy"]  # cat dropped
+    assert [i["score"] for i in item["result"]] == [0.5, 0.9]
     assert all(i["from_name"] == "b" and i["to_name"] == "img" for i in item["result"])
     with pytest.raises(ValueError, match="guided"):
         Serializer().item(_regions(), 120, 100, guided, "v2")

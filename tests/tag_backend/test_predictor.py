@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scenes import flat_shapes
-from tag_backend.exemplars import ExemplarMemory
+from tag_backend.exemplars import ExemplarIndex
 from tag_backend.feature_cache import FeatureCache, image_digest
 from tag_backend.knowledge import Knowledge
 from tag_backend.types import DenseFeatures, ImageFeatures, PatchFeatures
@@ -95,8 +95,10 @@ def test_each_call_names_with_the_snapshot_it_is_given(services):
     current = services.knowledge()
     plain = services.predictor.predict([image], knowledge=current)[0]
     target = max(plain, key=lambda r: r.area)
-    taught = Knowledge(current.index, ExemplarMemory(["zorblax"], target.embedding[None, :]),
-                       current.aliases, current.db_version)
+    memory = ExemplarIndex("test")
+    memory._add([(1, 7, target.embedding.astype("<f4").tobytes())])
+    memory._names[7] = "zorblax"
+    taught = Knowledge(current.index, memory, current.aliases, current.db_version)
     named = services.predictor.predict([image], knowledge=taught)[0]
     assert "zorblax" in {r.name for r in named}
     assert "zorblax" not in {r.name for r in services.predictor.predict([image])[0]}
@@ -119,8 +121,14 @@ def test_refresh_swaps_a_new_snapshot_and_leaves_the_old_one_untouched(tiny_serv
     assert services.refresh() is True
     new = services.knowledge()
     assert new is not old and new.db_version > old.db_version
-    assert "gizmo" in new.exemplars.names and "gizmo" not in old.exemplars.names
-    assert services.model_version() != version == services.version_for(old)
+    # the exemplar memory is followed incrementally (shared, not re-read): the new snapshot
+    # knows the exemplar; model_version only moves with a knowledge release
+    assert new.exemplars.match(vector[None, :] / np.linalg.norm(vector), 0.99)[0].name == "gizmo"
+    assert services.model_version() == version == services.version_for(old)
+    from database_tools.releases import cut_release
+
+    cut_release(services.store)
+    assert services.refresh() is True and services.model_version() != version
 
 
 def test_feature_cache_is_bounded_by_bytes_lru():

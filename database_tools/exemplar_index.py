@@ -1,0 +1,291 @@
+"""Bounded visual memory: which exemplars are served, and the in-process index that serves them.
+
+**Selection (in the correction's transaction).** Every stored exemplar of a concept is a
+*candidate*; at most ``per_concept`` of them are *served*, chosen by greedy k-center
+(farthest-point) selection, seeded with the oldest candidate: each pick is the candidate
+farthest (lowest best cosine) from those already picked, so the served set covers the concept's
+appearances instead of piling up near-duplicates of its most common view. Selection is a
+deterministic function of the concept's live candidates, recomputed whenever one is added or
+retired, so undoing an annotation restores exactly the served set it would have without it.
+The total number of live candidates per encoder is capped too; at the cap new exemplars are
+refused (the correction's names, support and aliases are still recorded).
+
+**Serving (in every process).** :class:`ExemplarIndex` holds the served exemplars of active
+concepts in a faiss inner-product index keyed by exemplar id — exact (flat) up to
+:data:`IVF_FROM` exemplars, then an inverted file (``IVF<nlist>,Flat``, trained on the served
+vectors, retrained when their number doubles; ``nprobe`` :data:`IVF_NPROBE`, recall in
+docs/learning.md) because an exact
+scan of 100,000 x 512 floats per image costs tens of milliseconds — and follows the store
+incrementally: exemplars whose ``served_seq`` moved past the loaded sequence number are added or
+removed, and concepts whose status/text changed (rejected, merged, renamed, revived) have their
+exemplars remapped or dropped. Nothing is reloaded in full after the first load.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import faiss
+import numpy as np
+from sqlalchemy import func, select, update
+
+from .schema import Entry, Exemplar
+from .sql import chunks, insert_exemplar
+
+if TYPE_CHECKING:
+    from .store import Store, Txn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PER_CONCEPT = 32
+DEFAULT_TOTAL = 200_000
+#: Exemplar count from which the serving index is an inverted file instead of a flat scan.
+IVF_FROM = 20_000
+IVF_NPROBE = 8
+
+
+@dataclass(frozen=True)
+class ExemplarLimits:
+    """``per_concept``: served exemplars per concept; ``total``: live candidates per encoder."""
+
+    per_concept: int = DEFAULT_PER_CONCEPT
+    total: int = DEFAULT_TOTAL
+
+    def __post_init__(self) -> None:
+        if self.per_concept < 1 or self.total < 1:
+            raise ValueError("exemplar limits must be >= 1")
+
+
+def k_center(vectors: np.ndarray, k: int) -> list[int]:
+    """Row indices of a greedy k-center selection (first row first; deterministic)."""
+    n = len(vectors)
+    if n <= k:
+        return list(range(n))
+    chosen = [0]
+    best = vectors @ vectors[0]  # best cosine of each row to the chosen set
+    for _ in range(k - 1):
+        best_masked = best.copy()
+        best_masked[chosen] = np.inf
+        pick = int(np.argmin(best_masked))
+        chosen.append(pick)
+        best = np.maximum(best, vectors @ vectors[pick])
+    return sorted(chosen)
+
+
+def _vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def reselect(txn: Txn, encoder_id: str, entry_id: int, per_concept: int) -> None:
+    """Recompute which live candidates of one concept are served (stamps changed rows)."""
+    rows = txn.session.execute(
+        select(Exemplar.id, Exemplar.vector, Exemplar.served)
+        .where(Exemplar.encoder_id == encoder_id, Exemplar.entry_id == entry_id,
+               Exemplar.removed.is_(False))
+        .order_by(Exemplar.id)
+    ).all()
+    if not rows:
+        return
+    vectors = np.stack([_vector(r[1]) for r in rows])
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    chosen = set(k_center(vectors, per_concept))
+    flips = [(int(r[0]), i in chosen) for i, r in enumerate(rows) if bool(r[2]) != (i in chosen)]
+    if not flips:
+        return
+    seq = txn.seq()
+    for served in (True, False):
+        ids = [i for i, s in flips if s == served]
+        for part in chunks(ids):
+            txn.session.execute(update(Exemplar).where(Exemplar.id.in_(part))
+                                .values(served=served, served_seq=seq))
+
+
+def learn_exemplar(txn: Txn, encoder_id: str, entry_id: int, embedding: np.ndarray,
+                   provenance: dict, limits: ExemplarLimits) -> int | None:
+    """Add a candidate exemplar and reselect its concept; None when the total cap is reached."""
+    live = int(txn.session.scalar(
+        select(func.count(Exemplar.id)).where(Exemplar.encoder_id == encoder_id,
+                                               Exemplar.removed.is_(False))) or 0)
+    if live >= limits.total:
+        logger.warning("exemplar memory of %s is full (%d candidates, TAG_EXEMPLARS_TOTAL): "
+                       "region not added", encoder_id, live)
+        return None
+    exemplar_id = insert_exemplar(txn, encoder_id, entry_id, embedding, provenance)
+    reselect(txn, encoder_id, entry_id, limits.per_concept)
+    return exemplar_id
+
+
+def retire_exemplar(txn: Txn, exemplar_id: int, per_concept: int) -> None:
+    """Undo one candidate (its annotation was updated or deleted) and reselect its concept."""
+    row = txn.session.get(Exemplar, exemplar_id)
+    if row is None or row.removed:
+        return
+    row.removed, row.served, row.served_seq = True, False, txn.seq()
+    txn.session.flush()
+    reselect(txn, row.encoder_id, row.entry_id, per_concept)
+
+
+@dataclass(frozen=True)
+class ExemplarMatch:
+    """The nearest served exemplar of a query: its concept and cosine."""
+
+    entry_id: int
+    name: str
+    score: float
+
+
+class ExemplarIndex:
+    """Served exemplars of one encoder, followed incrementally from the store. Thread-safe."""
+
+    def __init__(self, encoder_id: str) -> None:
+        self.encoder_id = encoder_id
+        self.seq = -1  # nothing loaded yet
+        self._index: faiss.IndexIDMap2 | None = None
+        self._entry_of: dict[int, int] = {}  # exemplar id -> entry id
+        self._names: dict[int, str] = {}  # entry id -> concept text
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entry_of)
+
+    @property
+    def kind(self) -> str:
+        """``flat`` or ``ivf<nlist>`` (the serving structure)."""
+        return f"ivf{self._index.nlist}" if isinstance(self._index, faiss.IndexIVF) else "flat"
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes: float32 vectors, faiss ids (and IVF direct map), Python id maps."""
+        dim = self._index.d if self._index is not None else 0
+        per_row = 4 * dim + 8 + 120
+        if isinstance(self._index, faiss.IndexIVF):
+            per_row += 16
+        return len(self._entry_of) * per_row
+
+    # -- loading -----------------------------------------------------------------------------
+    def refresh(self, store: Store, upto: int | None = None) -> int:
+        """Apply served-set and concept changes after :attr:`seq`; returns rows applied."""
+        upto = store.db_version() if upto is None else int(upto)
+        if upto <= self.seq:
+            return 0
+        since = max(self.seq, 0)
+        with store.read() as session:
+            rows = session.execute(
+                select(Exemplar.id, Exemplar.entry_id, Exemplar.served, Exemplar.removed,
+                       Exemplar.vector, Entry.status, Entry.text)
+                .join(Entry, Entry.id == Exemplar.entry_id)
+                .where(Exemplar.encoder_id == self.encoder_id,
+                       Exemplar.served_seq > (since if self.seq >= 0 else -1),
+                       Exemplar.served_seq <= upto)
+                .order_by(Exemplar.id)
+            ).all()
+        changed_entries = [] if self.seq < 0 else [
+            c for batch in store.entries_since(since, kinds=("concept",)) for c in batch
+            if c.updated_seq <= upto]
+        applied = self._apply_rows(rows)
+        if changed_entries:
+            applied += self._apply_entry_changes(store, changed_entries)
+        self.seq = upto
+        return applied
+
+    def _apply_rows(self, rows: Iterable) -> int:
+        adds, removes, n = [], [], 0
+        for ex_id, entry_id, served, removed, blob, status, text in rows:
+            n += 1
+            removes.append(int(ex_id))
+            if served and not removed and status == "active":
+                adds.append((int(ex_id), int(entry_id), blob))
+                self._names[int(entry_id)] = text
+        with self._lock:
+            self._remove(removes)
+            self._add(adds)
+        return n
+
+    def _apply_entry_changes(self, store: Store, changes: list) -> int:
+        """Concepts whose status or text changed: rename, drop, remap moved or revived rows."""
+        touched = {c.entry_id for c in changes}
+        for c in changes:
+            if c.status == "active":
+                self._names[c.entry_id] = c.text
+        mine = [ex for ex, entry in self._entry_of.items() if entry in touched]
+        with store.read() as session:
+            rows = []
+            for part in chunks(mine):
+                rows += session.execute(
+                    select(Exemplar.id, Exemplar.entry_id, Exemplar.served, Exemplar.removed,
+                           Exemplar.vector, Entry.status, Entry.text)
+                    .join(Entry, Entry.id == Exemplar.entry_id)
+                    .where(Exemplar.id.in_(part))).all()
+            active = [c.entry_id for c in changes if c.status == "active"]
+            for part in chunks(active):
+                rows += session.execute(
+                    select(Exemplar.id, Exemplar.entry_id, Exemplar.served, Exemplar.removed,
+                           Exemplar.vector, Entry.status, Entry.text)
+                    .join(Entry, Entry.id == Exemplar.entry_id)
+                    .where(Exemplar.encoder_id == self.encoder_id, Exemplar.entry_id.in_(part),
+                           Exemplar.served.is_(True))).all()
+        unique = list({int(r[0]): r for r in rows}.values())
+        gone = set(mine) - {int(r[0]) for r in unique}
+        with self._lock:
+            self._remove(list(gone))
+        return self._apply_rows(unique)
+
+    def _remove(self, ids: list[int]) -> None:
+        present = [i for i in dict.fromkeys(ids) if i in self._entry_of]
+        if present and self._index is not None:
+            self._index.remove_ids(np.array(present, dtype=np.int64))
+        for i in present:
+            del self._entry_of[i]
+
+    def _add(self, rows: list[tuple[int, int, bytes]]) -> None:
+        if not rows:
+            return
+        vectors = np.stack([_vector(blob) for _, _, blob in rows])
+        faiss.normalize_L2(vectors)
+        if self._index is None:
+            self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+        if vectors.shape[1] != self._index.d:
+            raise ValueError(f"exemplars of {self.encoder_id!r} have dimension "
+                             f"{vectors.shape[1]}, expected {self._index.d}")
+        self._index.add_with_ids(vectors, np.array([r[0] for r in rows], dtype=np.int64))
+        self._entry_of.update({ex: entry for ex, entry, _ in rows})
+        if len(self._entry_of) >= max(IVF_FROM, 2 * self._trained_on):
+            self._rebuild_ivf()
+
+    _trained_on = 0  # exemplar count the current IVF was trained on (0: flat)
+
+    def _rebuild_ivf(self) -> None:
+        """Move the served vectors into a freshly trained inverted file."""
+        ids = np.array(sorted(self._entry_of), dtype=np.int64)
+        vectors = np.stack([self._index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+        nlist = int(2 ** round(np.log2(4 * np.sqrt(len(ids)))))
+        quantizer = faiss.IndexFlatIP(vectors.shape[1])
+        ivf = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.own_fields = True
+        quantizer.this.disown()  # the IVF owns its quantizer from now on
+        ivf.cp.max_points_per_centroid = 64  # k-means on a sample: seconds, not minutes
+        ivf.cp.niter = 10
+        ivf.train(vectors)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct + remove by id
+        ivf.nprobe = IVF_NPROBE
+        ivf.add_with_ids(vectors, ids)
+        self._index, self._trained_on = ivf, len(ids)
+        logger.info("exemplar index: %d exemplars in IVF%d", len(ids), nlist)
+
+    # -- matching ----------------------------------------------------------------------------
+    def match(self, queries: np.ndarray, threshold: float = -1.0) -> list[ExemplarMatch | None]:
+        """The nearest served exemplar of each (L2-normalised) query row, if >= ``threshold``."""
+        with self._lock:
+            if self._index is None or not self._entry_of or queries.shape[1] != self._index.d:
+                return [None] * len(queries)
+            scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
+            out: list[ExemplarMatch | None] = []
+            for score, ex_id in zip(scores[:, 0], ids[:, 0]):
+                entry = self._entry_of.get(int(ex_id)) if ex_id >= 0 else None
+                if entry is None or score < threshold:
+                    out.append(None)
+                else:
+                    out.append(ExemplarMatch(entry, self._names.get(entry, ""), float(score)))
+            return out
