@@ -1,6 +1,6 @@
 """The Label Studio ML backend: a Flask 3 app speaking the protocol of Label Studio 1.23.
 
-Routes (LABEL_STUDIO.md §1): ``/``, ``/health``, ``/ready``, ``/setup``, ``/predict``, ``/webhook``,
+Routes (Label Studio's ML backend protocol): ``/``, ``/health``, ``/ready``, ``/setup``, ``/predict``, ``/webhook``,
 ``/metrics``, ``/versions``. The process's services (models, store, knowledge; built once in
 :func:`create_app`) are shared by gunicorn's threads; ``/health`` and ``/setup`` never load models (LS gives
 ``/setup`` 3 s and calls it before every prediction batch). Webhooks are written to a durable
@@ -22,7 +22,7 @@ from .config import Settings, settings_from_env
 from .errors import TagError
 from .ls.controls import parse_label_config
 from .ls.corrections import CorrectionWorker
-from .ls.errors import BackendRequestError
+from .ls.errors import BackendRequestError, LabelConfigWithoutImage
 from .ls.predict_route import predict_results
 from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, parse_setup
 from .ls.training import make_reingest
@@ -210,7 +210,12 @@ def _register_routes(app: Flask, backend: Backend) -> None:
     def setup():
         req = parse_setup(json_body(request.get_data()))
         if req.schema:
-            parse_label_config(req.schema)  # LabelConfigError -> 400 with the reason
+            try:
+                parse_label_config(req.schema)  # LabelConfigError -> 400 with the reason
+            except LabelConfigWithoutImage as exc:
+                # A new project: the model may be connected before the labeling interface is set.
+                logger.warning("/setup for project %s: %s; /predict will refuse it until an <Image> is added",
+                               req.project, exc)
         return jsonify({"model_version": backend.model_version()})
 
     @app.post("/predict")

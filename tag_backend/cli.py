@@ -7,7 +7,9 @@ import click
 
 from .cli_common import configure_logging, engine_options, handle_errors, settings_with
 from .eval.cli import eval_command
+from .export.cli import export_command
 from .jobs.cli import jobs, prelabel
+from .ls.connect_cli import ls_connect
 from .serve_cli import download_weights, serve
 
 
@@ -59,5 +61,5 @@ def models() -> None:
 # Commands in their own modules, imported plainly: their modules import only click and light
 # helpers at the top (numpy at most, which `predict` loads anyway); the heavy work is imported
 # inside each command.
-for command in (serve, download_weights, eval_command, prelabel, jobs):
+for command in (serve, download_weights, eval_command, prelabel, jobs, ls_connect, export_command):
     main.add_command(command)

@@ -7,6 +7,8 @@ Nothing else in the project reads ``os.environ`` for its own settings (libraries
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
+logger = logging.getLogger(__name__)
 
 def _default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
@@ -125,6 +128,7 @@ class Settings:
     # Label Studio backend
     label_studio_url: str | None = None
     label_studio_api_key: str | None = None
+    backend_url: str = "http://localhost:9090"
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     webhook_secret: str | None = None
@@ -139,6 +143,7 @@ class Settings:
     max_setup_bytes: int = 2_000_000
     request_body_timeout: float = 30.0
     max_regions: int = 30
+    polygon_tolerance: float = 1.5
     guided_threshold: float = 0.5
     guided_fallback: str | None = None
     guided_below: str = "keep"
@@ -146,6 +151,10 @@ class Settings:
     feature_cache_mb: int = 256
     log_format: str = "text"
     log_level: str = "INFO"
+    # Server process layout (gunicorn; `tag-backend serve` uses the port)
+    port: int = 9090
+    workers: int = 1
+    threads: int = 4
 
     @property
     def resolved_db_url(self) -> str:
@@ -196,6 +205,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_RELEASE_POLICY", "release_policy", "When a knowledge release (the `r<N>` of model_version) is cut: `manual` (tag-db release, Start Training), `corrections:N` or `minutes:T`.", _release_policy),
     EnvVar("LABEL_STUDIO_URL", "label_studio_url", "Label Studio base URL the backend fetches images from and pushes predictions to."),
     EnvVar("LABEL_STUDIO_API_KEY", "label_studio_api_key", "Label Studio personal access token or legacy token.", str, True),
+    EnvVar("TAG_BACKEND_URL", "backend_url", "Address at which Label Studio reaches this backend (`tag-backend ls-connect` connects it there)."),
     EnvVar("BASIC_AUTH_USER", "basic_auth_user", "HTTP Basic user required on every endpoint when set."),
     EnvVar("BASIC_AUTH_PASS", "basic_auth_pass", "HTTP Basic password.", str, True),
     EnvVar("TAG_WEBHOOK_SECRET", "webhook_secret", "Shared secret for `/webhook` (header `X-Tag-Webhook-Secret` or `?token=`).", str, True),
@@ -210,6 +220,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_MAX_SETUP_BYTES", "max_setup_bytes", "Largest `/setup` body (413 above it).", int),
     EnvVar("TAG_REQUEST_BODY_TIMEOUT", "request_body_timeout", "Seconds a client has to send a request body, however slowly it trickles (408 after).", float),
     EnvVar("TAG_MAX_REGIONS", "max_regions", "Most regions returned per image (largest kept).", int),
+    EnvVar("TAG_POLYGON_TOLERANCE", "polygon_tolerance", "`PolygonLabels` output: the most a simplified outline strays from the mask, in pixels (0 keeps every corner).", float),
     EnvVar("TAG_GUIDED_THRESHOLD", "guided_threshold", "Guided mode: zero-shot probability (0-1) a project label needs to label a region; a control's `model_score_threshold` overrides it (docs/interactive.md).", _probability),
     EnvVar("TAG_GUIDED_FALLBACK", "guided_fallback", "Guided mode: label given below the threshold when it is one of the project's labels."),
     EnvVar("TAG_GUIDED_BELOW", "guided_below", "Guided mode, below the threshold and no fallback label: `keep` (the free-form name is the label) or `drop` the region.", _choice("keep", "drop")),
@@ -217,19 +228,75 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_FEATURE_CACHE_MB", "feature_cache_mb", "Memory for the backbone features of recently predicted images (a second request on the same image skips the backbones); 0 turns the cache off.", int),
     EnvVar("TAG_LOG_FORMAT", "log_format", "`text` or `json` (structured logs)."),
     EnvVar("TAG_LOG_LEVEL", "log_level", "Logging level."),
+    EnvVar("TAG_PORT", "port", "Port the server listens on (gunicorn in the Docker image, `tag-backend serve`).", int),
+    EnvVar("TAG_WORKERS", "workers", "gunicorn worker processes; each loads its own models, so keep 1 unless you have the memory.", int),
+    EnvVar("TAG_THREADS", "threads", "gunicorn threads per worker (requests served at once; they share the models).", int),
 )
+
+#: Names Label Studio's own ML backends (and their compose files) use for our settings.
+#: The ``TAG_``/our own spelling wins when both are set; a warning says so when they differ.
+ALIASES: dict[str, str] = {
+    "LABEL_STUDIO_HOST": "LABEL_STUDIO_URL",
+    "LABEL_STUDIO_ACCESS_TOKEN": "LABEL_STUDIO_API_KEY",
+    "LOG_LEVEL": "TAG_LOG_LEVEL",
+    "WORKERS": "TAG_WORKERS",
+    "THREADS": "TAG_THREADS",
+    "PORT": "TAG_PORT",
+    "MODEL_DIR": "TAG_DATA_DIR",
+    "ML_SERVER_BASIC_AUTH_USER": "BASIC_AUTH_USER",
+    "ML_SERVER_BASIC_AUTH_PASS": "BASIC_AUTH_PASS",
+}
+#: ``TAG_`` variables read by something other than :class:`Settings` (benchmarks, tests, compose).
+OTHER_TAG_VARIABLES = frozenset({"TAG_BENCH_CACHE", "TAG_TEST_CACHE", "TAG_E2E_DOCS_IMG", "TAG_DB_PASSWORD"})
+
+
+def _raw_values(env: Mapping[str, str]) -> dict[str, str]:
+    """Each setting's raw text, from its own name or else from its alias."""
+    by_name = {var.name: var for var in ENV_VARS}
+    raw = {name: env[name] for name in by_name if env.get(name, "") != ""}
+    for alias, name in ALIASES.items():
+        value = env.get(alias, "")
+        if value != "" and name not in raw:
+            raw[name] = value
+    return raw
+
+
+def environment_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Problems worth a warning at start: disagreeing aliases and unknown ``TAG_`` variables."""
+    env = os.environ if environ is None else environ
+    secret = {var.name for var in ENV_VARS if var.secret}
+    warnings = []
+    for alias, name in ALIASES.items():
+        ours, theirs = env.get(name, ""), env.get(alias, "")
+        if ours != "" and theirs != "" and ours != theirs:
+            shown = "" if name in secret else f" ({ours!r} over {theirs!r})"
+            warnings.append(f"{name} and {alias} are both set and differ: using {name}{shown}")
+    known = {var.name for var in ENV_VARS} | OTHER_TAG_VARIABLES
+    for name in sorted(env):
+        if name.startswith("TAG_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else " (see docs/configuration.md)"
+            warnings.append(f"{name} is not a setting of this backend and is ignored{hint}")
+    return warnings
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Read :class:`Settings` from the environment; raises :class:`ConfigError` on a bad value."""
     env = os.environ if environ is None else environ
+    raw = _raw_values(env)
     values: dict[str, Any] = {}
     for var in ENV_VARS:
-        raw = env.get(var.name)
-        if raw is None or raw == "":
+        if var.name not in raw:
             continue
         try:
-            values[var.field] = var.parse(raw)
+            values[var.field] = var.parse(raw[var.name])
         except ValueError as exc:
-            raise ConfigError(f"{var.name}: {exc}") from None
+            source = var.name if env.get(var.name, "") != "" else f"{_alias_of(var.name)} (read as {var.name})"
+            raise ConfigError(f"{source}: {exc}") from None
+    for warning in environment_warnings(env):
+        logger.warning("%s", warning)
     return Settings(**values)
+
+
+def _alias_of(name: str) -> str:
+    return next(alias for alias, target in ALIASES.items() if target == name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import ENV_VARS, EnvVar, Settings
+from .config import ALIASES, ENV_VARS, EnvVar, Settings
 
 HEADER = """# Configuration
 
@@ -17,12 +17,31 @@ Every setting is an environment variable, read in one place (`tag_backend/config
 flags override them. A bad value stops the command or the server at start with the variable's name.
 """
 
+ALIASES_INTRO = """
+## Names used by Label Studio's own ML backends
+
+Compose files written for Label Studio's example backends (SAM, Grounding DINO, YOLO...) use other
+names for some of these settings. They are read too. **Precedence:** a command-line flag, then the
+name in the table above, then the alias; when both names are set and differ, the backend warns at
+start and uses the name above. Any other `TAG_` variable that is not a setting is reported at start
+(usually a typo; the warning suggests the closest setting).
+
+| alias | read as |
+|---|---|
+"""
+
 FOOTER = """
-Variables read by libraries rather than by the backend itself:
+`MODEL_DIR`, where the example backends keep their model state, is this backend's data directory:
+the concept database (SQLite), the FAISS indexes, the webhook spool and the image cache live there.
+`WORKERS`, `THREADS` and `PORT` size the gunicorn server of the Docker image
+(`gunicorn -c python:tag_backend.gunicorn_conf tag_backend.wsgi:app`); `tag-backend serve` (the
+development server) uses the port only.
+
+## Variables read by libraries
 
 | variable | read by | meaning |
 |---|---|---|
-| `GUNICORN_CMD_ARGS` | gunicorn | gunicorn options (the Docker image sets its bind address, workers, threads and timeout there) |
+| `GUNICORN_CMD_ARGS` | gunicorn | gunicorn options; they override what `tag_backend/gunicorn_conf.py` derives from `TAG_PORT`, `TAG_WORKERS`, `TAG_THREADS` |
 | `HF_HOME`, `XDG_CACHE_HOME` | huggingface_hub, open_clip | where downloaded weights are cached |
 """
 
@@ -49,4 +68,5 @@ def settings_table() -> str:
 
 def configuration_markdown() -> str:
     """The whole docs/configuration.md."""
-    return HEADER + "\n" + settings_table() + FOOTER
+    aliases = "".join(f"| `{alias}` | `{name}` |\n" for alias, name in ALIASES.items())
+    return HEADER + "\n" + settings_table() + ALIASES_INTRO + aliases + FOOTER

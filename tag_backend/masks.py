@@ -1,7 +1,7 @@
 """Clean region masks before they become brush RLE.
 
 Speckle, not resolution, drives the size of Label Studio's brush RLE and the browser's memory
-(LABEL_STUDIO.md §9.2: a noisy 1024² mask is ~950 KB of RLE and 1.2 s to encode; ls#4940: a
+(measured with the SDK's ``mask2rle``: a noisy 1024² mask is ~950 KB of RLE and 1.2 s to encode; ls#4940: a
 few hundred brush regions made the browser use tens of GB). So every mask is smoothed, tiny
 islands and pin-holes are removed, and the number of regions per image is capped.
 """

@@ -1,7 +1,7 @@
 """`tag-backend serve` (development server) and `tag-backend download-weights` (Docker build).
 
-Registered in the main CLI group by tag_backend.cli. Production uses gunicorn:
-``gunicorn --workers 1 --threads 4 --timeout 0 --bind :9090 tag_backend.wsgi:app``.
+Registered in the main CLI group by tag_backend.cli. Production uses gunicorn, sized by the
+settings: ``gunicorn -c python:tag_backend.gunicorn_conf tag_backend.wsgi:app``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from .presets import PRESETS
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=9090, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", type=int, help="Port to listen on [env TAG_PORT or PORT; default 9090].")
 @engine_options
 @handle_errors
-def serve(host: str, port: int, **flags) -> None:
+def serve(host: str, port: int | None, **flags) -> None:
     """Run the Label Studio ML backend (threaded development server; use gunicorn in production)."""
     from .app import create_app
 
-    settings = settings_with(**flags)
+    settings = settings_with(port=port, **flags)
+    port = settings.port
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, warm_up=True)
     click.echo(

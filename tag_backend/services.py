@@ -143,7 +143,8 @@ class Services:
                                     settings.guided_fallback, below=settings.guided_below,
                                     logit_scale=lambda: clip_temperature(self.models.clip.model))
         self.serializer = Serializer(max_regions=settings.max_regions,
-                                     guided=snapping_labeler(self.snapper))
+                                     guided=snapping_labeler(self.snapper),
+                                     polygon_tolerance=settings.polygon_tolerance)
         self.tasks = TaskPredictor(self.fetcher, self.predictor, self.serializer,
                                    ServedRecorder(lambda: self.store))
         self.interactive = InteractivePredictor(self)

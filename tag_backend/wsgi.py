@@ -1,7 +1,7 @@
-"""WSGI entry point for gunicorn: ``gunicorn tag_backend.wsgi:app``.
+"""WSGI entry point for gunicorn: ``gunicorn -c python:tag_backend.gunicorn_conf tag_backend.wsgi:app``.
 
-One worker with several threads is the intended layout (LABEL_STUDIO.md §3, §11): models are
-loaded once per process and shared by threads. Do not use ``--preload`` with CUDA (forked
+One worker with several threads is the intended layout (as in Label Studio's example
+backends): models are loaded once per process and shared by threads. Do not use ``--preload`` with CUDA (forked
 workers cannot re-initialise CUDA); nothing heavy is loaded at import time anyway.
 """
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 import pytest
+import click
 from click.testing import CliRunner
 
 from tag_backend.config import ENV_VARS
@@ -96,6 +97,16 @@ def test_docs_point_only_at_files_users_have():
             assert name not in doc.read_text(), (doc, name)
 
 
+def test_code_comments_cite_sources_users_have():
+    cited = []
+    for package in ("tag_backend", "database_tools", "benchmarks", "scripts"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            cited += [(path.name, n) for n in ("TAG.md", "LABEL_STUDIO.md", "PERFORMANCE.md", "shared/reference")
+                      if n in text]
+    assert not cited, cited
+
+
 def test_readme_is_short_and_starts_with_the_two_commands():
     lines = README.split("\n")
     assert len(lines) <= 200
@@ -131,7 +142,9 @@ def _readme_commands(tool: str) -> list[list[str]]:
 
 
 def _command_path(group, args: list[str]) -> list[str]:
-    """The leading words of ``args`` that name (sub)commands of the click ``group``."""
+    """The leading words of ``args`` that name (sub)commands of the click ``group`` (lazy ones too)."""
+    import click
+
     path, command = [], group
     for word in args:
         if not isinstance(command, click.Group):
@@ -175,3 +188,14 @@ def test_every_tag_backend_command_has_help():
         assert result.exit_code == 0 and (command.help or command.short_help), name
         for sub_name in getattr(command, "commands", {}):
             assert runner.invoke(main, [name, sub_name, "--help"]).exit_code == 0, (name, sub_name)
+
+
+def test_every_python_module_the_docs_run_exists():
+    import importlib.util
+
+    missing = []
+    for doc in DOC_FILES:
+        for module in re.findall(r"python -m ([\w.]+)", doc.read_text()):
+            if importlib.util.find_spec(module) is None:
+                missing.append((doc.name, module))
+    assert not missing, missing

@@ -15,6 +15,10 @@ class LabelConfigError(BackendRequestError):
     """The project's labeling config cannot hold TAG predictions (no Image / BrushLabels)."""
 
 
+class LabelConfigWithoutImage(LabelConfigError):
+    """The config has no ``<Image>`` yet (a new project): fine for ``/setup``, not for ``/predict``."""
+
+
 class MediaError(TagError):
     """A task's image cannot be fetched or is not allowed (the task gets an empty result)."""
 

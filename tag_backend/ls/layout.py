@@ -11,7 +11,9 @@ from .guided import ProjectLabel
 class ResultLayout:
     """Where results go in the project's labeling config.
 
-    brush_name / image_name: the BrushLabels control and the Image object it labels.
+    brush_name / image_name: the BrushLabels control (None: absent) and the Image object it labels.
+    polygon_name / rectangle_name: PolygonLabels / RectangleLabels controls filled from the same
+        regions (None: absent), with their static labels.
     text_name: the per-region TextArea holding the free-form name (None: no TextArea).
     label: the brush label given when names go into the TextArea (open mode).
     guided_labels: the project's labels in guided mode (each region's label is chosen among
@@ -21,12 +23,16 @@ class ResultLayout:
     score_threshold: the control's ``model_score_threshold`` (None: the setting's default).
     """
 
-    brush_name: str = "tag"
+    brush_name: str | None = "tag"
     image_name: str = "image"
     text_name: str | None = "name"
     label: str = "object"
     guided_labels: tuple[str, ...] = field(default_factory=tuple)
     image_field: str = "image"
+    polygon_name: str | None = None
+    polygon_labels: tuple[str, ...] = field(default_factory=tuple)
+    rectangle_name: str | None = None
+    rectangle_labels: tuple[str, ...] = field(default_factory=tuple)
     project_labels: tuple[ProjectLabel, ...] = field(default_factory=tuple)
     score_threshold: float | None = None
 

@@ -1,7 +1,7 @@
 """Fetch a task's image the way Label Studio's own tools do, but capped and fenced.
 
 URLs are resolved with label-studio-sdk's ``get_local_path`` (uploads, Local Files storage,
-cloud presigned URLs, plain http(s); LABEL_STUDIO.md §8) with these additions:
+cloud presigned URLs, plain http(s); label-studio-sdk's ``get_local_path``) with these additions:
 
 * a policy on URL kinds: only what the settings allow (``Settings.allow_http_urls``; plain local
   paths only under ``Settings.allowed_local_roots``), so a task URL cannot read arbitrary files

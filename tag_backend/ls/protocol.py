@@ -1,4 +1,4 @@
-"""Label Studio ML protocol payloads (LABEL_STUDIO.md §1): parsing and response shapes.
+"""Label Studio ML protocol payloads (as Label Studio 1.23 sends them, label_studio/ml/api_connector.py): parsing and response shapes.
 
 Parsing is strict about what the backend needs and lenient about everything else, because
 Label Studio versions add fields freely (``extra_params`` may be a dict or a string: ls#3817).

@@ -1,7 +1,7 @@
 """Label Studio brush RLE of a boolean mask, vectorised with numpy.
 
 ``label_studio_sdk.converter.brush.mask2rle`` builds its bit string one run at a time in Python
-(PERFORMANCE.md: 8 ms for a clean 1024² mask, 1.2 s for a speckled one). :func:`mask_to_rle`
+(measured: 8 ms for a clean 1024² mask, 1.2 s for a speckled one; docs/benchmarks.md). :func:`mask_to_rle`
 writes the same bytes (the tests compare them with the SDK's on many masks) in a few numpy
 passes. The format (``encode_rle``): a 53-bit header (value count in 32 bits, word size - 1 in
 5 bits, the four run-size widths - 1 in 4 bits each: 3, 4, 8, 16), then per run of equal bytes of

@@ -8,9 +8,11 @@ Everything that decides what Label Studio shows happens here, in this order:
 2. **the label choice**: guided mode (the project's own labels; :data:`GuidedLabeler`, one
    small swappable function), the fixed label of the recommended config (names go into the
    TextArea), or the free-form name itself (a config with no TextArea and no static labels);
-3. **the items**: one ``brushlabels`` item per region (brush RLE, §9.1 of the Label Studio
-   result format) and, with a per-region TextArea, a ``textarea`` item with the **same id**
-   carrying the free-form name, so the annotator corrects the name by editing the text;
+3. **the items**: for each shape control of the config, one ``brushlabels`` item per region
+   (brush RLE) and/or one ``polygonlabels`` / ``rectanglelabels`` item per connected part of it
+   (:mod:`.shape_items`); with a per-region TextArea each shape item is paired with a
+   ``textarea`` item with the **same id** carrying the free-form name, so the annotator corrects
+   the name by editing the text;
 4. **the task score** (what the Data Manager sorts on): area-weighted mean of the regions'
    scores, each the probability that the region's name is right (docs/learning.md).
 
@@ -31,6 +33,7 @@ from ..types import SegmentLabel
 from .guided import LabelSnapper, ProjectLabel
 from .layout import DEFAULT_LAYOUT, ResultLayout
 from .rle import mask_to_rle
+from .shape_items import control_label, polygon_values, rectangle_values
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +84,14 @@ def empty_item(model_version: str) -> dict:
 
 
 def region_items(region: PlacedRegion, width: int, height: int,
-                 layout: ResultLayout = DEFAULT_LAYOUT, region_id: str | None = None) -> list[dict]:
-    """The result items of one placed region: the brush item and, if configured, its name."""
+                 layout: ResultLayout = DEFAULT_LAYOUT, region_id: str | None = None,
+                 polygon_tolerance: float = 1.5) -> list[dict]:
+    """The result items of one placed region: brush, polygon and box items for the shape controls
+    the config has, each paired with its name item when the config has a per-region TextArea."""
     if region.mask.shape != (height, width):
         raise ValueError(f"mask shape {region.mask.shape} does not match image {height}x{width}")
+    rid = region_id or region.region_id
     common = {
-        "id": region_id or region.region_id,
         "to_name": layout.image_name,
         "original_width": int(width),
         "original_height": int(height),
@@ -94,15 +99,24 @@ def region_items(region: PlacedRegion, width: int, height: int,
         "score": round(float(region.score), 4),
         "readonly": False,
     }
-    items = [{
-        **common,
-        "from_name": layout.brush_name,
-        "type": "brushlabels",
-        "value": {"format": "rle", "rle": mask_to_rle(region.mask), "brushlabels": [region.label]},
-    }]
-    if layout.text_name:
-        items.append({**common, "from_name": layout.text_name, "type": "textarea",
-                      "value": {"text": [region.name]}})
+    shapes: list[tuple[str, str, dict]] = []  # (from_name, type, value)
+    if layout.brush_name:
+        shapes.append((layout.brush_name, "brushlabels",
+                       {"format": "rle", "rle": mask_to_rle(region.mask), "brushlabels": [region.label]}))
+    if layout.polygon_name:
+        label = control_label(region.label, layout.polygon_labels)
+        shapes += [(layout.polygon_name, "polygonlabels", v)
+                   for v in polygon_values(region.mask, label, polygon_tolerance)]
+    if layout.rectangle_name:
+        label = control_label(region.label, layout.rectangle_labels)
+        shapes += [(layout.rectangle_name, "rectanglelabels", v) for v in rectangle_values(region.mask, label)]
+    items = []
+    for k, (from_name, kind, value) in enumerate(shapes):
+        item_id = rid if k == 0 else f"{rid}-{k}"
+        items.append({"id": item_id, **common, "from_name": from_name, "type": kind, "value": value})
+        if layout.text_name:
+            items.append({"id": item_id, **common, "from_name": layout.text_name, "type": "textarea",
+                          "value": {"text": [region.name]}})
     return items
 
 
@@ -122,13 +136,17 @@ class Serializer:
     max_regions: most regions per image (the largest are kept).
     guided: the label choice of guided mode; required to serialize for a guided layout.
     cleaning: mask-cleaning knobs (:class:`tag_backend.masks.MaskCleaning`).
+    polygon_tolerance: ``PolygonLabels`` output, the most an outline strays from the mask (pixels).
     """
 
     def __init__(self, *, max_regions: int = 30, guided: GuidedLabeler | None = None,
-                 cleaning: MaskCleaning = MaskCleaning()) -> None:
+                 cleaning: MaskCleaning = MaskCleaning(), polygon_tolerance: float = 1.5) -> None:
         if max_regions < 0:
             raise ValueError(f"max_regions must be >= 0, got {max_regions}")
+        if polygon_tolerance < 0:
+            raise ValueError(f"polygon_tolerance must be >= 0 pixels, got {polygon_tolerance}")
         self.max_regions, self.guided, self.cleaning = max_regions, guided, cleaning
+        self.polygon_tolerance = polygon_tolerance
 
     def place(self, regions: Sequence[SegmentLabel], layout: ResultLayout) -> list[PlacedRegion]:
         """Clean masks, cap their number and choose each region's label (steps 1-2)."""
@@ -173,7 +191,8 @@ class Serializer:
                       for p in placed]
         result: list[dict] = []
         for region in placed:
-            result.extend(region_items(region, width, height, layout))
+            result.extend(region_items(region, width, height, layout,
+                                       polygon_tolerance=self.polygon_tolerance))
         item = {"result": result, "score": task_score(placed), "model_version": str(model_version)}
         return item, placed
 

@@ -1,7 +1,7 @@
 """START_TRAINING: re-ingest every annotated task of a project through the SDK.
 
 The "Start Training" button posts ``{"action": "START_TRAINING", "project": {...}}`` with no
-``annotation`` key (LABEL_STUDIO.md §4, mlb#874): the project id is read from ``project.id``.
+``annotation`` key (Label Studio's ``MLApi.train``; mlb#874): the project id is read from ``project.id``.
 Recording is idempotent, so re-ingesting already known annotations adds nothing.
 """
 

@@ -1,4 +1,4 @@
-"""Dense CLIP image features on the patch grid (TAG.md §6): GEM, NACLIP or the plain forward.
+"""Dense CLIP image features on the patch grid, as TAG uses them: GEM, NACLIP or the plain forward.
 
 A pure functional forward over open_clip's `VisionTransformer`: it reads the block weights and
 calls the blocks' own sub-modules, but never replaces, patches or mutates anything in the model,

@@ -1,6 +1,6 @@
 """GEM (Bousselham et al. 2023) self-self attention path, as a pure function of the block weights.
 
-TAG uses GEM to turn CLIP's ViT into a dense feature extractor (TAG.md §6). The reference code
+TAG uses GEM to turn CLIP's ViT into a dense feature extractor (``Valkyrja3607/TAG`` scripts/tag_utils/tag_wrapper.py). The reference code
 (`WalBouss/GEM gem/gem_utils.py`) swaps modules inside the model and runs the blocks
 sequence-first, which silently breaks on open_clip >= 2.26 (batch-first attention). Here every
 tensor stays batch-first ``(B, N, C)`` and nothing in the model is replaced or mutated: the shared

@@ -115,6 +115,24 @@ def start_label_studio(root: Path) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
+def tiny_backend_env(root: Path, tiny_models_dir: dict, services) -> dict[str, str]:
+    """Environment of a backend on the tiny test models (add ``LABEL_STUDIO_URL``), with a copy
+    of ``services``' warmed data dir (default vocabulary and index already built)."""
+    import shutil
+
+    services.pipeline()
+    shutil.copytree(services.settings.data_dir, root / "tag-data")
+    return {
+        "TAG_DINO_MODEL": tiny_models_dir["dino"],
+        "TAG_CLIP_MODEL": tiny_models_dir["clip"],
+        "TAG_DATA_DIR": str(root / "tag-data"),
+        "TAG_DEVICE": "cpu",
+        "TAG_DTYPE": "float32",
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
 def start_backend(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, **env_extra}

@@ -21,7 +21,7 @@ import requests
 from label_studio_sdk.converter.brush import decode_rle
 from PIL import Image
 
-from ls_server import PASSWORD, TOKEN, USER, start_backend, start_label_studio, stop
+from ls_server import PASSWORD, TOKEN, USER, start_backend, start_label_studio, stop, tiny_backend_env
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -33,22 +33,13 @@ def stack(tmp_path_factory, tiny_models_dir, tiny_services_session):
     from tag_backend.ls import recommended_label_config
 
     root = tmp_path_factory.mktemp("e2e")
-    tiny_services_session.pipeline()  # warm data dir (default index) copied for the backend
-    shutil.copytree(tiny_services_session.settings.data_dir, root / "tag-data")
-    ls_proc, ls_url = start_label_studio(root)
     backend_env = {
-        "TAG_DINO_MODEL": tiny_models_dir["dino"],
-        "TAG_CLIP_MODEL": tiny_models_dir["clip"],
-        "TAG_DATA_DIR": str(root / "tag-data"),
-        "TAG_DEVICE": "cpu",
-        "TAG_DTYPE": "float32",
-        "LABEL_STUDIO_URL": ls_url,
-        "LABEL_STUDIO_API_KEY": TOKEN,
-        "HF_HUB_OFFLINE": "1",
+        **tiny_backend_env(root, tiny_models_dir, tiny_services_session),
         # compute every task inside /predict (the budgeted job path has its own tests)
         "TAG_PREDICT_BUDGET": "3600",
     }
-    be_proc, be_url = start_backend(root, backend_env)
+    ls_proc, ls_url = start_label_studio(root)
+    be_proc, be_url = start_backend(root, {**backend_env, "LABEL_STUDIO_URL": ls_url})
     try:
         yield {"root": root, "ls": ls_url, "backend": be_url, "config": recommended_label_config()}
     finally:
