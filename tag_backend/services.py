@@ -128,7 +128,10 @@ class Services:
         self.preset = get_preset(settings.preset)
         self.pipeline_overrides = dict(pipeline_overrides or {})
         self.models = Models(settings, self.preset)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # loading the engine and swapping knowledge
+        # The store has its own lock: /setup reads the model version from the store while the
+        # engine loads (which holds ``_lock`` for seconds), and Label Studio gives /setup 3 s.
+        self._store_lock = threading.Lock()
         self._store = None
         self._pipeline: TagPipeline | None = None
         self._knowledge: Knowledge | None = None
@@ -155,7 +158,7 @@ class Services:
     @property
     def store(self):
         """The concept store (opened, and migrated, on first use)."""
-        with self._lock:
+        with self._store_lock:
             if self._store is None:
                 from database_tools.store import Store
 
@@ -307,6 +310,6 @@ class Services:
     def close(self) -> None:
         """Stop the job worker and close the store."""
         self.jobs.stop()
-        with self._lock:
+        with self._store_lock:
             if self._store is not None:
                 self._store.close()

@@ -231,3 +231,36 @@ def test_webhook_acknowledges_fast_and_persists(client):
         assert r.status_code == 422, action
         assert action in r.json["detail"] or "LABEL_STUDIO_URL" in r.json["detail"]
     assert backend.spool.depth() == 1
+
+
+def test_setup_answers_while_the_engine_loads(tiny_settings):
+    """Label Studio gives /setup 3 s: it must not wait for the models, which load for longer."""
+    import threading
+
+    from tag_backend.services import Services
+
+    services = Services(tiny_settings)
+    app = create_app(services=services, start_worker=False)
+    loading, release = threading.Event(), threading.Event()
+
+    def hold_the_engine_lock():  # what a long model load does
+        with services._lock:
+            loading.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_the_engine_lock)
+    holder.start()
+    try:
+        assert loading.wait(10)
+        answers: list = []
+        caller = threading.Thread(
+            target=lambda: answers.append(
+                app.test_client().post("/setup", json={"project": "1", "schema": CONFIG})))
+        caller.start()
+        caller.join(30)  # a deadlock bound, not a speed check
+        assert answers and answers[0].status_code == 200, "/setup waited for the engine"
+        assert answers[0].json["model_version"].startswith("tag-")
+    finally:
+        release.set()
+        holder.join()
+        services.close()
