@@ -75,7 +75,8 @@ def _parse(config: str) -> ResultLayout:
             "(use tag_backend/ls/label_config.xml)"
         )
     controls = [c for c in interface.controls if not _skipped(c)]
-    shapes = {tag: [c for c in controls if c.tag.lower() == tag and any(t in images for t in c.to_name)]
+    shapes = {tag: [c for c in controls if c.tag.lower() == tag and not _prompt_only(c)
+                    and any(t in images for t in c.to_name)]
               for tag in SHAPE_TAGS}
     present = [found[0] for found in shapes.values() if found]
     if not present:
@@ -118,6 +119,11 @@ def _parse(config: str) -> ResultLayout:
 
 def _static_labels(control) -> tuple[str, ...]:
     return tuple(control.labels) if not control.dynamic_value else ()
+
+
+def _prompt_only(control) -> bool:
+    """``smartOnly="true"``: a smart tool whose marks are interactive prompts, not output targets."""
+    return str(control.attr.get("smartOnly", "")).strip().lower() == "true"
 
 
 def _skipped(control) -> bool:

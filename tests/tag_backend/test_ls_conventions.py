@@ -69,3 +69,17 @@ def test_model_skip_textarea_is_not_filled():
     config = CONFIG_TWO_BRUSHES.replace('perRegion="true"/>', 'perRegion="true" model_skip="true"/>')
     layout = parse_label_config(config)
     assert layout.text_name is None and layout.guided_labels == ("object",)
+
+
+def test_smart_only_tools_are_prompts_not_outputs():
+    """The interactive config's smart-only keypoint and box tools carry prompts: the backend
+    fills the brush (and its TextArea) only, never a box per region into the prompt tool."""
+    from tag_backend.ls import interactive_label_config
+    from tag_backend.ls.controls import parse_label_config
+
+    layout = parse_label_config(interactive_label_config())
+    assert layout.brush_name == "tag" and layout.text_name == "name"
+    assert layout.rectangle_name is None and layout.polygon_name is None
+    manual_box = interactive_label_config().replace('smart="true" smartOnly="true">\n    <Label value="object" background="#FF7F0E"/>\n  </RectangleLabels>',
+                                                    '>\n    <Label value="object" background="#FF7F0E"/>\n  </RectangleLabels>')
+    assert parse_label_config(manual_box).rectangle_name == "box"
