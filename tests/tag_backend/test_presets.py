@@ -35,8 +35,10 @@ TAG_KNOBS = dict(
 #: Not method settings: how many runner-up names a region carries to Label Studio.
 OUTPUT_ONLY = {"max_alternatives"}
 #: TagPipeline arguments that are not preset knobs (models, data, learning, input guard).
+# Loaded objects and service settings, not method knobs: the backbones' inference backend
+# (``forwards``) and the optional SAM refiner are chosen by settings, not by the preset.
 NOT_PRESET = {"self", "dino", "clip", "index", "text_encoder", "exemplars", "aliases",
-              "exemplar_threshold", "max_image_pixels"}
+              "exemplar_threshold", "max_image_pixels", "forwards", "refiner"}
 
 
 def test_paper_preset_pins_every_knob_to_tag():
