@@ -24,7 +24,14 @@ from .ls.controls import parse_label_config
 from .ls.corrections import CorrectionWorker
 from .ls.errors import BackendRequestError, LabelConfigWithoutImage
 from .ls.predict_route import predict_results
-from .ls.protocol import TRAIN_ACTIONS, error_body, json_body, parse_predict, parse_setup
+from .ls.protocol import (
+    TRAIN_ACTIONS,
+    WEBHOOK_SECRET_HEADER,
+    error_body,
+    json_body,
+    parse_predict,
+    parse_setup,
+)
 from .ls.training import make_reingest
 from .ls.webhook_db_queue import webhook_queue_for
 from .ls.webhook_payload import refuse_unrecordable
@@ -40,7 +47,6 @@ from .services import Services
 logger = logging.getLogger(__name__)
 
 MODEL_CLASS = "TagBackend"
-WEBHOOK_SECRET_HEADER = "X-Tag-Webhook-Secret"
 #: Liveness routes: answered without credentials (Docker HEALTHCHECK, load balancers); they say
 #: only that the process serves HTTP, nothing about its configuration.
 LIVENESS_PATHS = ("/", "/health")

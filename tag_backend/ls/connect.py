@@ -26,6 +26,7 @@ from typing import Any, Callable
 from ..errors import TagError
 from .controls import parse_label_config
 from .errors import LabelConfigError
+from .protocol import WEBHOOK_SECRET_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ SHIPPED_CONFIGS = {
 IMAGE_REGEX = r"(?i).*\.(jpe?g|png|bmp|gif|tiff?|webp)$"
 #: Import storage kinds Label Studio can hold besides Local Files (SDK attribute names).
 CLOUD_STORAGES = ("s3", "s3s", "gcs", "gcs_sa", "gcswif", "azure", "azure_spi", "redis", "databricks")
-WEBHOOK_SECRET_HEADER = "X-Tag-Webhook-Secret"
 
 
 class LabelStudioSetupError(TagError):

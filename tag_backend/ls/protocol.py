@@ -16,6 +16,8 @@ from .errors import BackendRequestError
 #: Above this many tasks a ``/predict`` computes nothing inline: every task not already stored is
 #: queued as a background job at once (LS's timeout could not be met anyway).
 MAX_TASKS_PER_REQUEST = 10_000
+#: Header carrying TAG_WEBHOOK_SECRET on Label Studio's webhooks (read by /webhook, set by ls-connect).
+WEBHOOK_SECRET_HEADER = "X-Tag-Webhook-Secret"
 TRAIN_ACTIONS = (
     "ANNOTATION_CREATED",
     "ANNOTATION_UPDATED",
