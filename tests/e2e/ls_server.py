@@ -133,20 +133,49 @@ def tiny_backend_env(root: Path, tiny_models_dir: dict, services) -> dict[str, s
     }
 
 
-def start_backend(root: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, **env_extra}
-    log = root / "backend.log"
+def _spawn(root: Path, env_extra: dict[str, str], name: str, *args: str
+           ) -> tuple[subprocess.Popen, Path]:
+    """``python -m tag_backend ARGS`` with the environment plus ``env_extra``, logging to
+    ``root/<name>.log``."""
+    log = root / f"{name}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tag_backend", "serve", "--port", str(port)],
-        env=env,
+        [sys.executable, "-m", "tag_backend", *args],
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **env_extra},
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
         cwd=Path(__file__).resolve().parents[2],
     )
+    return proc, log
+
+
+def start_backend(root: Path, env_extra: dict[str, str], name: str = "backend",
+                  wait: bool = True) -> tuple[subprocess.Popen, str]:
+    """``tag-backend serve`` on a free port (log ``root/<name>.log``); waits for ``/health``
+    unless ``wait`` is False (then see :func:`wait_ready`)."""
+    port = free_port()
+    proc, log = _spawn(root, env_extra, name, "serve", "--port", str(port))
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", 120, proc, log)
+    if wait:
+        wait_http(url + "/health", 120, proc, log)
     return proc, url
+
+
+def wait_ready(proc: subprocess.Popen, url: str, root: Path, name: str, timeout: float) -> None:
+    """Wait for a backend's ``/ready`` (models loaded, database answers, index current)."""
+    wait_http(url + "/ready", timeout, proc, root / f"{name}.log")
+
+
+def start_job_worker(root: Path, env_extra: dict[str, str], name: str,
+                     timeout: float = 300) -> subprocess.Popen:
+    """``tag-backend jobs work`` (log ``root/<name>.log``), returned once it said it runs."""
+    proc, log = _spawn(root, env_extra, name, "jobs", "work")
+    deadline = time.time() + timeout
+    while b"running; Ctrl-C to stop" not in log.read_bytes():
+        if proc.poll() is not None or time.time() > deadline:
+            stop(proc)
+            raise RuntimeError(f"job worker {name} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return proc
 
 
 def stop(proc: subprocess.Popen) -> None:
