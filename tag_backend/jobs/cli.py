@@ -191,10 +191,19 @@ def purge_jobs(older_than, quiet, **flags) -> None:
 @engine_options
 @handle_errors
 def work(batch_size, **flags) -> None:
-    """Run a worker on the shared queue until Ctrl-C (extra capacity for any replica's jobs)."""
+    """Run a worker on the shared queue until Ctrl-C (extra capacity for any replica's jobs).
+
+    The models are loaded before the first task is claimed; if they cannot be loaded the
+    command stops with the reason and the queue is left untouched.
+    """
     from .worker import Worker
 
     services = _services(flags)
+    # Load the engine before claiming anything: a worker still loading its models would hold
+    # tasks the other workers could compute, and one whose models cannot load would fail every
+    # task it claims (each failure costs an attempt) instead of stopping with the reason.
+    click.echo("loading the models ...")
+    services.pipeline()
     worker = Worker(services.jobs.queue, services, services.jobs.pusher, _options(batch_size))
     worker.start()
     click.echo(f"worker {worker.worker_id} running; Ctrl-C to stop")

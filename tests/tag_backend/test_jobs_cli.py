@@ -111,6 +111,28 @@ def test_jobs_list_show_cancel(tmp_path):
     assert unknown.exit_code == 1 and "no job 77" in unknown.output
 
 
+def test_jobs_work_loads_the_models_before_claiming_anything(tmp_path):
+    """A worker whose models cannot load stops with the reason; the queue is untouched (it
+    must not claim, and fail, tasks other workers can compute)."""
+    from database_tools.store import Store
+
+    from tag_backend.jobs.queue import JobQueue
+
+    store = Store(f"sqlite:///{tmp_path / 'data' / 'concepts.db'}")
+    queue = JobQueue.from_store(store)
+    job = queue.create_job("prelabel", [{"id": 5, "data": {"image": "x.png"}}],
+                           label_config="<View/>", model_version="v", project_id=4)
+    result = _run(["jobs", "work"], tmp_path, TAG_DINO_MODEL=str(tmp_path / "no-dino"),
+                  TAG_DEVICE="cpu")
+    assert result.exit_code == 1, result.output
+    assert "cannot load DINOv2 weights" in result.output and "running" not in result.output
+    progress = queue.progress(job)
+    assert (progress.queued, progress.running, progress.failed) == (1, 0, 0)
+    (claim,) = queue.claim("other", 1)
+    assert claim.attempts == 1  # no attempt was spent by the worker that could not load
+    store.close()
+
+
 @pytest.mark.parametrize("exc,outcome", [
     (ApiError(status_code=404, body={"detail": "Not found."}), GONE),
     (ApiError(status_code=403, body={}), AUTH),
