@@ -165,17 +165,19 @@ def wait_ready(proc: subprocess.Popen, url: str, root: Path, name: str, timeout:
     wait_http(url + "/ready", timeout, proc, root / f"{name}.log")
 
 
-def start_job_worker(root: Path, env_extra: dict[str, str], name: str,
-                     timeout: float = 300) -> subprocess.Popen:
-    """``tag-backend jobs work`` (log ``root/<name>.log``), returned once it said it runs."""
-    proc, log = _spawn(root, env_extra, name, "jobs", "work")
+def start_job_worker(root: Path, env_extra: dict[str, str], name: str) -> subprocess.Popen:
+    """``tag-backend jobs work`` (log ``root/<name>.log``); see :func:`wait_job_worker`."""
+    return _spawn(root, env_extra, name, "jobs", "work")[0]
+
+
+def wait_job_worker(proc: subprocess.Popen, root: Path, name: str, timeout: float) -> None:
+    """Wait until a job worker said it runs (its models are loaded then)."""
+    log = root / f"{name}.log"
     deadline = time.time() + timeout
     while b"running; Ctrl-C to stop" not in log.read_bytes():
         if proc.poll() is not None or time.time() > deadline:
-            stop(proc)
             raise RuntimeError(f"job worker {name} did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
-    return proc
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -58,6 +58,7 @@ from ls_server import (
     start_job_worker,
     start_label_studio,
     stop,
+    wait_job_worker,
     wait_ready,
 )
 from pg_server import new_pg_database
@@ -114,9 +115,11 @@ def team(tmp_path_factory, tiny_models_dir, postgres_server):
             team.replicas[name] = start_backend(root, env, name=name, wait=False)
         for name in ("w1", "w2"):
             team.workers[name] = start_job_worker(
-                root, {**common, "TAG_DATA_DIR": str(root / name)}, name, timeout=600)
+                root, {**common, "TAG_DATA_DIR": str(root / name)}, name)
         for name, (proc, url) in team.replicas.items():
             wait_ready(proc, url, root, name, timeout=900)
+        for name, proc in team.workers.items():
+            wait_job_worker(proc, root, name, timeout=900)
         yield team
     finally:
         for proc in team.processes().values():
