@@ -137,6 +137,9 @@ class Services:
         self._knowledge: Knowledge | None = None
         self._loaded = threading.Event()
         self._loader: threading.Thread | None = None
+        # Guards only the background loader thread: never the engine lock, which the loader
+        # holds for the whole load (a probe or /predict must not wait for it).
+        self._loader_lock = threading.Lock()
         self._last_version: str | None = None
         self.cost = CostEstimate()  # seconds per task, shared by /predict and the job worker
         self.fetcher = MediaFetcher(settings)
@@ -234,11 +237,16 @@ class Services:
         return self._pipeline is not None
 
     def wait_until_loaded(self, timeout: float) -> bool:
-        """Start loading in the background (once) and wait at most ``timeout`` seconds for it."""
+        """Start loading in the background (once) and wait at most ``timeout`` seconds for it.
+
+        Never waits for the engine lock (the loader holds it while loading), so ``/ready`` and
+        ``/predict`` keep their bounds on a replica that is still loading its models.
+        """
         if self.models_loaded():
             return True
-        with self._lock:
-            if self._loader is None or not self._loader.is_alive():
+        with self._loader_lock:
+            if not self.models_loaded() and (self._loader is None
+                                             or not self._loader.is_alive()):
                 self._loader = threading.Thread(target=self._load, name="tag-engine-load",
                                                 daemon=True)
                 self._loader.start()

@@ -2,6 +2,7 @@
 a database change by another process is picked up by the probe."""
 from __future__ import annotations
 
+import threading
 import time
 
 from store_helpers import add_entries
@@ -17,6 +18,55 @@ def _wait_ready(client, seconds=600):
             return reply
         time.sleep(0.5)
     return reply
+
+
+class _SlowModels:
+    """The real models behind a gate: loading DINOv2 waits until the test opens it (a replica
+    whose models take minutes to load)."""
+
+    def __init__(self, real, gate: threading.Event) -> None:
+        self.real, self.gate, self.entered = real, gate, threading.Event()
+
+    @property
+    def dino(self):
+        self.entered.set()
+        self.gate.wait()
+        return self.real.dino
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def _in_thread(fn, seconds: float = 120.0):
+    """``fn()``'s result if it returns within ``seconds`` (a bound far above its real cost:
+    the check is that it returns at all while the models load), else fail."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert out, f"{fn} still waiting after {seconds} s: it waits for the models to load"
+    return out[0]
+
+
+def test_probe_and_predict_wait_do_not_block_while_the_models_load(tiny_settings):
+    """A cold replica answers /ready with 503 at once, and /predict's bounded wait stays
+    bounded, while the loader holds the engine for the whole load."""
+    from tag_backend.readiness import ReadinessProbe
+    from tag_backend.services import Services
+
+    services = Services(tiny_settings)
+    gate = threading.Event()
+    services.models = _SlowModels(services.models, gate)
+    try:
+        assert services.wait_until_loaded(0) is False  # starts the background load
+        assert services.models.entered.wait(120)  # the loader is inside the load now
+        readiness = _in_thread(ReadinessProbe(services).check)
+        assert not readiness.ready and readiness.checks["models"] == "loading"
+        assert _in_thread(lambda: services.wait_until_loaded(0.1)) is False
+    finally:
+        gate.set()
+    assert services.wait_until_loaded(600)
+    services.close()
 
 
 def test_ready_after_models_load_and_follows_database_changes(tiny_settings):
