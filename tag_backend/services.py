@@ -14,6 +14,9 @@ and swaps the new snapshot in with one assignment.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -76,7 +79,8 @@ class Models:
         from .inference.forwards import build_forwards
 
         return build_forwards(self.dino, self.clip, self.backend, self.settings.backend_cache_dir,
-                              fallback=self.settings.backend.strip().lower() == "auto")
+                              fallback=self.settings.backend.strip().lower() == "auto",
+                              max_batch=self.settings.backend_max_batch)
 
     @cached_property
     def dino(self) -> LoadedDino:
@@ -200,13 +204,34 @@ class Services:
                 self._loaded.set()
             return self._pipeline
 
-    def _build_pipeline(self, knowledge: Knowledge) -> TagPipeline:
-        s, models = self.settings, self.models
+    def _pipeline_knobs(self) -> dict[str, Any]:
+        s = self.settings
         knobs = self.preset.pipeline_kwargs()
         if s.dense_method:
             knobs["dense_method"] = s.dense_method
         knobs.update(exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels)
         knobs.update(self.pipeline_overrides)
+        return knobs
+
+    @cached_property
+    def output_fingerprint(self) -> str:
+        """Hash of everything besides ``model_version`` that shapes a served prediction: the
+        engine knobs after settings and overrides, both models, mask cleaning, region cap,
+        polygon tolerance and guided-mode choice. Part of every stored prediction's key, so a
+        restart with other settings never answers from predictions made with the old ones."""
+        s, serializer = self.settings, self.serializer
+        shaping = {
+            "knobs": self._pipeline_knobs(), "dino": self.settings.dino_model or self.preset.dino_model,
+            "clip": [self.models.clip_model, self.models.clip_pretrained], "refine": s.refine,
+            "max_regions": serializer.max_regions, "polygon_tolerance": serializer.polygon_tolerance,
+            "cleaning": dataclasses.asdict(serializer.cleaning),
+            "guided": [s.guided_threshold, s.guided_fallback, s.guided_below],
+        }
+        text = json.dumps(shaping, sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _build_pipeline(self, knowledge: Knowledge) -> TagPipeline:
+        models, knobs = self.models, self._pipeline_knobs()
         return TagPipeline(models.dino, models.clip, knowledge.index, forwards=models.forwards,
                            text_encoder=self.text_encoder, exemplars=knowledge.exemplars,
                            aliases=knowledge.aliases, refiner=models.refiner, **knobs)

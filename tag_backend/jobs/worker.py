@@ -249,7 +249,8 @@ class Worker:
                 self._failed(claim, f"building the result failed: {type(exc).__name__}: {exc}",
                              True)
                 continue
-            key = cache_key(item["model_version"], claim.label_config, claim.task)
+            key = cache_key(item["model_version"], claim.label_config, claim.task,
+                            self.services.output_fingerprint)
             if self.queue.complete(claim, self.worker_id, item, key):
                 self.stats.done += 1
                 self.stats.done_tasks.append(claim.ls_task_id)
