@@ -148,8 +148,28 @@ def test_cancel_drops_queued_tasks(jobs_store):
         queue.cancel(999)
 
 
-def test_pushes_are_leased_and_outcomes_recorded(jobs_store):
-    queue = make_queue(jobs_store, backoff_base=0.2, lease_seconds=0.3)
+class _Clock:
+    """The queue's wall clock, moved by the test: lease and back-off expiry are steps of the
+    test, not races against a loaded machine."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_pushes_are_leased_and_outcomes_recorded(jobs_store, monkeypatch):
+    from tag_backend.jobs import push_queue
+    from tag_backend.jobs import queue as queue_module
+
+    clock = _Clock()
+    monkeypatch.setattr(queue_module, "_now", clock.time)
+    monkeypatch.setattr(push_queue, "time", clock)  # push_queue reads only time.time()
+    queue = make_queue(jobs_store, backoff_base=5, lease_seconds=30)
     job = _job(queue, 3)
     for claim in queue.claim("w", 3):
         assert queue.complete(claim, "w", {**ITEM, "model_version": "v1"}, f"k{claim.ls_task_id}")
@@ -160,11 +180,11 @@ def test_pushes_are_leased_and_outcomes_recorded(jobs_store):
     mark_push(queue, by_task[1], "p", PUSHED)
     mark_push(queue, by_task[2], "p", GONE, "deleted")
     mark_push(queue, by_task[3], "p", RETRY, "connection refused")
-    assert claim_pushes(queue, "q", 10) == []  # retry is backing off
-    time.sleep(0.25)
+    assert claim_pushes(queue, "q", 10) == []  # retry is backing off (5 s)
+    clock.advance(6)
     (retry,) = claim_pushes(queue, "q", 10)
     assert retry.ls_task_id == 3 and retry.attempts == 2 and retry.item["model_version"] == "v1"
-    time.sleep(0.35)  # q dies holding the push lease: another pusher takes it over
+    clock.advance(31)  # q dies holding the push lease: another pusher takes it over
     (taken,) = claim_pushes(queue, "r", 10)
     mark_push(queue, retry, "q", PUSHED)  # q's late bookkeeping is ignored
     mark_push(queue, taken, "r", PUSHED)
