@@ -21,17 +21,16 @@ def _wait_ready(client, seconds=600):
 
 
 class _SlowModels:
-    """The real models behind a gate: loading DINOv2 waits until the test opens it (a replica
-    whose models take minutes to load)."""
+    """The real models behind a gate: loading the backbones waits until the test opens it (a
+    replica whose models take minutes to load)."""
 
     def __init__(self, real, gate: threading.Event) -> None:
         self.real, self.gate, self.entered = real, gate, threading.Event()
 
-    @property
-    def dino(self):
+    def load_backbones(self) -> None:
         self.entered.set()
         self.gate.wait()
-        return self.real.dino
+        self.real.load_backbones()
 
     def __getattr__(self, name):
         return getattr(self.real, name)
