@@ -21,16 +21,17 @@ def _wait_ready(client, seconds=600):
 
 
 class _SlowModels:
-    """The real models behind a gate: loading the backbones waits until the test opens it (a
-    replica whose models take minutes to load)."""
+    """The real models behind a gate: loading DINOv2 (the first model the engine loads) waits
+    until the test opens it (a replica whose models take minutes to load)."""
 
     def __init__(self, real, gate: threading.Event) -> None:
         self.real, self.gate, self.entered = real, gate, threading.Event()
 
-    def load_backbones(self) -> None:
+    @property
+    def dino(self):
         self.entered.set()
         self.gate.wait()
-        self.real.load_backbones()
+        return self.real.dino
 
     def __getattr__(self, name):
         return getattr(self.real, name)
