@@ -90,6 +90,20 @@ def _images(root):
     return good, str(broken)
 
 
+def _work_until_settled(queue, services, settings, job: int, batch_size: int) -> Worker:
+    """Run a worker (pushing to ``settings``' Label Studio) until ``job`` is settled."""
+    worker = Worker(queue, services, LabelStudioPusher.from_settings(settings),
+                    WorkerOptions(batch_size=batch_size, prefetch=batch_size,
+                                  poll_seconds=0.2)).start()
+    try:
+        deadline = time.time() + 900
+        while not queue.progress(job).settled and time.time() < deadline:
+            time.sleep(0.3)
+    finally:
+        worker.stop()
+    return worker
+
+
 def test_worker_computes_retries_and_pushes(tiny_settings, tmp_path, fake_ls):
     from tag_backend.services import Services
 
@@ -105,14 +119,7 @@ def test_worker_computes_retries_and_pushes(tiny_settings, tmp_path, fake_ls):
     config = recommended_label_config()
     job = queue.create_job("prelabel", tasks, label_config=config, model_version="x",
                            project_id=1)
-    worker = Worker(queue, services, LabelStudioPusher.from_settings(settings),
-                    WorkerOptions(batch_size=4, prefetch=4, poll_seconds=0.2)).start()
-    try:
-        deadline = time.time() + 900
-        while not queue.progress(job).settled and time.time() < deadline:
-            time.sleep(0.5)
-    finally:
-        worker.stop()
+    worker = _work_until_settled(queue, services, settings, job, batch_size=4)
     p = queue.progress(job)
     assert (p.done, p.failed, p.queued, p.running) == (3, 2, 0, 0)
     assert (p.pushed, p.push_gone, p.push_pending) == (2, 1, 0)
@@ -230,14 +237,7 @@ def test_refresh_pushes_only_the_predictions_that_changed(tiny_settings, tmp_pat
     def run(kind):
         job = queue.create_job(kind, tasks, label_config=config, model_version=version,
                                project_id=1)
-        worker = Worker(queue, services, LabelStudioPusher.from_settings(settings),
-                        WorkerOptions(batch_size=3, prefetch=3, poll_seconds=0.2)).start()
-        try:
-            deadline = time.time() + 900
-            while not queue.progress(job).settled and time.time() < deadline:
-                time.sleep(0.3)
-        finally:
-            worker.stop()
+        worker = _work_until_settled(queue, services, settings, job, batch_size=3)
         return queue.progress(job), worker.stats
 
     first, _ = run(PRELABEL)
