@@ -48,7 +48,7 @@ WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/health', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; from tag_backend.config import settings_from_env; urllib.request.urlopen(f'http://127.0.0.1:{settings_from_env().port}/health', timeout=4)"]
 # Sized by the settings (tag_backend/gunicorn_conf.py): TAG_PORT / TAG_WORKERS / TAG_THREADS, or
 # Label Studio's PORT / WORKERS / THREADS; default one worker with 4 threads on :9090 (models are
 # loaded once per process and shared by its threads). No --preload: CUDA cannot be re-initialised

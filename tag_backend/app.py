@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sys
 import time
 import uuid
 from typing import Any
@@ -52,6 +53,10 @@ MODEL_CLASS = "TagBackend"
 LIVENESS_PATHS = ("/", "/health")
 
 
+#: Longest a request thread waits for the GIL held by a background thread (see Backend).
+GIL_SWITCH_SECONDS = 0.001
+
+
 class Backend:
     """The server's state: the process's services, the webhook spool and the correction worker."""
 
@@ -61,6 +66,12 @@ class Backend:
         self.spool = webhook_queue_for(self.settings, services)  # PostgreSQL: shared by replicas
         self.worker = CorrectionWorker(services, self.spool, reingest=make_reingest(services))
         if start_worker:
+            # Request threads share the GIL with the correction and job threads, whose database
+            # and bookkeeping work is pure Python. A thread that wants the GIL waits up to one
+            # switch interval each time it comes back from I/O (socket, write, fsync); at the
+            # default 5 ms a webhook acknowledgement waited tens of ms behind the correction
+            # worker (docs/security.md, soak benchmark). 1 ms bounds each wait at a fifth.
+            sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_SECONDS))
             self.worker.start()
             try:  # resume queued pre-labelling jobs right after a restart, not at the next /predict
                 services.jobs.ensure_worker()

@@ -110,6 +110,7 @@ class Settings:
     backend: str = "auto"
     backend_cache_dir: str = field(default_factory=_default_compiled_cache)
     backend_int8: bool = False
+    backend_max_batch: int = 2
     max_image_pixels: int = 40_000_000
     # Concept database
     data_dir: str = field(default_factory=_default_data_dir)
@@ -188,6 +189,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_SAM_MODEL", "sam_model", "SAM 2 / 2.1 weights for `TAG_REFINE=sam2`: a Hugging Face id (default `facebook/sam2.1-hiera-tiny`) or a local directory saved with `save_pretrained`.", default_doc="`facebook/sam2.1-hiera-tiny`"),
     EnvVar("TAG_BACKEND", "backend", "Engine of the backbone forwards: `torch`, `openvino`, `onnxruntime` or `auto` (OpenVINO on CPU when installed, else torch). See docs/inference-backends.md."),
     EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs are cached (under `$XDG_CACHE_HOME`, by default `~/.cache`).", default_doc="`~/.cache/tag-backend/compiled`"),
+    EnvVar("TAG_BACKEND_MAX_BATCH", "backend_max_batch", "OpenVINO / ONNX Runtime: most images per compiled forward; a larger batch goes through in chunks (each image in a call holds ~1 GB of the runtime's working memory at 448²; docs/inference-backends.md).", _positive_int),
     EnvVar("TAG_BACKEND_INT8", "backend_int8", "OpenVINO only: int8 weight compression (NNCF); faster, features drift (docs/inference-backends.md).", _bool),
     EnvVar("TAG_MAX_IMAGE_PIXELS", "max_image_pixels", "Decompression-bomb guard: images with more pixels are refused.", int),
     EnvVar("TAG_DATA_DIR", "data_dir", "Where the default SQLite database, indexes and caches live.", default_doc="`$XDG_DATA_HOME/tag-backend` (`~/.local/share/tag-backend`)"),

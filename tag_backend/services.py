@@ -14,9 +14,13 @@ and swaps the new snapshot in with one assignment.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
@@ -48,7 +52,7 @@ class Models:
 
     def __init__(self, settings: Settings, preset: Preset) -> None:
         self.settings, self.preset = settings, preset
-        self._lock = threading.Lock()
+        self._locks = {name: threading.Lock() for name in ("dino", "clip", "sam")}
 
     @cached_property
     def device(self):
@@ -76,18 +80,30 @@ class Models:
         from .inference.forwards import build_forwards
 
         return build_forwards(self.dino, self.clip, self.backend, self.settings.backend_cache_dir,
-                              fallback=self.settings.backend.strip().lower() == "auto")
+                              fallback=self.settings.backend.strip().lower() == "auto",
+                              max_batch=self.settings.backend_max_batch)
 
     @cached_property
     def dino(self) -> LoadedDino:
-        with self._lock:
+        with self._locks["dino"]:
             return load_dino(self.settings.dino_model or self.preset.dino_model, self.device,
                              self.dtype)
 
     @cached_property
     def clip(self) -> LoadedClip:
-        with self._lock:
+        with self._locks["clip"]:
             return load_clip(self.clip_model, self.clip_pretrained, self.device, self.dtype)
+
+    def load_backbones(self) -> None:
+        """Load DINOv2 (in a helper thread) and CLIP (here) side by side: reading and
+        unpacking the two weight files overlap on a multi-core machine (start-up of
+        ``tag-backend predict`` and ``serve``). A loading error is raised here."""
+        with ThreadPoolExecutor(1, thread_name_prefix="tag-load-dino") as pool:
+            dino = pool.submit(lambda: self.dino)
+            try:
+                _ = self.clip
+            finally:
+                dino.result()  # when both fail, DINOv2's error is the one reported (loading order)
 
     @cached_property
     def refiner(self):
@@ -100,7 +116,7 @@ class Models:
         # SAM runs in float32 unless a dtype was asked for explicitly: its mask logits are
         # thresholded at 0, where bf16 rounding moves boundaries.
         dtype = resolve_dtype(self.settings.dtype, self.device, prefer_bf16=False)
-        with self._lock:
+        with self._locks["sam"]:
             sam = load_sam(self.settings.sam_model or DEFAULT_SAM_MODEL, self.device, dtype)
         return SamRefiner(sam)
 
@@ -190,20 +206,41 @@ class Services:
             return pipeline
         with self._lock:
             if self._pipeline is None:
-                _ = self.models.dino, self.models.clip  # missing weights fail before the store
+                self.models.load_backbones()  # missing weights fail before the store
                 knowledge = self._read_knowledge()
                 self._knowledge = knowledge
                 self._pipeline = self._build_pipeline(knowledge)
                 self._loaded.set()
             return self._pipeline
 
-    def _build_pipeline(self, knowledge: Knowledge) -> TagPipeline:
-        s, models = self.settings, self.models
+    def _pipeline_knobs(self) -> dict[str, Any]:
+        s = self.settings
         knobs = self.preset.pipeline_kwargs()
         if s.dense_method:
             knobs["dense_method"] = s.dense_method
         knobs.update(exemplar_threshold=s.exemplar_threshold, max_image_pixels=s.max_image_pixels)
         knobs.update(self.pipeline_overrides)
+        return knobs
+
+    @cached_property
+    def output_fingerprint(self) -> str:
+        """Hash of everything besides ``model_version`` that shapes a served prediction: the
+        engine knobs after settings and overrides, both models, mask cleaning, region cap,
+        polygon tolerance and guided-mode choice. Part of every stored prediction's key, so a
+        restart with other settings never answers from predictions made with the old ones."""
+        s, serializer = self.settings, self.serializer
+        shaping = {
+            "knobs": self._pipeline_knobs(), "dino": self.settings.dino_model or self.preset.dino_model,
+            "clip": [self.models.clip_model, self.models.clip_pretrained], "refine": s.refine,
+            "max_regions": serializer.max_regions, "polygon_tolerance": serializer.polygon_tolerance,
+            "cleaning": dataclasses.asdict(serializer.cleaning),
+            "guided": [s.guided_threshold, s.guided_fallback, s.guided_below],
+        }
+        text = json.dumps(shaping, sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _build_pipeline(self, knowledge: Knowledge) -> TagPipeline:
+        models, knobs = self.models, self._pipeline_knobs()
         return TagPipeline(models.dino, models.clip, knowledge.index, forwards=models.forwards,
                            text_encoder=self.text_encoder, exemplars=knowledge.exemplars,
                            aliases=knowledge.aliases, refiner=models.refiner, **knobs)

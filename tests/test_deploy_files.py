@@ -1,9 +1,13 @@
 """docker-compose.yml and the Dockerfile: valid, linted, and using only real settings."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -61,6 +65,44 @@ def test_dockerfile_uses_buildkit_pip_cache_and_settings_driven_gunicorn():
     assert "--no-cache-dir" not in text
     assert '"python:tag_backend.gunicorn_conf"' in text
     assert "NOT measured" in text  # image size / build time are estimates, said so
+
+
+def _healthcheck_command() -> list[str]:
+    lines = DOCKERFILE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
+    command = " ".join(line.rstrip("\\").strip() for line in lines[start:start + 2])
+    return json.loads(command.split(" CMD ", 1)[1])
+
+
+@pytest.mark.parametrize("variable", ["TAG_PORT", "PORT"])
+def test_healthcheck_probes_the_port_the_server_listens_on(variable, monkeypatch):
+    """The port is a setting (TAG_PORT, or Label Studio's PORT), so the probe must follow it."""
+    hits: list[str] = []
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        command = _healthcheck_command()
+        assert command[0] == "python"
+        env = {k: v for k, v in os.environ.items() if k not in ("TAG_PORT", "PORT")}
+        env[variable] = str(server.server_address[1])
+        result = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert hits == ["/health"]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _hadolint() -> str | None:

@@ -22,11 +22,6 @@ from .metrics import region_map_from_masks
 
 logger = logging.getLogger(__name__)
 
-_KNOBS = ("image_size", "resize_mode", "n_segments", "kmeans_kwargs", "assignment", "use_crf",
-          "min_segment_area", "dense_method", "gem_depth", "naming_kwargs", "merge_same_name",
-          "exemplar_threshold")
-
-
 @dataclass
 class Prediction:
     """region_map: (H, W) int32, -1 = no region; names/scores/origins: one per region."""
@@ -54,12 +49,12 @@ def prediction_from_regions(regions, shape: tuple[int, int], seconds: float = 0.
 def config_hash(services, extra: dict) -> str:
     """Stable short hash of everything that changes predictions (``services``: the
     :class:`tag_backend.services.Services` that predicts)."""
-    pipeline = services.pipeline()
-    knobs = {k: getattr(pipeline, k, None) for k in _KNOBS}
+    services.pipeline()  # loads the knowledge whose version is part of the hash
     knowledge = services.loaded_knowledge()
     payload = {"model_version": services.model_version(),
                "knowledge": knowledge.db_version if knowledge is not None else None,
-               "encoder": services.models.clip.encoder_id, "knobs": knobs, **extra}
+               "encoder": services.models.clip.encoder_id,
+               "settings": services.output_fingerprint, **extra}
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,10 +73,16 @@ class CompiledForwards:
     (:class:`ExportCache`) and compiled once per process. Batches of any size share a graph.
     ``fallback``: when exporting or compiling a graph fails, log it and run that graph in torch
     (``TAG_BACKEND=auto``) instead of raising :class:`InferenceBackendError`.
+    ``max_batch``: most images per call of a compiled graph; larger batches run in chunks. The
+    runtimes size their working memory to the largest batch they have seen and keep it (OpenVINO
+    about 1 GB per 448² image of a call, docs/inference-backends.md), while batching beyond a
+    couple of images gains little on a CPU.
     """
 
     def __init__(self, dino: LoadedDino, clip: LoadedClip, choice: BackendChoice, cache: ExportCache,
-                 *, threads: int | None = None, fallback: bool = False) -> None:
+                 *, threads: int | None = None, fallback: bool = False, max_batch: int = 2) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         for what, loaded in (("DINOv2", dino), ("CLIP", clip)):
             if loaded.device.type != "cpu" or loaded.dtype != torch.float32:
                 raise InferenceBackendError(
@@ -86,7 +93,7 @@ class CompiledForwards:
         # What besides the weights decides the features (part of the pipeline's feature-cache key).
         self.signature = f"{choice.name}/{choice.precision}{'/int8' if choice.int8 else ''}"
         self._impl = _backend_impl(choice.name)
-        self._threads = threads
+        self._threads, self.max_batch = threads, max_batch
         self._fallback = TorchForwards(dino, clip) if fallback else None
         self._graphs: dict[tuple, Callable | None] = {}
         self._lock = threading.Lock()
@@ -116,10 +123,10 @@ class CompiledForwards:
         feats = self._run(graph, pixels)
         return [DenseFeatures(features=f, grid=grid) for f in feats]
 
-    @staticmethod
-    def _run(graph: Callable, pixels: torch.Tensor) -> torch.Tensor:
+    def _run(self, graph: Callable, pixels: torch.Tensor) -> torch.Tensor:
         array = pixels.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        return torch.from_numpy(graph(array))
+        chunks = [graph(array[i:i + self.max_batch]) for i in range(0, len(array), self.max_batch)]
+        return torch.from_numpy(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
 
     # ------------------------------------------------------------------ graphs
     def _fingerprint(self, which: str) -> str:
@@ -185,8 +192,9 @@ def _backend_impl(name: str):
 
 
 def build_forwards(dino: LoadedDino, clip: LoadedClip, choice: BackendChoice, cache_dir: str,
-                   *, fallback: bool = False) -> BackboneForwards:
-    """The forwards for a resolved backend choice."""
+                   *, fallback: bool = False, max_batch: int = 2) -> BackboneForwards:
+    """The forwards for a resolved backend choice (``max_batch``: see :class:`CompiledForwards`)."""
     if not choice.compiled:
         return TorchForwards(dino, clip)
-    return CompiledForwards(dino, clip, choice, ExportCache(cache_dir), fallback=fallback)
+    return CompiledForwards(dino, clip, choice, ExportCache(cache_dir), fallback=fallback,
+                            max_batch=max_batch)

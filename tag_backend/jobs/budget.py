@@ -88,12 +88,14 @@ def compute_within_budget(tasks: Sequence[Any], indices: Sequence[int], budget: 
 def predict_with_budget(queue: JobQueue, tasks: Sequence[Any], *, label_config: str,
                         model_version: str, budget: float, predict_one: Callable[[Any], dict],
                         project_id: int | None, push: bool, engine_ready: bool,
-                        estimate: CostEstimate | None = None, clock: Callable[[], float] = time.monotonic) -> BudgetOutcome:
+                        estimate: CostEstimate | None = None, clock: Callable[[], float] = time.monotonic,
+                        output: str = "") -> BudgetOutcome:
     """The ``/predict`` items of ``tasks`` (see the module docstring); queues a job if needed.
 
     ``estimate``: this process's seconds-per-task estimate (updated here as tasks finish).
+    ``output``: the fingerprint of the prediction-shaping settings (part of each task's key).
     """
-    keys = [cache_key(model_version, label_config, t) if _has_id(t) else "" for t in tasks]
+    keys = [cache_key(model_version, label_config, t, output) if _has_id(t) else "" for t in tasks]
     stored = queue.cached(keys)
     items: list[Any] = [None] * len(tasks)
     outcome = BudgetOutcome(items)

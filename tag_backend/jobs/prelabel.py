@@ -239,7 +239,7 @@ def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_
             if limit is not None and len(selected) >= limit:
                 listed_all = False
                 break
-    keys = [cache_key(version, label_config, t) for t in selected]
+    keys = [cache_key(version, label_config, t, services.output_fingerprint) for t in selected]
     kind = REFRESH if refresh else PRELABEL
     job_id = queue.find_active_job(project_id, kind)
     joined = job_id is not None

@@ -251,7 +251,8 @@ class Worker:
                 self._failed(claim, f"building the result failed: {type(exc).__name__}: {exc}",
                              True)
                 continue
-            key = cache_key(item["model_version"], claim.label_config, claim.task)
+            key = cache_key(item["model_version"], claim.label_config, claim.task,
+                            self.services.output_fingerprint)
             unchanged = claim.kind == REFRESH and self._shown_already(claim, item)
             if self.queue.complete(claim, self.worker_id, item, key, unchanged=unchanged):
                 self.stats.done += 1

@@ -31,7 +31,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle
 
 from .. import metrics
 from ..feature_cache import FeatureCache
@@ -96,6 +95,9 @@ def _stroke(value: Mapping[str, Any], item: Mapping[str, Any], size: tuple[int, 
     H, W = size
     h = int(item.get("original_height") or H)
     w = int(item.get("original_width") or W)
+    # Imported here: label_studio_sdk.converter pulls in nltk (seconds of start-up, tag_backend.ls.rle).
+    from label_studio_sdk.converter.brush import decode_rle
+
     try:
         flat = decode_rle(rle)
         stroke = flat.reshape(h, w, 4)[:, :, 3] > 0

@@ -59,7 +59,8 @@ def predict_results(services, req: PredictRequest, layout: ResultLayout) -> tupl
         services.jobs.queue, req.tasks, label_config=req.label_config or "",
         model_version=version, budget=budget,
         predict_one=lambda task: services.tasks.predict(task, layout, version, knowledge),
-        project_id=project, push=push, engine_ready=ready, estimate=services.cost)
+        project_id=project, push=push, engine_ready=ready, estimate=services.cost,
+        output=services.output_fingerprint)
     if outcome.queued:
         services.jobs.ensure_worker()
         if not push and outcome.job_id is not None:

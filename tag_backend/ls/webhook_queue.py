@@ -29,6 +29,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+_PUT_STRIPES = 16
+
 
 @dataclass(frozen=True)
 class SpoolItem:
@@ -60,7 +62,9 @@ class WebhookSpool:
         )
         for d in (self.pending, self.working, self.failed, self.keys):
             d.mkdir(parents=True, exist_ok=True)
-        self._put_lock = threading.Lock()  # check-then-write of put() in one thread at a time
+        # The check-then-write of put() runs in one thread at a time per digest: striped, so
+        # different payloads write (and wait for their fsyncs) in parallel.
+        self._put_locks = [threading.Lock() for _ in range(_PUT_STRIPES)]
 
     # ------------------------------------------------------------------ writing
     def put(self, payload: dict) -> str:
@@ -68,7 +72,7 @@ class WebhookSpool:
         data = json.dumps({"attempts": 0, "payload": payload}, separators=(",", ":")).encode()
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
         name = f"{time.time():017.6f}-0-{digest}.json"
-        with self._put_lock:
+        with self._put_locks[int(digest[:8], 16) % _PUT_STRIPES]:
             if self.holds(digest):
                 return digest  # the same delivery is already waiting or in work: nothing to add
             self._write_atomic(self.pending / name, data)
@@ -91,12 +95,18 @@ class WebhookSpool:
 
     # ------------------------------------------------------------------ reading
     def depth(self) -> int:
-        return sum(1 for p in self.pending.iterdir() if p.suffix == ".json")
+        return len(self._pending_names())
+
+    def _pending_names(self) -> list[str]:
+        # Plain names from one listdir: a backlog holds thousands of files, and the correction
+        # worker lists it per payload while /webhook threads wait for the GIL.
+        return [name for name in os.listdir(self.pending) if name.endswith(".json")]
 
     def claim(self) -> SpoolItem | None:
         """The oldest due payload, moved to ``working/``; None when nothing is due."""
         now = time.time()
-        for path in sorted(p for p in self.pending.iterdir() if p.suffix == ".json"):
+        for name in sorted(self._pending_names()):
+            path = self.pending / name
             try:
                 due = float(path.name.split("-", 1)[0])
             except ValueError:

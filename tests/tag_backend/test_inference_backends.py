@@ -183,3 +183,37 @@ def test_int8_weights_stay_close_to_torch(models, tmp_path):
     assert min(_min_cosine(g.tokens, w.tokens) for g, w in zip(got, want)) >= 0.99
     (entry,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert json.loads((entry / "meta.json").read_text())["int8"] is True
+
+
+def test_a_large_batch_runs_through_a_compiled_graph_in_chunks(models, cache_dir):
+    """The runtimes keep working memory sized to the largest batch they ran, so a batch larger
+    than ``max_batch`` goes through in chunks, in order, with the same result."""
+    dino, clip = models
+    compiled = CompiledForwards(dino, clip, BackendChoice("openvino", torch.float32),
+                                ExportCache(str(cache_dir)), max_batch=2)
+    seen: list[int] = []
+
+    def graph(array):
+        seen.append(len(array))
+        return array[:, :1, 0, 0] * 2
+
+    pixels = torch.randn(5, 3, 4, 4)
+    out = compiled._run(graph, pixels)
+    assert seen == [2, 2, 1]
+    assert torch.equal(out, pixels[:, :1, 0, 0] * 2)
+    with pytest.raises(ValueError, match="max_batch"):
+        CompiledForwards(dino, clip, BackendChoice("openvino", torch.float32),
+                         ExportCache(str(cache_dir)), max_batch=0)
+
+
+def test_backend_max_batch_setting_reaches_the_forwards(tiny_settings, monkeypatch):
+    monkeypatch.setenv("TAG_BACKEND_MAX_BATCH", "3")
+    assert settings_from_env().backend_max_batch == 3
+    monkeypatch.setenv("TAG_BACKEND_MAX_BATCH", "0")
+    with pytest.raises(ConfigError, match="TAG_BACKEND_MAX_BATCH"):
+        settings_from_env()
+    services = Services(tiny_settings.replace(backend="openvino", backend_max_batch=3))
+    try:
+        assert services.models.forwards.max_batch == 3
+    finally:
+        services.close()

@@ -101,6 +101,11 @@ def test_finished_background_work_is_answered_from_the_store(queue):
                                 budget=0.0, predict_one=None, project_id=3, push=True,
                                 engine_ready=False)
     assert other.cached == [] and other.queued == [0, 1, 2]
+    # Nor do the same version's predictions made with other output-shaping settings.
+    reshaped = predict_with_budget(queue, todo, label_config="<View/>", model_version="v1",
+                                   budget=0.0, predict_one=None, project_id=3, push=True,
+                                   engine_ready=False, output="other-settings")
+    assert reshaped.cached == [] and reshaped.queued == [0, 1, 2]
 
 
 def test_nothing_is_computed_inline_before_the_models_are_loaded(queue):
