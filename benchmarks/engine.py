@@ -217,8 +217,10 @@ def startup_stages(image: str) -> dict:
     from tag_backend.services import Services
     mark("import engine (torch)")
     services = Services(settings_with())
-    services.models.load_backbones()
-    mark("load DINOv2 + CLIP (side by side)")
+    services.models.dino
+    mark("load DINOv2")
+    services.models.clip
+    mark("load CLIP")
     pipeline = services.pipeline()
     mark("store + index + exemplars")
     services.version_for(services.knowledge())

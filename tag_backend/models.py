@@ -29,7 +29,6 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 _cache: dict[tuple, object] = {}
 _cache_lock = threading.Lock()
-_build_locks: dict[tuple, threading.Lock] = {}  # one per key: DINOv2 and CLIP load side by side
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -72,8 +71,6 @@ def resolve_dtype(dtype: str | None, device: torch.device, prefer_bf16: bool) ->
 
 def _cached(key: tuple, build):
     with _cache_lock:
-        lock = _build_locks.setdefault(key, threading.Lock())
-    with lock:
         if key not in _cache:
             _cache[key] = build()
         return _cache[key]

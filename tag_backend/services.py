@@ -20,7 +20,6 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
@@ -52,7 +51,7 @@ class Models:
 
     def __init__(self, settings: Settings, preset: Preset) -> None:
         self.settings, self.preset = settings, preset
-        self._locks = {name: threading.Lock() for name in ("dino", "clip", "sam")}
+        self._lock = threading.Lock()
 
     @cached_property
     def device(self):
@@ -85,25 +84,14 @@ class Models:
 
     @cached_property
     def dino(self) -> LoadedDino:
-        with self._locks["dino"]:
+        with self._lock:
             return load_dino(self.settings.dino_model or self.preset.dino_model, self.device,
                              self.dtype)
 
     @cached_property
     def clip(self) -> LoadedClip:
-        with self._locks["clip"]:
+        with self._lock:
             return load_clip(self.clip_model, self.clip_pretrained, self.device, self.dtype)
-
-    def load_backbones(self) -> None:
-        """Load DINOv2 (in a helper thread) and CLIP (here) side by side: reading and
-        unpacking the two weight files overlap on a multi-core machine (start-up of
-        ``tag-backend predict`` and ``serve``). A loading error is raised here."""
-        with ThreadPoolExecutor(1, thread_name_prefix="tag-load-dino") as pool:
-            dino = pool.submit(lambda: self.dino)
-            try:
-                _ = self.clip
-            finally:
-                dino.result()  # when both fail, DINOv2's error is the one reported (loading order)
 
     @cached_property
     def refiner(self):
@@ -116,7 +104,7 @@ class Models:
         # SAM runs in float32 unless a dtype was asked for explicitly: its mask logits are
         # thresholded at 0, where bf16 rounding moves boundaries.
         dtype = resolve_dtype(self.settings.dtype, self.device, prefer_bf16=False)
-        with self._locks["sam"]:
+        with self._lock:
             sam = load_sam(self.settings.sam_model or DEFAULT_SAM_MODEL, self.device, dtype)
         return SamRefiner(sam)
 
@@ -206,7 +194,7 @@ class Services:
             return pipeline
         with self._lock:
             if self._pipeline is None:
-                self.models.load_backbones()  # missing weights fail before the store
+                _ = self.models.dino, self.models.clip  # missing weights fail before the store
                 knowledge = self._read_knowledge()
                 self._knowledge = knowledge
                 self._pipeline = self._build_pipeline(knowledge)

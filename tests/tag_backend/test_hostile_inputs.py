@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import logging
 import socket
 import threading
@@ -569,8 +570,8 @@ def test_docker_healthcheck_passes_with_auth_on(served):
     dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
     command = json.loads(re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])", dockerfile).group(1))
     assert command[:2] == ["python", "-c"]
-    code = command[2].replace("127.0.0.1:9090", f"127.0.0.1:{served['port']}")
-    assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
+    env = {**os.environ, "TAG_PORT": str(served["port"])}  # the probe follows the port setting
+    assert subprocess.run([sys.executable, "-c", command[2]], env=env, timeout=30).returncode == 0
 
 
 def test_bad_allowlist_entry_is_a_clear_config_error(tmp_path):
