@@ -43,7 +43,8 @@ def prelabel(project_id, task_filter, limit, refresh, batch_size, quiet, **flags
     Skips tasks that already have a prediction of the current model version, pushes each
     prediction as it finishes, and can be stopped with Ctrl-C: run it again to resume.
     A second run on a project whose job is still active joins that job. With --refresh,
-    only predictions that corrections made stale are recomputed.
+    only predictions that corrections made stale are recomputed, and pushed only when they
+    changed.
     """
     from .prelabel import PrelabelInterrupted, prelabel_project
 
@@ -63,8 +64,10 @@ def prelabel(project_id, task_filter, limit, refresh, batch_size, quiet, **flags
     if final is None:
         click.echo("nothing to do")
         return
+    unchanged = f", {final.unchanged} unchanged (not pushed again)" if refresh else ""
     click.echo(f"job {final.job_id}: {final.done} done, {final.failed} failed, {final.pushed} "
-               f"pushed, {final.push_gone} gone (task deleted), {final.push_failed} refused")
+               f"pushed{unchanged}, {final.push_gone} gone (task deleted), {final.push_failed} "
+               "refused")
     per_1000 = 1000 * plan.ls_requests / max(final.total, 1)
     click.echo(f"Label Studio requests: {plan.ls_requests} ({per_1000:.1f} per 1,000 tasks)")
     _print_failures(services, final.job_id)
@@ -120,6 +123,7 @@ def list_jobs(limit, **flags) -> None:
 def show_job(job_id, **flags) -> None:
     """One job's counts and its failures."""
     from .queue import JobError
+    from .schema import REFRESH
 
     queue = _queue(flags)
     try:
@@ -131,7 +135,8 @@ def show_job(job_id, **flags) -> None:
     click.echo(f"tasks: {p.total} total, {p.queued} queued, {p.running} running, {p.done} done, "
                f"{p.failed} failed, {p.cancelled} cancelled")
     click.echo(f"pushes: {p.pushed} pushed, {p.push_pending} pending, {p.push_gone} gone, "
-               f"{p.push_failed} refused")
+               f"{p.push_failed} refused" + (f", {p.unchanged} unchanged (not pushed again)"
+                                             if job.kind == REFRESH else ""))
     for task_id, reason in queue.failures(job_id):
         click.echo(f"  task {task_id}: {reason}")
 

@@ -15,7 +15,10 @@
 With ``refresh=True`` (``prelabel --refresh``) step 1 instead selects the tasks no annotator has
 submitted whose newest prediction by this backend has a region predicted as a concept that
 changed since that prediction's knowledge (corrected, merged, renamed, rejected:
-``database_tools.prediction_log.stale_tasks``); docs/learning.md says what the rule can miss.
+``database_tools.prediction_log.stale_tasks``), as a job of its own kind (``refresh``): that rule
+knows concept ids, not region embeddings, so it selects every task a change *can* affect, and
+the worker pushes a recomputed prediction only when it differs from the one Label Studio shows
+(:mod:`tag_backend.ls.shown`). docs/learning.md says what the rule can miss.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from ..ls.controls import parse_label_config
 from .keys import cache_key
 from .push import LabelStudioAccessError, LabelStudioPusher, classify
 from .queue import JobProgress, JobQueue, task_payload
+from .schema import PRELABEL, REFRESH
 from .worker import Worker, WorkerOptions
 
 logger = logging.getLogger(__name__)
@@ -202,7 +206,9 @@ def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_
     """Queue the project's tasks that need a prediction (joining an active job if any).
 
     :param refresh: queue only tasks whose stored prediction the knowledge learnt since can
-        change (unlabeled ones; ``filter`` is ignored), whatever their model_version.
+        change (unlabeled ones; ``filter`` is ignored), whatever their model_version, as a
+        ``refresh`` job (joining an active one): results equal to what Label Studio shows are
+        not pushed.
     """
     if filter not in FILTERS:
         raise ValueError(f"filter must be one of {FILTERS}, got {filter!r}")
@@ -234,12 +240,13 @@ def plan_prelabel(services, queue: JobQueue, pusher: LabelStudioPusher, project_
                 listed_all = False
                 break
     keys = [cache_key(version, label_config, t, services.output_fingerprint) for t in selected]
-    job_id = queue.find_active_job(project_id, "prelabel")
+    kind = REFRESH if refresh else PRELABEL
+    job_id = queue.find_active_job(project_id, kind)
     joined = job_id is not None
     if joined:
         added = queue.add_tasks(job_id, selected, keys=keys)
     elif selected:
-        job_id = queue.create_job("prelabel", selected, label_config=label_config,
+        job_id = queue.create_job(kind, selected, label_config=label_config,
                                   model_version=version, project_id=project_id, push=True,
                                   keys=keys, created_by="cli")
         added = len(selected)

@@ -10,8 +10,9 @@ later with back-off); ``failed`` (400: Label Studio refuses the result — recor
 (401/403 — the token lacks permission: retried later, and the CLI stops with a clear message).
 
 A push interrupted between Label Studio's answer and our bookkeeping (a kill) is retried; the
-retry first looks for a prediction of the same ``model_version`` on the task, so no task gets
-two identical predictions.
+retry first compares the item with the task's newest prediction of the same ``model_version``
+(:meth:`LabelStudioPusher.shows`: same regions and names), so no task gets two identical
+predictions, and a refresh that replaces a prediction of the same version is still pushed.
 """
 from __future__ import annotations
 
@@ -95,13 +96,25 @@ class LabelStudioPusher:
         with self._lock:
             self.requests += n
 
-    def has_version(self, ls_task_id: int, model_version: str) -> bool:
-        """Whether the task already holds a prediction of ``model_version``."""
-        self.count_request()
-        for prediction in self.client().predictions.list(task=ls_task_id):
-            if getattr(prediction, "model_version", None) == model_version:
-                return True
-        return False
+    def shows(self, ls_task_id: int, item: Mapping[str, Any]) -> bool:
+        """Whether the task's newest prediction of the item's ``model_version`` already shows
+        the item's regions and names (pushing it would only add a copy). False when it has no
+        such prediction, or when Label Studio cannot tell now (then the push decides)."""
+        from ..ls.shown import same_regions
+
+        version = str(item.get("model_version", ""))
+        try:
+            self.count_request()
+            same = [p for p in self.client().predictions.list(task=int(ls_task_id))
+                    if getattr(p, "model_version", None) == version]
+        except Exception as exc:  # noqa: BLE001 - any failure: push, as if it had changed
+            logger.warning("task %s: cannot compare with its stored prediction (%s): pushing it",
+                           ls_task_id, classify(exc).detail, extra={"task_id": ls_task_id})
+            return False
+        if not same:
+            return False
+        newest = max(same, key=lambda p: getattr(p, "id", 0) or 0)
+        return same_regions(getattr(newest, "result", None) or [], item.get("result") or [])
 
     def push(self, ls_task_id: int, item: Mapping[str, Any], *, check_existing: bool = False
              ) -> PushResult:
@@ -110,7 +123,8 @@ class LabelStudioPusher:
         version = str(item.get("model_version", ""))
 
         def create() -> PushResult:
-            if check_existing and self.has_version(ls_task_id, version):
+            # Content, not just the version: a refresh replaces a prediction of the same version
+            if check_existing and self.shows(ls_task_id, item):
                 return PushResult(PUSHED, "already present")
             self.count_request()
             self.client().predictions.create(

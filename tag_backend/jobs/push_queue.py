@@ -7,7 +7,7 @@ A confirmed push drops the stored result (Label Studio holds it now) unless anot
 waits to push the same prediction.
 
 First attempts of one project go out in batches (:meth:`LabelStudioPusher.push_batch`);
-retries are pushed one by one after checking the task does not already hold the prediction
+retries are pushed one by one after checking the task does not already show the prediction
 (a batch whose answer was lost may have been created).
 """
 from __future__ import annotations
@@ -141,8 +141,9 @@ def push_claims(queue: JobQueue, pusher: LabelStudioPusher, worker_id: str,
     First attempts with a known project: one ``import_predictions`` request per
     :data:`PUSH_BATCH`; a refused batch (HTTP 400: a task deleted meanwhile, a result Label
     Studio rejects) falls back to one request per task so only the bad task fails. Retries and
-    tasks without a project are pushed one by one, checking first for an existing prediction of
-    the same ``model_version`` (no duplicates after a lost answer).
+    tasks without a project are pushed one by one, checking first whether the task's newest
+    prediction of the same ``model_version`` already shows the item (no duplicates after a lost
+    answer).
     """
     done: list[tuple[PushClaim, PushResult]] = []
     single: list[PushClaim] = []

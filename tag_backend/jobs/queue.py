@@ -92,6 +92,7 @@ class ClaimedTask:
     task: dict
     attempts: int
     label_config: str
+    kind: str = "prelabel"  # the job's kind: "refresh" results are pushed only when changed
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class JobProgress:
     pushed: int
     push_gone: int
     push_failed: int
+    unchanged: int = 0  # refresh results equal to what Label Studio shows: not pushed again
 
     @property
     def finished(self) -> int:
@@ -174,7 +176,7 @@ class JobQueue:
         self.engine = engine
         self.policy = policy
         self.dialect = engine.dialect.name
-        self._configs: dict[int, str] = {}  # job id -> label config (never changes)
+        self._configs: dict[int, tuple[str, str]] = {}  # job id -> (label config, kind): fixed
         self._running: set[int] = set()  # jobs this process saw marked running
         self._depth: tuple[float, int] | None = None  # (recount after, last value)
         self._depth_lock = threading.Lock()
@@ -356,8 +358,8 @@ class JobQueue:
             job_ids = {r.job_id for r in rows}
             unknown = job_ids - self._configs.keys()
             if unknown:
-                self._configs.update(conn.execute(select(Job.id, Job.label_config)
-                                                  .where(Job.id.in_(unknown))).all())
+                self._configs.update((r.id, (r.label_config, r.kind)) for r in conn.execute(
+                    select(Job.id, Job.label_config, Job.kind).where(Job.id.in_(unknown))))
             starting = job_ids - self._running
             if starting:  # one round trip saved per claim once a job is known to run
                 conn.execute(update(Job).where(Job.id.in_(starting), Job.status == "queued")
@@ -365,7 +367,8 @@ class JobQueue:
         self._running |= job_ids
         rows = sorted(rows, key=lambda r: (r.job_id, r.position))
         return [ClaimedTask(int(r.id), int(r.job_id), int(r.ls_task_id), json.loads(r.task_json),
-                            int(r.attempts), self._configs.get(r.job_id, "")) for r in rows]
+                            int(r.attempts), *self._configs.get(r.job_id, ("", "prelabel")))
+                for r in rows]
 
     def heartbeat(self, worker_id: str) -> int:
         """Renew every lease ``worker_id`` holds (compute and push); returns how many.
@@ -392,11 +395,13 @@ class JobQueue:
 
     # ------------------------------------------------------------------ results
     def complete(self, claim: ClaimedTask, worker_id: str, item: Mapping[str, Any],
-                 cache_key: str) -> bool:
+                 cache_key: str, *, unchanged: bool = False) -> bool:
         """Record a finished prediction (once: only while ``worker_id`` holds the lease).
 
         The item is stored once, in ``prelabel_predictions`` under ``cache_key`` (which the
-        task row then points to).
+        task row then points to). ``unchanged``: Label Studio already shows this very
+        prediction (a refresh found nothing new): it is neither pushed nor stored
+        (push state ``unchanged``).
         """
         if not cache_key:
             raise JobError("a finished prediction needs its cache key")
@@ -411,8 +416,9 @@ class JobQueue:
                 JobTask.status == "running",
             ).values(status="done", cache_key=cache_key, model_version=version, finished_at=now,
                      finished_by=worker_id, lease_owner=None, lease_expires_at=None, error="",
-                     push_status="pending" if push else "skipped")).rowcount
-            if done:
+                     push_status="unchanged" if unchanged else "pending" if push else "skipped")
+            ).rowcount
+            if done and not unchanged:
                 self._put_cache(conn, cache_key, claim.ls_task_id, version, text, now)
         if not done:
             logger.warning("task %s: lease lost before its result was recorded (another worker "
@@ -487,7 +493,7 @@ class JobQueue:
             cancelled=by_status.get("cancelled", 0),
             push_pending=by_push.get("pending", 0) + by_push.get("pushing", 0),
             pushed=by_push.get("pushed", 0), push_gone=by_push.get("gone", 0),
-            push_failed=by_push.get("failed", 0))
+            push_failed=by_push.get("failed", 0), unchanged=by_push.get("unchanged", 0))
 
     def failures(self, job_id: int, limit: int = 20) -> list[tuple[int, str]]:
         """(Label Studio task id, reason) of failed tasks and pushes."""

@@ -43,8 +43,13 @@ JOB_STATES = ("queued", "running", "done", "cancelled")
 ACTIVE_JOB_STATES = ("queued", "running")
 #: Task states: queued -> running (leased) -> done | failed | cancelled.
 TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
-#: Push states of a finished task: pending -> pushed | gone (task deleted) | failed | skipped.
-PUSH_STATES = ("pending", "pushed", "gone", "failed", "skipped")
+#: Job kinds: a ``prelabel`` run, the rest of a ``/predict`` that did not fit its budget, and a
+#: ``prelabel --refresh`` run (its results are pushed only when they differ from what Label
+#: Studio shows).
+PRELABEL, PREDICT, REFRESH = "prelabel", "predict", "refresh"
+#: Push states of a finished task: pending -> pushed | gone (task deleted) | failed | skipped
+#: (nothing to push to); unchanged: a refresh recomputed what Label Studio already shows.
+PUSH_STATES = ("pending", "pushed", "gone", "failed", "skipped", "unchanged")
 
 
 #: Partial-index predicates, shared verbatim by the index definitions and the queries.
@@ -80,7 +85,7 @@ class Job(JobsBase):
     __tablename__ = "prelabel_jobs"
     __table_args__ = (Index("ix_prelabel_jobs_project_status", "project_id", "status"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # "prelabel" | "predict"
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # PRELABEL | PREDICT | REFRESH
     project_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
     model_version: Mapped[str] = mapped_column(Text, nullable=False, default="")

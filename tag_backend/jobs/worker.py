@@ -36,6 +36,7 @@ from .keys import cache_key
 from .push import AUTH, PUSH_BATCH, PUSHED, LabelStudioPusher
 from .push_queue import claim_pushes, push_claims
 from .queue import ClaimedTask, JobQueue
+from .schema import REFRESH
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class WorkerStats:
     failed: int = 0
     retried: int = 0
     pushed: int = 0
+    unchanged: int = 0  # refresh results Label Studio already showed: not pushed
     push_errors: int = 0
     auth_error: str | None = None
     done_tasks: list[int] = field(default_factory=list)
@@ -251,12 +253,20 @@ class Worker:
                 continue
             key = cache_key(item["model_version"], claim.label_config, claim.task,
                             self.services.output_fingerprint)
-            if self.queue.complete(claim, self.worker_id, item, key):
+            unchanged = claim.kind == REFRESH and self._shown_already(claim, item)
+            if self.queue.complete(claim, self.worker_id, item, key, unchanged=unchanged):
                 self.stats.done += 1
+                self.stats.unchanged += unchanged
                 self.stats.done_tasks.append(claim.ls_task_id)
                 metrics.JOB_TASKS.labels(outcome="done").inc()
                 self._wake.set()
         metrics.STAGE_SECONDS.labels(stage="record").observe(time.perf_counter() - started)
+
+    def _shown_already(self, claim: ClaimedTask, item: dict) -> bool:
+        """A refresh result that Label Studio already shows (same regions, same names)."""
+        if self.pusher is None or not self.options.push or not self.pusher.configured:
+            return False
+        return self.pusher.shows(claim.ls_task_id, item)
 
     def _failed(self, claim: ClaimedTask, error: str, retry: bool) -> None:
         status = self.queue.fail(claim, self.worker_id, error, retry=retry)

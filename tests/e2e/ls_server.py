@@ -187,3 +187,53 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def data_dir_copy(stack: dict, name: str) -> str:
+    """A private copy (``name``) of the ``ls_stack`` fixture's warmed data dir: concept store,
+    index and job queue of one backend or CLI process."""
+    import shutil
+
+    target = stack["root"] / name
+    if not target.exists():
+        shutil.copytree(stack["warm"], target)
+    return str(target)
+
+
+def ls_api(ls_url: str, method: str, path: str, **kw):
+    """One Label Studio API call with the test token; asserts success, returns the JSON body."""
+    r = requests.request(method, ls_url + path, headers={"Authorization": f"Token {TOKEN}"},
+                         timeout=900, **kw)
+    assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text[:500]}"
+    return r.json() if r.content else None
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 3.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def backend_metric(backend_url: str, name: str, **labels: str) -> float:
+    """The sum of the backend's ``/metrics`` samples ``name`` with ``labels`` (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(backend_url + "/metrics", timeout=30).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
+
+
+def prelabel_process(env: dict[str, str], project: int, *args: str, **popen) -> subprocess.Popen:
+    """``tag-backend prelabel --project N --quiet --batch-size 2 [args]`` as a real subprocess."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tag_backend", "prelabel", "--project", str(project), "--quiet",
+         "--batch-size", "2", *args],
+        env={**os.environ, **env}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, **popen)

@@ -9,63 +9,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from ls_server import TOKEN, start_backend, start_label_studio, stop
+from ls_server import data_dir_copy, ls_api, prelabel_process, start_backend, stop, wait_until
 
 pytestmark = pytest.mark.slow
-HEADERS = {"Authorization": f"Token {TOKEN}"}
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def ls_stack(tmp_path_factory, tiny_models_dir, tiny_services_session):
-    from tag_backend.ls import recommended_label_config
-
-    root = tmp_path_factory.mktemp("e2e-prelabel")
-    tiny_services_session.pipeline()  # warm data dir (default index), copied per process
-    ls_proc, ls_url = start_label_studio(root)
-    env = {
-        "TAG_DINO_MODEL": tiny_models_dir["dino"],
-        "TAG_CLIP_MODEL": tiny_models_dir["clip"],
-        "TAG_DEVICE": "cpu",
-        "TAG_DTYPE": "float32",
-        "LABEL_STUDIO_URL": ls_url,
-        "LABEL_STUDIO_API_KEY": TOKEN,
-        "HF_HUB_OFFLINE": "1",
-    }
-    try:
-        yield {
-            "root": root,
-            "ls": ls_url,
-            "env": env,
-            "config": recommended_label_config(),
-            "warm": tiny_services_session.settings.data_dir,
-        }
-    finally:
-        stop(ls_proc)
-
-
-def _data_dir(stack, name: str) -> str:
-    target = stack["root"] / name
-    if not target.exists():
-        shutil.copytree(stack["warm"], target)
-    return str(target)
 
 
 def _api(stack, method, path, **kw):
-    r = requests.request(method, stack["ls"] + path, headers=HEADERS, timeout=900, **kw)
-    assert r.status_code < 300, f"{method} {path}: {r.status_code} {r.text[:500]}"
-    return r.json() if r.content else None
+    return ls_api(stack["ls"], method, path, **kw)
 
 
 def _project(stack, title: str, n: int) -> int:
@@ -99,18 +55,9 @@ def _versions_per_task(stack, project) -> dict[int, list[str]]:
     return out
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 3.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_retrieve_predictions_beyond_the_budget_pushes_all(ls_stack):
     project = _project(ls_stack, "budget", 40)
-    data = _data_dir(ls_stack, "backend-data")
+    data = data_dir_copy(ls_stack, "backend-data")
     be_proc, be_url = start_backend(
         ls_stack["root"], {**ls_stack["env"], "TAG_DATA_DIR": data, "TAG_PREDICT_BUDGET": "3"}
     )
@@ -125,7 +72,7 @@ def test_retrieve_predictions_beyond_the_budget_pushes_all(ls_stack):
             json={"selectedItems": {"all": True, "excluded": []}},
         )
         assert time.time() - started < 60  # answered within the budget, not after 40 images
-        _wait(
+        wait_until(
             lambda: all(_versions_per_task(ls_stack, project).values()), 3600, "all 40 predictions"
         )
         per_task = _versions_per_task(ls_stack, project)
@@ -138,26 +85,7 @@ def test_retrieve_predictions_beyond_the_budget_pushes_all(ls_stack):
 
 
 def _prelabel(stack, project: int, data: str, **popen):
-    env = {**os.environ, **stack["env"], "TAG_DATA_DIR": data}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tag_backend",
-            "prelabel",
-            "--project",
-            str(project),
-            "--quiet",
-            "--batch-size",
-            "2",
-        ],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **popen,
-    )
+    return prelabel_process({**stack["env"], "TAG_DATA_DIR": data}, project, **popen)
 
 
 def _done_rows(data: str) -> dict[int, tuple]:
@@ -180,10 +108,10 @@ def test_prelabel_killed_and_resumed_then_idempotent(ls_stack):
     # polled every 0.2 s).
     n_tasks = 30
     project = _project(ls_stack, "prelabel", n_tasks)
-    data = _data_dir(ls_stack, "cli-data")
+    data = data_dir_copy(ls_stack, "cli-data")
     first = _prelabel(ls_stack, project, data)
     try:
-        _wait(
+        wait_until(
             lambda: first.poll() is None and len(_done_rows(data)) >= 3,
             1800,
             "3 finished tasks before the kill",

@@ -90,6 +90,20 @@ def _images(root):
     return good, str(broken)
 
 
+def _work_until_settled(queue, services, settings, job: int, batch_size: int) -> Worker:
+    """Run a worker (pushing to ``settings``' Label Studio) until ``job`` is settled."""
+    worker = Worker(queue, services, LabelStudioPusher.from_settings(settings),
+                    WorkerOptions(batch_size=batch_size, prefetch=batch_size,
+                                  poll_seconds=0.2)).start()
+    try:
+        deadline = time.time() + 900
+        while not queue.progress(job).settled and time.time() < deadline:
+            time.sleep(0.3)
+    finally:
+        worker.stop()
+    return worker
+
+
 def test_worker_computes_retries_and_pushes(tiny_settings, tmp_path, fake_ls):
     from tag_backend.services import Services
 
@@ -105,14 +119,7 @@ def test_worker_computes_retries_and_pushes(tiny_settings, tmp_path, fake_ls):
     config = recommended_label_config()
     job = queue.create_job("prelabel", tasks, label_config=config, model_version="x",
                            project_id=1)
-    worker = Worker(queue, services, LabelStudioPusher.from_settings(settings),
-                    WorkerOptions(batch_size=4, prefetch=4, poll_seconds=0.2)).start()
-    try:
-        deadline = time.time() + 900
-        while not queue.progress(job).settled and time.time() < deadline:
-            time.sleep(0.5)
-    finally:
-        worker.stop()
+    worker = _work_until_settled(queue, services, settings, job, batch_size=4)
     p = queue.progress(job)
     assert (p.done, p.failed, p.queued, p.running) == (3, 2, 0, 0)
     assert (p.pushed, p.push_gone, p.push_pending) == (2, 1, 0)
@@ -211,3 +218,55 @@ def test_predict_over_budget_queues_then_answers_from_the_store(tiny_settings, t
         assert "tag_index_entries" in metrics and "tag_concept_db_version" in metrics
     finally:
         services.close()
+
+
+def test_refresh_pushes_only_the_predictions_that_changed(tiny_settings, tmp_path, fake_ls):
+    """A ``refresh`` job recomputes its tasks but pushes a result only when Label Studio does
+    not already show it (same regions and names; region ids and scores do not count)."""
+    from tag_backend.jobs.schema import PRELABEL, REFRESH
+    from tag_backend.services import Services
+
+    good, _ = _images(tmp_path)
+    settings = tiny_settings.replace(allowed_local_roots=str(tmp_path),
+                                     label_studio_url=fake_ls.url, label_studio_api_key=TOKEN)
+    services = Services(settings)
+    queue = JobQueue.from_store(services.store)
+    tasks = [{"id": i + 1, "data": {"image": path}} for i, path in enumerate(good)]
+    config, version = recommended_label_config(), services.model_version()
+
+    def run(kind):
+        job = queue.create_job(kind, tasks, label_config=config, model_version=version,
+                               project_id=1)
+        worker = _work_until_settled(queue, services, settings, job, batch_size=3)
+        return queue.progress(job), worker.stats
+
+    first, _ = run(PRELABEL)
+    assert (first.pushed, first.unchanged) == (3, 0)
+    stored = {p["task"]: p for p in fake_ls.created}
+    for item in stored[1]["result"]:
+        item["score"] = 0.01  # another score only: still the same prediction
+    renamed = next(i for i in stored[2]["result"] if i["type"] == "textarea")
+    renamed["value"] = {"text": ["something else"]}  # what LS shows differs: push
+    stored[3]["model_version"] = "tag-older-release"  # no prediction of this version: push
+    progress, stats = run(REFRESH)
+    assert (progress.done, progress.pushed, progress.unchanged) == (3, 2, 1)
+    assert stats.unchanged == 1
+    assert sorted(p["task"] for p in fake_ls.created[3:]) == [2, 3]
+    fresh = {p["task"]: p for p in fake_ls.created[3:]}
+    assert fresh[2]["model_version"] == version and fresh[2]["result"]
+
+
+def test_a_retried_push_skips_only_a_prediction_label_studio_already_shows(fake_ls):
+    """The retry check compares content: the prediction a lost answer created is not pushed
+    twice, but a refresh replacing an older prediction of the same version is pushed."""
+    def item(rid, name):
+        return {"model_version": "v", "score": 0.5, "result": [
+            {"id": rid, "from_name": "name", "to_name": "image", "type": "textarea",
+             "value": {"text": [name]}}]}
+
+    fake_ls.created.append({"task": 9, **item("a1", "dog")})
+    pusher = LabelStudioPusher(fake_ls.url, TOKEN)
+    assert pusher.push(9, item("b2", "dog"), check_existing=True).detail == "already present"
+    assert len(fake_ls.created) == 1
+    assert pusher.push(9, item("c3", "wolf"), check_existing=True).detail == ""
+    assert [p["result"][0]["value"]["text"] for p in fake_ls.created] == [["dog"], ["wolf"]]
