@@ -29,6 +29,7 @@ from typing import Any
 
 from .keys import cache_key
 from .queue import JobQueue, task_payload
+from .schema import PREDICT
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def _queue_rest(queue: JobQueue, tasks, keys, todo: list[int], outcome: BudgetOu
             new.append(i)
     if not new:
         return None
-    job_id = queue.create_job("predict", [task_payload(tasks[i]) for i in new],
+    job_id = queue.create_job(PREDICT, [task_payload(tasks[i]) for i in new],
                               label_config=label_config, model_version=model_version,
                               project_id=project_id, push=push,
                               keys=[keys[i] for i in new], created_by="/predict")

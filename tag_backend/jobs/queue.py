@@ -40,6 +40,7 @@ from .schema import (
     ACTIVE_JOB_STATES,
     ACTIVE_KEY_PREDICATE,
     LEASED_PREDICATE,
+    PRELABEL,
     PROBLEM_PREDICATE,
     PUSH_PENDING_PREDICATE,
     QUEUED_PREDICATE,
@@ -92,7 +93,7 @@ class ClaimedTask:
     task: dict
     attempts: int
     label_config: str
-    kind: str = "prelabel"  # the job's kind: "refresh" results are pushed only when changed
+    kind: str = PRELABEL  # the job's kind: "refresh" results are pushed only when changed
 
 
 @dataclass(frozen=True)
@@ -367,7 +368,7 @@ class JobQueue:
         self._running |= job_ids
         rows = sorted(rows, key=lambda r: (r.job_id, r.position))
         return [ClaimedTask(int(r.id), int(r.job_id), int(r.ls_task_id), json.loads(r.task_json),
-                            int(r.attempts), *self._configs.get(r.job_id, ("", "prelabel")))
+                            int(r.attempts), *self._configs.get(r.job_id, ("", PRELABEL)))
                 for r in rows]
 
     def heartbeat(self, worker_id: str) -> int:
