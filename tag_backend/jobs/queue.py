@@ -4,16 +4,18 @@ Every state change is one short transaction on the concept store's engine, so an
 workers (threads, processes, backend replicas) can share one queue:
 
 * **claim** — PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED`` then ``UPDATE`` the picked rows
-  (concurrent claimers skip each other's rows instead of waiting). SQLite: one atomic
+  (concurrent claimers skip each other's rows instead of waiting), one statement sent in
+  autocommit mode whose commit does not wait for an fsync (see :meth:`JobQueue.claim` for why
+  losing it in a database crash is harmless). SQLite: one atomic
   ``UPDATE ... WHERE status='queued' AND id IN (...) RETURNING id`` inside the store's
   ``BEGIN IMMEDIATE`` transaction (SQLite serialises writers).
 * **lease** — a claimed task carries its worker's id and an expiry that the worker renews
-  (:meth:`JobQueue.heartbeat`). A killed worker stops renewing; :meth:`JobQueue.expire_leases`
+  (:meth:`JobQueue.heartbeat`, unflushed like the claim). A killed worker stops renewing; :meth:`JobQueue.expire_leases`
   puts its tasks back (or fails them after ``max_attempts``, so a task that kills workers cannot
   loop forever).
 * **complete** — conditional on the lease (``lease_owner = me AND status = 'running'``), so a
   result is recorded once even if a slow worker's lease was taken over meanwhile. The result is
-  stored once, in ``prelabel_predictions`` (see :mod:`.schema`).
+  stored once, in ``prelabel_predictions`` (see :mod:`.schema`), with a durable commit.
 
 Every periodic query (claim, heartbeat, lease expiry, settling, depth) reads a partial index
 (:mod:`.schema`), so its cost follows the active work — a batch, the leases, the active jobs —
@@ -30,12 +32,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy import Integer, bindparam, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from .. import metrics
-from ..sql_claims import update_picked
+from ..sql_claims import unflushed_commit, update_picked
 from .schema import (
     ACTIVE_JOB_STATES,
     ACTIVE_KEY_PREDICATE,
@@ -181,6 +183,11 @@ class JobQueue:
         self._running: set[int] = set()  # jobs this process saw marked running
         self._depth: tuple[float, int] | None = None  # (recount after, last value)
         self._depth_lock = threading.Lock()
+        # PostgreSQL: claims and heartbeats are single statements, each its own (autocommit)
+        # transaction: no BEGIN/COMMIT round trips. SQLite keeps the store's BEGIN IMMEDIATE.
+        self._single_statement = engine.execution_options(isolation_level="AUTOCOMMIT") \
+            if self.dialect == "postgresql" else None
+        self._claim_statement = self._build_claim_statement()
         upgrade_job_tables(engine)
 
     @classmethod
@@ -338,49 +345,111 @@ class JobQueue:
         """``UPDATE prelabel_tasks`` of the rows ``pick`` selects (:mod:`..sql_claims`)."""
         return update_picked(JobTask.__table__, pick, self.dialect, still_due)
 
+    def _build_claim_statement(self):
+        """The claim as one ``UPDATE ... RETURNING``, built once with bound parameters.
+
+        Building the expression (select, CTE, update) costs about as much client CPU as the
+        database spends on the claim; reusing one statement object also lets SQLAlchemy reuse
+        its compiled form without recomputing the cache key each time.
+        """
+        now = bindparam("claim_now")
+        return (self.update_picked(
+            self._claimable(now).limit(bindparam("claim_limit", type_=Integer)),
+            predicate(QUEUED_PREDICATE))
+            .values(status="running", lease_owner=bindparam("claim_worker"),
+                    lease_expires_at=bindparam("claim_expires"), attempts=JobTask.attempts + 1)
+            .returning(JobTask.id, JobTask.job_id, JobTask.ls_task_id, JobTask.task_json,
+                       JobTask.attempts, JobTask.position, *unflushed_commit(self.dialect)))
+
+    def _one_statement(self):
+        """A connection on which one write statement is its own transaction: PostgreSQL in
+        autocommit mode (one round trip), SQLite in the store's ``BEGIN IMMEDIATE``."""
+        if self._single_statement is not None:
+            return self._single_statement.connect()
+        return self.engine.begin()
+
     def claim(self, worker_id: str, limit: int) -> list[ClaimedTask]:
         """Lease up to ``limit`` due tasks for ``worker_id`` (oldest job first, in task order).
 
         One ``UPDATE ... RETURNING`` statement of the claimable rows (:meth:`update_picked`).
+        On PostgreSQL it is sent in autocommit mode (a single round trip) and its commit does
+        not wait for the WAL flush (:func:`..sql_claims.unflushed_commit`). Losing a claim in
+        a database crash is harmless: the tasks are simply still queued, as if the claim had
+        never run, and are claimed again; the worker holding the lost claim finds its lease
+        gone when it records (:meth:`complete` and :meth:`fail` only change a row while
+        ``lease_owner = worker_id AND status = 'running'``), so its result is dropped and the
+        task is computed and recorded once by whoever claims it next. A recorded result
+        cannot outlive its claim: the record commits durably, which flushes the WAL up to it,
+        the claim included. Results (:meth:`complete`) keep durable commits.
+
+        The first claim of a job by this process also reads the job's labeling config and
+        marks the job running; should that fail, the just-claimed tasks are given back.
         """
         if limit <= 0:
             return []
         now = _now()
-        with self.engine.begin() as conn:
-            rows = conn.execute(self.update_picked(
-                self._claimable(now).limit(limit), predicate(QUEUED_PREDICATE))
-                .values(status="running", lease_owner=worker_id,
-                        lease_expires_at=now + self.policy.lease_seconds,
-                        attempts=JobTask.attempts + 1)
-                .returning(JobTask.id, JobTask.job_id, JobTask.ls_task_id, JobTask.task_json,
-                           JobTask.attempts, JobTask.position)).all()
-            if not rows:
-                return []
-            job_ids = {r.job_id for r in rows}
-            unknown = job_ids - self._configs.keys()
-            if unknown:
-                self._configs.update((r.id, (r.label_config, r.kind)) for r in conn.execute(
-                    select(Job.id, Job.label_config, Job.kind).where(Job.id.in_(unknown))))
-            starting = job_ids - self._running
-            if starting:  # one round trip saved per claim once a job is known to run
-                conn.execute(update(Job).where(Job.id.in_(starting), Job.status == "queued")
-                             .values(status="running", updated_at=now))
-        self._running |= job_ids
+        with self._one_statement() as conn:
+            rows = conn.execute(self._claim_statement, {
+                "claim_now": now, "claim_limit": limit, "claim_worker": worker_id,
+                "claim_expires": now + self.policy.lease_seconds}).all()
+        if not rows:
+            return []
+        job_ids = {r.job_id for r in rows}
+        unknown = job_ids - self._configs.keys()
+        starting = job_ids - self._running
+        if unknown or starting:  # once per job and process: claims of a known job skip this
+            try:
+                self._start_jobs(unknown, starting, now)
+            except Exception:
+                self._give_back(worker_id, [r.id for r in rows])
+                raise
         rows = sorted(rows, key=lambda r: (r.job_id, r.position))
         return [ClaimedTask(int(r.id), int(r.job_id), int(r.ls_task_id), json.loads(r.task_json),
                             int(r.attempts), *self._configs.get(r.job_id, ("", PRELABEL)))
                 for r in rows]
 
+    def _start_jobs(self, unknown: set[int], starting: set[int], now: float) -> None:
+        """Remember the labeling config and kind of ``unknown`` jobs; mark ``starting`` jobs
+        running."""
+        with self.engine.begin() as conn:
+            if unknown:
+                self._configs.update((r.id, (r.label_config, r.kind)) for r in conn.execute(
+                    select(Job.id, Job.label_config, Job.kind).where(Job.id.in_(unknown))))
+            if starting:
+                conn.execute(update(Job).where(Job.id.in_(starting), Job.status == "queued")
+                             .values(status="running", updated_at=now))
+        self._running |= starting
+
+    def _give_back(self, worker_id: str, row_ids: list[int]) -> None:
+        """Best effort: re-queue tasks just claimed but not handed to the worker (without
+        counting the attempt). If the database refuses this too, the leases expire instead."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(JobTask).where(
+                    JobTask.id.in_(row_ids), JobTask.lease_owner == worker_id,
+                    JobTask.status == "running",
+                ).values(status="queued", lease_owner=None, lease_expires_at=None,
+                         attempts=JobTask.attempts - 1))
+        except Exception as exc:  # noqa: BLE001 - the caller re-raises the original error
+            logger.warning("could not give back %d claimed task(s) (%s); their leases expire "
+                           "in %.0f s", len(row_ids), exc, self.policy.lease_seconds)
+
     def heartbeat(self, worker_id: str) -> int:
         """Renew every lease ``worker_id`` holds (compute and push); returns how many.
 
         ``lease_owner = :me`` reads the partial ``ix_prelabel_tasks_lease_owner``: O(own leases).
+        One statement whose commit, like a claim's, does not wait for the WAL flush on
+        PostgreSQL: a renewal lost in a database crash leaves the lease of the previous
+        renewal, at least ``lease_seconds`` minus one heartbeat interval away, and the
+        worker's next heartbeat renews it again; if it expired meanwhile, the task is
+        re-queued and the late result dropped, as for any lost lease.
         """
-        with self.engine.begin() as conn:
-            return int(conn.execute(update(JobTask).where(
+        with self._one_statement() as conn:
+            return len(conn.execute(update(JobTask).where(
                 JobTask.lease_owner == worker_id,
                 or_(JobTask.status == "running", JobTask.push_status == "pushing"),
-            ).values(lease_expires_at=_now() + self.policy.lease_seconds)).rowcount)
+            ).values(lease_expires_at=_now() + self.policy.lease_seconds)
+                .returning(JobTask.id, *unflushed_commit(self.dialect))).all())
 
     def release(self, worker_id: str) -> int:
         """Give back this worker's unfinished claims without counting the attempt (Ctrl-C)."""
