@@ -67,6 +67,74 @@ def test_expired_lease_is_reclaimed_and_result_recorded_once(jobs_store):
     assert (p.done, p.queued, p.running) == (1, 0, 0)
 
 
+def _lose_claim_in_a_crash(queue, claim) -> None:
+    """The task row as a database crash that lost the (unflushed) claim leaves it: as before
+    the claim ran."""
+    from sqlalchemy import update
+
+    from tag_backend.jobs.schema import JobTask
+
+    with queue.engine.begin() as conn:
+        conn.execute(update(JobTask).where(JobTask.id == claim.row_id).values(
+            status="queued", lease_owner=None, lease_expires_at=None,
+            attempts=claim.attempts - 1))
+
+
+def test_a_claim_lost_in_a_database_crash_leaves_the_task_queued(jobs_store):
+    """Claims commit without waiting for the WAL flush on PostgreSQL: losing one is harmless.
+    The worker still computing the task finds its lease gone when it records; whoever claims
+    the task next records it, once."""
+    queue = make_queue(jobs_store)
+    job = _job(queue, 1)
+    (lost,) = queue.claim("a", 1)
+    _lose_claim_in_a_crash(queue, lost)
+    assert queue.progress(job).queued == 1
+    (again,) = queue.claim("b", 1)
+    assert (again.ls_task_id, again.attempts) == (lost.ls_task_id, 1)
+    assert queue.complete(lost, "a", ITEM, "k-a") is False  # late result of the lost claim
+    assert queue.fail(lost, "a", "HTTP 500") == "queued"  # nor can it fail the task
+    assert queue.progress(job).running == 1
+    assert queue.complete(again, "b", ITEM, "k-b") is True
+    assert queue.cached(["k-a", "k-b"]).keys() == {"k-b"}
+    p = queue.progress(job)
+    assert (p.done, p.queued, p.running, p.push_pending) == (1, 0, 0, 1)
+
+
+def test_a_worker_that_reclaims_after_losing_its_claim_records_once(jobs_store):
+    """The same worker id may claim the task again after its claim was lost: of its two
+    computations the first to finish is recorded, the other is dropped."""
+    queue = make_queue(jobs_store)
+    job = _job(queue, 1)
+    (lost,) = queue.claim("a", 1)
+    _lose_claim_in_a_crash(queue, lost)
+    (again,) = queue.claim("a", 1)
+    assert queue.complete(lost, "a", ITEM, "k1") is True
+    assert queue.complete(again, "a", ITEM, "k1") is False
+    p = queue.progress(job)
+    assert (p.done, p.queued, p.running) == (1, 0, 0)
+
+
+def test_claimed_tasks_are_given_back_when_the_job_cannot_be_started(jobs_store, monkeypatch):
+    """The first claim of a job also reads its config and marks it running (a second
+    transaction): if that fails the claimed tasks are re-queued at once, attempt not counted."""
+    queue = make_queue(jobs_store)
+    job = _job(queue, 3)
+
+    def refuse(*_args):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(queue, "_start_jobs", refuse)
+    with pytest.raises(RuntimeError):
+        queue.claim("w", 2)
+    p = queue.progress(job)
+    assert (p.queued, p.running) == (3, 0)
+    monkeypatch.undo()
+    claims = queue.claim("w", 3)
+    assert [(c.ls_task_id, c.attempts, c.label_config) for c in claims] == [
+        (1, 1, "<View/>"), (2, 1, "<View/>"), (3, 1, "<View/>")]
+    assert queue.get_job(job).status == "running"
+
+
 def test_heartbeat_keeps_the_lease(jobs_store):
     queue = make_queue(jobs_store, lease_seconds=0.5)
     _job(queue, 1)

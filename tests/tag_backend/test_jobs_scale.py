@@ -97,6 +97,53 @@ def test_periodic_queries_read_partial_indexes_not_the_task_table(jobs_store):
                                    for line in plan.splitlines()), (name, statement, plan)
 
 
+def test_a_claim_is_one_statement_whose_commit_skips_the_flush_and_a_record_is_durable(
+        jobs_store):
+    """On PostgreSQL a claim (of a job this process already runs) and a heartbeat are one
+    autocommit statement each that turns ``synchronous_commit`` off for its own transaction
+    only; recording a result is a transaction that leaves it on (durable). On SQLite a claim is
+    one statement in the store's write transaction."""
+    queue = make_queue(jobs_store)
+    _job(queue, 20)
+    engine = jobs_store.engine
+    queue.claim("w", 1)  # the job's first claim also reads its config and marks it running
+    claim_sql = _statements(engine, lambda: queue.claim("w", 2))
+    assert len(claim_sql) == 1 + (engine.dialect.name == "sqlite")  # SQLite: + BEGIN IMMEDIATE
+    heartbeat_sql = _statements(engine, lambda: queue.heartbeat("w"))
+    (claim,) = queue.claim("w", 1)
+    record_sql = _statements(engine, lambda: queue.complete(claim, "w", ITEM, "key-r"))
+
+    def unflushed(statements):
+        return [s for s, p in statements if "set_config" in s
+                and "synchronous_commit" in json.dumps(p, default=str)
+                and "off" in json.dumps(p, default=str)]
+
+    if engine.dialect.name != "postgresql":
+        assert not unflushed(claim_sql + heartbeat_sql + record_sql)
+        return
+    assert len(unflushed(claim_sql)) == 1 and len(unflushed(heartbeat_sql)) == 1
+    assert not unflushed(record_sql)
+    pooled = [engine.connect() for _ in range(engine.pool.checkedin())]
+    try:  # every pooled connection (the claim's among them) keeps the durable default
+        assert {c.exec_driver_sql("SHOW synchronous_commit").scalar() for c in pooled} == {"on"}
+    finally:
+        for conn in pooled:
+            conn.close()
+    modes = []
+
+    def mode(conn, *_args):
+        modes.append(conn.connection.dbapi_connection.autocommit)
+
+    (claim,) = queue.claim("w", 1)
+    event.listen(engine, "before_cursor_execute", mode)
+    try:
+        queue.claim("w", 1)
+        queue.complete(claim, "w", ITEM, "key-s")
+    finally:
+        event.remove(engine, "before_cursor_execute", mode)
+    assert modes == [True, False, False, False]  # claim: autocommit; record: one transaction
+
+
 def test_a_result_is_stored_once(jobs_store):
     queue = make_queue(jobs_store)
     _job(queue, 2)
