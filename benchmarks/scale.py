@@ -88,8 +88,7 @@ def _statement_stats(queue) -> dict[str, tuple[int, float, float]] | None:
     if queue.dialect != "postgresql":
         return None
     kinds = {"claim": "WITH picked AS MATERIALIZED%prelabel_tasks%",
-             "record (task row)": "UPDATE prelabel_tasks SET %finished_by%",
-             "record (result row)": "INSERT INTO prelabel_predictions%"}
+             "record (task row + result row)": "WITH done AS%prelabel_predictions%"}
     out = {}
     try:
         with queue.engine.connect() as conn:

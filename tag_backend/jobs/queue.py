@@ -32,7 +32,22 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, bindparam, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -135,19 +150,21 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + size]
 
 
-def dialect_insert(conn: Connection, table):
-    """``INSERT`` of the connection's dialect (both have ON CONFLICT clauses)."""
-    if conn.dialect.name == "postgresql":
+def dialect_insert(dialect: str, table):
+    """``INSERT`` of the dialect (both have ON CONFLICT clauses)."""
+    if dialect == "postgresql":
         return postgresql.insert(table)
-    if conn.dialect.name == "sqlite":
+    if dialect == "sqlite":
         return sqlite.insert(table)
-    raise JobError(f"the job queue needs SQLite or PostgreSQL, not {conn.dialect.name}")
+    raise JobError(f"the job queue needs SQLite or PostgreSQL, not {dialect}")
 
 
 #: Column values of a freshly queued task (besides job, task id, position, payload and key).
 _NEW_TASK = dict(status="queued", attempts=0, next_at=0.0, error="", model_version="",
                  push_attempts=0, push_next_at=0.0, push_error="")
 _TASK_COLUMNS = ("ls_task_id", "position", "task_json", "cache_key")
+#: Columns of a stored result (``prelabel_predictions``), the key first.
+_RESULT_COLUMNS = ("cache_key", "ls_task_id", "model_version", "result_json", "created_at")
 _PG_STAGE_TASKS = ("CREATE TEMP TABLE tag_new_tasks (ls_task_id BIGINT, position INTEGER, "
                    "task_json TEXT, cache_key TEXT) ON COMMIT DROP")
 _PG_INSERT_TASKS = (
@@ -188,6 +205,7 @@ class JobQueue:
         self._single_statement = engine.execution_options(isolation_level="AUTOCOMMIT") \
             if self.dialect == "postgresql" else None
         self._claim_statement = self._build_claim_statement()
+        self._build_record_statements()
         upgrade_job_tables(engine)
 
     @classmethod
@@ -271,7 +289,7 @@ class JobQueue:
                 cursor.close()
         rows = [dict(job_id=job_id, ls_task_id=i, position=p, task_json=t, cache_key=k,
                      **_NEW_TASK) for i, p, t, k in zip(ids, positions, payloads, keys)]
-        stmt = dialect_insert(conn, JobTask.__table__).on_conflict_do_nothing(
+        stmt = dialect_insert(self.dialect, JobTask.__table__).on_conflict_do_nothing(
             index_elements=["job_id", "ls_task_id"])
         return int(conn.execute(stmt, rows).rowcount)
 
@@ -471,25 +489,27 @@ class JobQueue:
         The item is stored once, in ``prelabel_predictions`` under ``cache_key`` (which the
         task row then points to). ``unchanged``: Label Studio already shows this very
         prediction (a refresh found nothing new): it is neither pushed nor stored
-        (push state ``unchanged``).
+        (push state ``unchanged``). The commit is durable. On PostgreSQL the task row and the
+        result are written by one statement (a data-modifying CTE) in autocommit mode: one
+        round trip instead of five (BEGIN, three statements, COMMIT), which leaves more of the
+        database's and the machine's time to the workers' claims; on SQLite by two statements
+        in one transaction.
         """
         if not cache_key:
             raise JobError("a finished prediction needs its cache key")
         now = _now()
-        text = json.dumps(item, separators=(",", ":"))
-        version = str(item.get("model_version", ""))
-        with self.engine.begin() as conn:
-            job = conn.execute(select(Job.push, Job.status).where(Job.id == claim.job_id)).first()
-            push = job is not None and job.push and job.status != "cancelled"
-            done = conn.execute(update(JobTask).where(
-                JobTask.id == claim.row_id, JobTask.lease_owner == worker_id,
-                JobTask.status == "running",
-            ).values(status="done", cache_key=cache_key, model_version=version, finished_at=now,
-                     finished_by=worker_id, lease_owner=None, lease_expires_at=None, error="",
-                     push_status="unchanged" if unchanged else "pending" if push else "skipped")
-            ).rowcount
-            if done and not unchanged:
-                self._put_cache(conn, cache_key, claim.ls_task_id, version, text, now)
+        params = {"rec_row": claim.row_id, "rec_worker": worker_id, "rec_key": cache_key,
+                  "rec_version": str(item.get("model_version", "")), "rec_now": now,
+                  "rec_unchanged": unchanged, "rec_task": claim.ls_task_id,
+                  "rec_text": json.dumps(item, separators=(",", ":"))}
+        if self._single_statement is not None:
+            with self._single_statement.connect() as conn:
+                done = conn.execute(self._record_statement, params).scalar_one()
+        else:
+            with self.engine.begin() as conn:
+                done = conn.execute(self._finish_task, params).rowcount
+                if done and not unchanged:
+                    conn.execute(self._store_one, params)
         if not done:
             logger.warning("task %s: lease lost before its result was recorded (another worker "
                            "owns it now): result dropped", claim.ls_task_id)
@@ -497,12 +517,48 @@ class JobQueue:
             self._adjust_depth(-1)
         return bool(done)
 
-    def _put_cache(self, conn: Connection, key: str, ls_task_id: int, version: str, text: str,
-                   now: float) -> None:
-        values = dict(ls_task_id=ls_task_id, model_version=version, result_json=text,
-                      created_at=now)
-        stmt = dialect_insert(conn, CachedPrediction.__table__).values(cache_key=key, **values)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["cache_key"], set_=values))
+    def _build_record_statements(self) -> None:
+        """The statements of :meth:`complete`, built once with bound parameters ``rec_*``.
+
+        ``_finish_task`` marks the task done while ``rec_worker`` holds its lease; its push
+        state follows the job (pushing, not cancelled). ``_record_statement`` (PostgreSQL)
+        runs it as a CTE whose returned row feeds the result's upsert, and counts the finished
+        rows (0: the lease was lost).
+        """
+        job = Job.__table__
+        pushes = exists().where(job.c.id == JobTask.job_id, job.c.push != 0,
+                                job.c.status != "cancelled")
+        unchanged = bindparam("rec_unchanged", type_=Boolean)
+        self._finish_task = update(JobTask).where(
+            JobTask.id == bindparam("rec_row"), JobTask.lease_owner == bindparam("rec_worker"),
+            JobTask.status == "running",
+        ).values(status="done", cache_key=bindparam("rec_key"),
+                 model_version=bindparam("rec_version"), finished_at=bindparam("rec_now"),
+                 finished_by=bindparam("rec_worker"), lease_owner=None, lease_expires_at=None,
+                 error="", push_status=case((unchanged, "unchanged"), (pushes, "pending"),
+                                            else_="skipped"))
+        self._record_statement = None
+        if self.dialect != "postgresql":  # SQLite: the two statements in one transaction
+            self._store_one = self._store_result_into(dialect_insert(
+                self.dialect, CachedPrediction.__table__).values(
+                cache_key=bindparam("rec_key"), ls_task_id=bindparam("rec_task"),
+                model_version=bindparam("rec_version"), result_json=bindparam("rec_text"),
+                created_at=bindparam("rec_now")))
+            return
+        done = self._finish_task.returning(JobTask.id).cte("done")
+        result = select(bindparam("rec_key", type_=String), bindparam("rec_task", type_=BigInteger),
+                        bindparam("rec_version", type_=Text), bindparam("rec_text", type_=Text),
+                        bindparam("rec_now", type_=Float)).select_from(done).where(~unchanged)
+        stored = self._store_result_into(postgresql.insert(CachedPrediction.__table__)
+                                         .from_select(_RESULT_COLUMNS, result))
+        self._record_statement = select(func.count()).select_from(done) \
+            .add_cte(stored.cte("stored"))
+
+    @staticmethod
+    def _store_result_into(insert):
+        """``insert`` of a result, replacing a stored one under the same cache key."""
+        return insert.on_conflict_do_update(index_elements=["cache_key"], set_={
+            name: insert.excluded[name] for name in _RESULT_COLUMNS[1:]})
 
     def fail(self, claim: ClaimedTask, worker_id: str, error: str, *, retry: bool = True) -> str:
         """Record a failed attempt: re-queued with back-off, or failed at the limit / if final."""

@@ -97,28 +97,30 @@ def test_periodic_queries_read_partial_indexes_not_the_task_table(jobs_store):
                                    for line in plan.splitlines()), (name, statement, plan)
 
 
-def test_a_claim_is_one_statement_whose_commit_skips_the_flush_and_a_record_is_durable(
+def test_claims_and_records_are_one_statement_each_and_only_records_wait_for_the_flush(
         jobs_store):
-    """On PostgreSQL a claim (of a job this process already runs) and a heartbeat are one
-    autocommit statement each that turns ``synchronous_commit`` off for its own transaction
-    only; recording a result is a transaction that leaves it on (durable). On SQLite a claim is
-    one statement in the store's write transaction."""
+    """On PostgreSQL a claim (of a job this process already runs), a heartbeat and a record
+    are one autocommit statement each (one round trip); the claim and the heartbeat turn
+    ``synchronous_commit`` off for their own transaction only, the record keeps the durable
+    default. On SQLite a claim is one statement in the store's write transaction."""
     queue = make_queue(jobs_store)
     _job(queue, 20)
     engine = jobs_store.engine
+    postgres = engine.dialect.name == "postgresql"
     queue.claim("w", 1)  # the job's first claim also reads its config and marks it running
     claim_sql = _statements(engine, lambda: queue.claim("w", 2))
-    assert len(claim_sql) == 1 + (engine.dialect.name == "sqlite")  # SQLite: + BEGIN IMMEDIATE
+    assert len(claim_sql) == (1 if postgres else 2)  # SQLite: + BEGIN IMMEDIATE
     heartbeat_sql = _statements(engine, lambda: queue.heartbeat("w"))
     (claim,) = queue.claim("w", 1)
     record_sql = _statements(engine, lambda: queue.complete(claim, "w", ITEM, "key-r"))
+    assert len(record_sql) == (1 if postgres else 3)  # SQLite: BEGIN IMMEDIATE, task, result
 
     def unflushed(statements):
         return [s for s, p in statements if "set_config" in s
                 and "synchronous_commit" in json.dumps(p, default=str)
                 and "off" in json.dumps(p, default=str)]
 
-    if engine.dialect.name != "postgresql":
+    if not postgres:
         assert not unflushed(claim_sql + heartbeat_sql + record_sql)
         return
     assert len(unflushed(claim_sql)) == 1 and len(unflushed(heartbeat_sql)) == 1
@@ -138,10 +140,12 @@ def test_a_claim_is_one_statement_whose_commit_skips_the_flush_and_a_record_is_d
     event.listen(engine, "before_cursor_execute", mode)
     try:
         queue.claim("w", 1)
+        queue.heartbeat("w")
         queue.complete(claim, "w", ITEM, "key-s")
     finally:
         event.remove(engine, "before_cursor_execute", mode)
-    assert modes == [True, False, False, False]  # claim: autocommit; record: one transaction
+    assert modes == [True, True, True]  # each its own transaction: no BEGIN/COMMIT round trips
+    assert queue.cached(["key-r", "key-s"]).keys() == {"key-r", "key-s"}
 
 
 def test_a_result_is_stored_once(jobs_store):
