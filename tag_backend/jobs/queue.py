@@ -10,12 +10,13 @@ workers (threads, processes, backend replicas) can share one queue:
   ``UPDATE ... WHERE status='queued' AND id IN (...) RETURNING id`` inside the store's
   ``BEGIN IMMEDIATE`` transaction (SQLite serialises writers).
 * **lease** — a claimed task carries its worker's id and an expiry that the worker renews
-  (:meth:`JobQueue.heartbeat`, unflushed like the claim). A killed worker stops renewing; :meth:`JobQueue.expire_leases`
-  puts its tasks back (or fails them after ``max_attempts``, so a task that kills workers cannot
-  loop forever).
+  (:meth:`JobQueue.heartbeat`, one statement whose commit does not wait for an fsync either).
+  A killed worker stops renewing; :meth:`JobQueue.expire_leases` puts its tasks back (or fails
+  them after ``max_attempts``, so a task that kills workers cannot loop forever).
 * **complete** — conditional on the lease (``lease_owner = me AND status = 'running'``), so a
   result is recorded once even if a slow worker's lease was taken over meanwhile. The result is
-  stored once, in ``prelabel_predictions`` (see :mod:`.schema`), with a durable commit.
+  stored once, in ``prelabel_predictions`` (see :mod:`.schema`), with a durable commit (on
+  PostgreSQL one statement for the task row and the result).
 
 Every periodic query (claim, heartbeat, lease expiry, settling, depth) reads a partial index
 (:mod:`.schema`), so its cost follows the active work — a batch, the leases, the active jobs —
