@@ -100,6 +100,30 @@ def test_graphs_are_cached_on_disk_keyed_by_input_size_and_weights(models, tmp_p
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_openvino_imports_the_blob_it_compiled_in_an_earlier_process(models, tmp_path):
+    from tag_backend.inference.openvino_backend import COMPILED_DIR, OpenVinoBackend
+
+    dino, clip = models
+    choice = BackendChoice("openvino", torch.float32)
+    pixels = torch.randn(1, 3, 224, 224)
+    first = CompiledForwards(dino, clip, choice, ExportCache(tmp_path)).dino(pixels)[0].tokens
+    (entry,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    blobs = sorted((entry / COMPILED_DIR).glob("*.blob"))
+    assert len(blobs) == 1, "the compiled graph is kept in its entry"
+    graph = OpenVinoBackend().load(entry, torch.float32, torch.get_num_threads())
+    assert graph._compiled.get_property("LOADED_FROM_CACHE")
+    assert torch.equal(torch.from_numpy(graph(pixels.numpy())[0]), first)
+    assert sorted((entry / COMPILED_DIR).glob("*.blob")) == blobs
+    # OpenVINO applies the precision when it imports the blob: bf16 from the blob computes
+    # exactly what a fresh bf16 compilation computes.
+    import openvino as ov
+
+    fresh = ov.Core().compile_model(str(entry / "model.xml"), "CPU", {
+        "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
+    want = fresh.create_infer_request().infer({0: pixels.numpy()})[0]
+    assert np.array_equal(OpenVinoBackend().load(entry, torch.bfloat16, 1)(pixels.numpy()), want)
+
+
 def test_export_failure_is_a_clear_error_or_falls_back_to_torch(models, tmp_path, monkeypatch):
     dino, clip = models
     from tag_backend.inference.onnxruntime_backend import OnnxRuntimeBackend
