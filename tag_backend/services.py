@@ -27,8 +27,6 @@ from . import __version__
 from .config import Settings
 from .feature_cache import FeatureCache
 from .jobs.budget import CostEstimate
-from .jobs.push import LabelStudioPusher
-from .jobs.service import JobService
 from .knowledge import Knowledge, read_knowledge, refresh_knowledge
 from .ls.client import LabelStudioClient
 from .ls.guided import LabelSnapper, clip_temperature
@@ -158,8 +156,24 @@ class Services:
         self.tasks = TaskPredictor(self.fetcher, self.predictor, self.serializer,
                                    ServedRecorder(lambda: self.store))
         self.interactive = InteractivePredictor(self)
-        self.jobs = JobService(self, lambda: self.store,
-                               LabelStudioPusher(client=self.label_studio))
+        self._jobs = None  # built on first use: `tag-backend predict` never needs the queue
+        self._jobs_lock = threading.Lock()
+
+    @property
+    def jobs(self):
+        """The job queue and this process's worker (:class:`~tag_backend.jobs.service.JobService`).
+
+        Built on first use: the worker's imports (Label Studio's label-config parser among them)
+        cost a command that predicts files about half a second.
+        """
+        with self._jobs_lock:
+            if self._jobs is None:
+                from .jobs.push import LabelStudioPusher
+                from .jobs.service import JobService
+
+                self._jobs = JobService(self, lambda: self.store,
+                                        LabelStudioPusher(client=self.label_studio))
+            return self._jobs
 
     # --------------------------------------------------------------- store and text
     @property
@@ -342,7 +356,10 @@ class Services:
     # --------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Stop the job worker and close the store."""
-        self.jobs.stop()
+        with self._jobs_lock:
+            jobs = self._jobs
+        if jobs is not None:
+            jobs.stop()
         with self._store_lock:
             if self._store is not None:
                 self._store.close()
