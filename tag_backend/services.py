@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -35,12 +36,15 @@ from .ls.media import MediaFetcher
 from .ls.predictor import TaskPredictor
 from .ls.serializer import Serializer, snapping_labeler
 from .ls.served import ServedRecorder
+from .model_records import ModelRecords
 from .models import LoadedClip, LoadedDino, load_clip, load_dino, resolve_device, resolve_dtype
 from .pipeline import TagPipeline
 from .predictor import Predictor
 from .presets import Preset, get_preset
 
 logger = logging.getLogger(__name__)
+
+RECORDS_DIR = "models"  # under TAG_BACKEND_CACHE, beside the exported graphs
 
 
 class Models:
@@ -81,15 +85,25 @@ class Models:
                               max_batch=self.settings.backend_max_batch)
 
     @cached_property
+    def records(self) -> ModelRecords | None:
+        """Descriptions of built backbones, with a compiled backend only: its forwards need
+        the torch models only to export a graph, so an unchanged checkpoint is not built at
+        start (:mod:`tag_backend.model_records`)."""
+        if not self.backend.compiled:
+            return None
+        return ModelRecords(Path(self.settings.backend_cache_dir) / RECORDS_DIR)
+
+    @cached_property
     def dino(self) -> LoadedDino:
         with self._lock:
             return load_dino(self.settings.dino_model or self.preset.dino_model, self.device,
-                             self.dtype)
+                             self.dtype, self.records)
 
     @cached_property
     def clip(self) -> LoadedClip:
         with self._lock:
-            return load_clip(self.clip_model, self.clip_pretrained, self.device, self.dtype)
+            return load_clip(self.clip_model, self.clip_pretrained, self.device, self.dtype,
+                             self.records)
 
     @cached_property
     def refiner(self):
@@ -149,7 +163,7 @@ class Services:
         self.predictor = Predictor(self, FeatureCache(settings.feature_cache_mb * 2**20))
         self.snapper = LabelSnapper(self._encode_texts, settings.guided_threshold,
                                     settings.guided_fallback, below=settings.guided_below,
-                                    logit_scale=lambda: clip_temperature(self.models.clip.model))
+                                    logit_scale=lambda: clip_temperature(self.models.clip))
         self.serializer = Serializer(max_regions=settings.max_regions,
                                      guided=snapping_labeler(self.snapper),
                                      polygon_tolerance=settings.polygon_tolerance)
