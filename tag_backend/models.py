@@ -98,10 +98,15 @@ def file_fingerprint(path: str | Path) -> str:
 
 
 def files_id(files: Sequence[SourceFile]) -> str:
-    """Identity of a checkpoint: the names and :func:`file_fingerprint` of its files."""
+    """Identity of a checkpoint: the names, sizes, modification times and
+    :func:`file_fingerprint` of its files. The sampled bytes alone would miss a fine-tune of
+    middle blocks written over the same path; writing it changes the modification time (a copy
+    made elsewhere only costs one new export)."""
     h = hashlib.sha256()
     for source in sorted(files, key=lambda f: Path(f.path).name):
-        h.update(f"{Path(source.path).name}:{file_fingerprint(source.path)};".encode())
+        stat = os.stat(source.path)
+        h.update(f"{Path(source.path).name}:{stat.st_size}:{stat.st_mtime_ns}:"
+                 f"{file_fingerprint(source.path)};".encode())
     return h.hexdigest()[:16]
 
 
@@ -319,6 +324,7 @@ class LoadedClip(_LazyModel):
     dtype: torch.dtype
     logit_scale: torch.Tensor | None
     build: Callable[[], tuple[torch.nn.Module, object]] = field(repr=False)
+    weights_id: str | None = None  # identity of the checkpoint files (keys compiled graphs)
 
     def __post_init__(self) -> None:
         self._build_lock = threading.Lock()
@@ -505,6 +511,7 @@ def _load_clip(model: str, pretrained: str | None, device: torch.device, dtype: 
         return _loaded_clip(device, dtype, fields, build)
     net, tokenizer, fields = _clip_net(model, pretrained, device, dtype)
     files = _clip_files(model, pretrained) if records is not None else None
+    fields["weights_id"] = files_id(files) if files else None
     if files:
         records.put(key, files, fields)
     loaded = _loaded_clip(device, dtype, fields, lambda: (net, tokenizer))
@@ -519,7 +526,7 @@ def _loaded_clip(device: torch.device, dtype: torch.dtype, fields: dict, build) 
         image_size=tuple(fields["image_size"]), embed_dim=fields["embed_dim"],
         mean=tuple(fields["mean"]), std=tuple(fields["std"]), device=device, dtype=dtype,
         logit_scale=None if scale is None else torch.tensor(scale, dtype=dtype, device=device),
-        build=build,
+        build=build, weights_id=fields.get("weights_id"),
     )
 
 

@@ -133,7 +133,7 @@ class CompiledForwards:
         """The weights' part of a graph's key: the checkpoint's identity (its files, which needs
         no model built), else a hash of the loaded weights."""
         if which not in self._fingerprints:
-            checkpoint = self._dino.weights_id if which == "dino" else self._clip.encoder_id
+            checkpoint = self._dino.weights_id if which == "dino" else self._clip.weights_id
             if checkpoint:
                 self._fingerprints[which] = f"checkpoint:{checkpoint}"
             else:

@@ -36,7 +36,7 @@ def test_a_recorded_backbone_is_described_without_building_it(tiny_dino_dir, tin
     assert not lazy_dino.built and not lazy_clip.built
     for name in ("model_id", "patch_size", "num_register_tokens", "hidden_size", "mean", "std", "weights_id"):
         assert getattr(lazy_dino, name) == getattr(dino, name), name
-    for name in ("encoder_id", "patch_size", "image_size", "embed_dim", "mean", "std"):
+    for name in ("encoder_id", "patch_size", "image_size", "embed_dim", "mean", "std", "weights_id"):
         assert getattr(lazy_clip, name) == getattr(clip, name), name
     assert lazy_clip.logit_scale.dtype == torch.float32 and torch.equal(lazy_clip.logit_scale,
                                                                           clip.model.logit_scale.detach())
@@ -105,3 +105,21 @@ def test_predicting_on_compiled_graphs_needs_no_torch_model(tiny_settings, tmp_p
     first, second = results
     assert [r.name for r in first] == [r.name for r in second] and len(first) > 0
     assert all(np.array_equal(a.mask, b.mask) and a.score == b.score for a, b in zip(first, second))
+
+
+def test_a_checkpoint_rewritten_in_place_gets_another_identity(tmp_path):
+    """Compiled graphs are keyed by ``files_id``: a file written again at the same path (e.g. a
+    fine-tune of middle blocks, whose first and last bytes are unchanged) is another checkpoint."""
+    import os
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(20 << 20))
+    files = [models.SourceFile(str(weights))]
+    before = models.files_id(files)
+    assert models.files_id(files) == before  # stable while the file is untouched
+    with weights.open("r+b") as f:  # middle bytes only: the sampled head and tail stay equal
+        f.seek(10 << 20)
+        f.write(b"fine-tuned")
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert models.files_id(files) != before
