@@ -31,6 +31,29 @@ def test_enqueue_beyond_the_bind_parameter_limit_is_chunked_and_idempotent(jobs_
     assert [c.ls_task_id for c in first] == [1, 2, 3]
 
 
+def test_a_large_enqueue_refreshes_the_planner_statistics(jobs_store, monkeypatch):
+    """On PostgreSQL the task table is analyzed after a large enqueue, so the first claims are
+    planned on the queued-task index, not as a sort of every new row (no ANALYZE on SQLite)."""
+    from tag_backend.jobs import queue as queue_module
+
+    queue = make_queue(jobs_store)
+    analyzed = []
+    monkeypatch.setattr(queue_module, "ANALYZE_MIN_ROWS", 100)
+    monkeypatch.setattr(queue_module, "ENQUEUE_CHUNK", 100)
+    real = queue._analyze_tasks
+    monkeypatch.setattr(queue, "_analyze_tasks", lambda: analyzed.append(1) or real())
+    _job(queue, 50)
+    assert analyzed == []  # small jobs leave it to autovacuum
+    job = _job(queue, 350)  # after the first chunk, then at the end
+    assert analyzed == [1, 1]
+    if queue.dialect == "postgresql":
+        with queue.engine.connect() as conn:
+            reltuples = conn.scalar(text("SELECT reltuples FROM pg_class WHERE relname = 'prelabel_tasks'"))
+            rows = conn.scalar(select(text("count(*)")).select_from(JobTask))
+        assert reltuples == rows  # ANALYZE read the whole (small) table
+    assert [c.ls_task_id for c in queue.claim("w", 2)] == [1, 2] and queue.progress(job).total == 350
+
+
 def _statements(engine, run):
     """(SQL, parameters) of every statement ``run()`` sends."""
     seen = []
