@@ -14,11 +14,13 @@ refused (the correction's names, support and aliases are still recorded).
 concepts in a faiss inner-product index keyed by exemplar id — exact (flat) up to
 :data:`IVF_FROM` exemplars, then an inverted file (``IVF<nlist>,Flat``, trained on the served
 vectors, retrained when their number doubles; ``nprobe`` :data:`IVF_NPROBE`, recall in
-docs/learning.md) because an exact
-scan of 100,000 x 512 floats per image costs tens of milliseconds — and follows the store
-incrementally: exemplars whose ``served_seq`` moved past the loaded sequence number are added or
-removed, and concepts whose status/text changed (rejected, merged, renamed, revived) have their
-exemplars remapped or dropped. Nothing is reloaded in full after the first load.
+docs/learning.md) because an exact scan costs one image's regions about a millisecond per
+2,000 exemplars of 512 dimensions — and follows the store incrementally: exemplars whose
+``served_seq`` moved past the loaded sequence number are added or removed, and concepts whose
+status/text changed (rejected, merged, renamed, revived) have their exemplars remapped or
+dropped. Nothing is reloaded in full after the first load, and a refresh costs what changed,
+not what is loaded. One image's lookup runs on the calling thread
+(:mod:`database_tools.faiss_threads`).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import faiss
 import numpy as np
 from sqlalchemy import func, select, update
 
+from .faiss_threads import threads_for
 from .schema import Entry, Exemplar
 from .sql import chunks, insert_exemplar
 
@@ -42,9 +45,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PER_CONCEPT = 32
 DEFAULT_TOTAL = 200_000
-#: Exemplar count from which the serving index is an inverted file instead of a flat scan.
-IVF_FROM = 20_000
+#: Exemplar count from which the serving index is an inverted file instead of a flat scan
+#: (an exact scan of 2,000 x 512 costs one image's 15 regions ~0.8 ms on one core, of 20,000
+#: ~10 ms; the inverted file at 100,000 ~2 ms).
+IVF_FROM = 2_000
 IVF_NPROBE = 8
+#: faiss' k-means wants at least this many training points per centroid (it warns below).
+MIN_POINTS_PER_LIST = 39
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,7 @@ class ExemplarIndex:
         self.seq = -1  # nothing loaded yet
         self._index: faiss.IndexIDMap2 | None = None
         self._entry_of: dict[int, int] = {}  # exemplar id -> entry id
+        self._exemplars_of: dict[int, set[int]] = {}  # entry id -> its exemplar ids
         self._names: dict[int, str] = {}  # entry id -> concept text
         self._lock = threading.Lock()
 
@@ -157,9 +165,10 @@ class ExemplarIndex:
         return f"ivf{self._index.nlist}" if isinstance(self._index, faiss.IndexIVF) else "flat"
 
     def memory_bytes(self) -> int:
-        """Approximate bytes: float32 vectors, faiss ids (and IVF direct map), Python id maps."""
+        """Approximate bytes: float32 vectors, faiss ids (and IVF direct map), Python id maps
+        (exemplar -> concept ~120 bytes a row, concept -> exemplars ~50)."""
         dim = self._index.d if self._index is not None else 0
-        per_row = 4 * dim + 8 + 120
+        per_row = 4 * dim + 8 + 170
         if isinstance(self._index, faiss.IndexIVF):
             per_row += 16
         return len(self._entry_of) * per_row
@@ -171,16 +180,21 @@ class ExemplarIndex:
         if upto <= self.seq:
             return 0
         since = max(self.seq, 0)
+        columns = (Exemplar.id, Exemplar.entry_id, Exemplar.served, Exemplar.removed,
+                   Exemplar.vector, Entry.status, Entry.text)
+        first = self.seq < 0
+        query = (select(*columns, Exemplar.encoder_id)
+                 .join(Entry, Entry.id == Exemplar.entry_id)
+                 .where(Exemplar.served_seq > (-1 if first else since),
+                        Exemplar.served_seq <= upto))
+        # the first load reads this encoder's rows; a refresh reads the few changed rows through
+        # the sequence index and keeps this encoder's here (an encoder condition in SQL makes
+        # SQLite, which has no statistics, scan every exemplar of the encoder instead)
+        if first:
+            query = query.where(Exemplar.encoder_id == self.encoder_id)
         with store.read() as session:
-            rows = session.execute(
-                select(Exemplar.id, Exemplar.entry_id, Exemplar.served, Exemplar.removed,
-                       Exemplar.vector, Entry.status, Entry.text)
-                .join(Entry, Entry.id == Exemplar.entry_id)
-                .where(Exemplar.encoder_id == self.encoder_id,
-                       Exemplar.served_seq > (since if self.seq >= 0 else -1),
-                       Exemplar.served_seq <= upto)
-                .order_by(Exemplar.id)
-            ).all()
+            rows = [r[:-1] for r in session.execute(query.order_by(Exemplar.id))
+                    if r[-1] == self.encoder_id]
         changed_entries = [] if self.seq < 0 else [
             c for batch in store.entries_since(since, kinds=("concept",)) for c in batch
             if c.updated_seq <= upto]
@@ -209,7 +223,7 @@ class ExemplarIndex:
         for c in changes:
             if c.status == "active":
                 self._names[c.entry_id] = c.text
-        mine = [ex for ex, entry in self._entry_of.items() if entry in touched]
+        mine = [ex for entry in touched for ex in self._exemplars_of.get(entry, ())]
         with store.read() as session:
             rows = []
             for part in chunks(mine):
@@ -237,7 +251,11 @@ class ExemplarIndex:
         if present and self._index is not None:
             self._index.remove_ids(np.array(present, dtype=np.int64))
         for i in present:
-            del self._entry_of[i]
+            entry = self._entry_of.pop(i)
+            exemplars = self._exemplars_of[entry]
+            exemplars.discard(i)
+            if not exemplars:
+                del self._exemplars_of[entry]
 
     def _add(self, rows: list[tuple[int, int, bytes]]) -> None:
         if not rows:
@@ -250,7 +268,9 @@ class ExemplarIndex:
             raise ValueError(f"exemplars of {self.encoder_id!r} have dimension "
                              f"{vectors.shape[1]}, expected {self._index.d}")
         self._index.add_with_ids(vectors, np.array([r[0] for r in rows], dtype=np.int64))
-        self._entry_of.update({ex: entry for ex, entry, _ in rows})
+        for ex, entry, _ in rows:
+            self._entry_of[ex] = entry
+            self._exemplars_of.setdefault(entry, set()).add(ex)
         if len(self._entry_of) >= max(IVF_FROM, 2 * self._trained_on):
             self._rebuild_ivf()
 
@@ -260,7 +280,8 @@ class ExemplarIndex:
         """Move the served vectors into a freshly trained inverted file."""
         ids = np.array(sorted(self._entry_of), dtype=np.int64)
         vectors = np.stack([self._index.reconstruct(int(i)) for i in ids]).astype(np.float32)
-        nlist = int(2 ** round(np.log2(4 * np.sqrt(len(ids)))))
+        nlist = min(int(2 ** round(np.log2(4 * np.sqrt(len(ids))))),
+                    int(2 ** np.floor(np.log2(max(len(ids) // MIN_POINTS_PER_LIST, 1)))))
         quantizer = faiss.IndexFlatIP(vectors.shape[1])
         ivf = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
         ivf.own_fields = True
@@ -280,7 +301,9 @@ class ExemplarIndex:
         with self._lock:
             if self._index is None or not self._entry_of or queries.shape[1] != self._index.d:
                 return [None] * len(queries)
-            scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)
+            with threads_for(self._index, len(queries)):
+                scores, ids = self._index.search(
+                    np.ascontiguousarray(queries, dtype=np.float32), 1)
             out: list[ExemplarMatch | None] = []
             for score, ex_id in zip(scores[:, 0], ids[:, 0]):
                 entry = self._entry_of.get(int(ex_id)) if ex_id >= 0 else None
