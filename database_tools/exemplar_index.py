@@ -12,9 +12,9 @@ refused (the correction's names, support and aliases are still recorded).
 
 **Serving (in every process).** :class:`ExemplarIndex` holds the served exemplars of active
 concepts in a faiss inner-product index keyed by exemplar id — exact (flat) up to
-:data:`IVF_FROM` exemplars, then an inverted file (``IVF<nlist>,Flat``, trained on the served
-vectors, retrained when their number doubles; ``nprobe`` :data:`IVF_NPROBE`, recall in
-docs/learning.md) because an exact scan costs one image's regions about a millisecond per
+:data:`IVF_FROM` exemplars, then an inverted file of half floats (``IVF<nlist>,SQfp16``, trained
+on the served vectors, retrained when their number doubles; ``nprobe`` :data:`IVF_NPROBE`,
+recall in docs/learning.md) because an exact scan costs one image's regions about a millisecond per
 2,000 exemplars of 512 dimensions — and follows the store incrementally: exemplars whose
 ``served_seq`` moved past the loaded sequence number are added or removed, and concepts whose
 status/text changed (rejected, merged, renamed, revived) have their exemplars remapped or
@@ -161,16 +161,19 @@ class ExemplarIndex:
 
     @property
     def kind(self) -> str:
-        """``flat`` or ``ivf<nlist>`` (the serving structure)."""
-        return f"ivf{self._index.nlist}" if isinstance(self._index, faiss.IndexIVF) else "flat"
+        """``flat`` or ``ivf<nlist>,fp16`` (the serving structure)."""
+        if isinstance(self._index, faiss.IndexIVF):
+            return f"ivf{self._index.nlist},fp16"
+        return "flat"
 
     def memory_bytes(self) -> int:
-        """Approximate bytes: float32 vectors, faiss ids (and IVF direct map), Python id maps
-        (exemplar -> concept ~120 bytes a row, concept -> exemplars ~50)."""
+        """Approximate bytes: vectors (float32 flat, float16 in the inverted file), faiss ids
+        (and IVF direct map), Python id maps (exemplar -> concept ~120 bytes a row, concept ->
+        exemplars ~50)."""
         dim = self._index.d if self._index is not None else 0
         per_row = 4 * dim + 8 + 170
         if isinstance(self._index, faiss.IndexIVF):
-            per_row += 16
+            per_row += 16 - 2 * dim
         return len(self._entry_of) * per_row
 
     # -- loading -----------------------------------------------------------------------------
@@ -279,11 +282,15 @@ class ExemplarIndex:
     def _rebuild_ivf(self) -> None:
         """Move the served vectors into a freshly trained inverted file."""
         ids = np.array(sorted(self._entry_of), dtype=np.int64)
-        vectors = np.stack([self._index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+        vectors = np.ascontiguousarray(self._index.reconstruct_batch(ids), dtype=np.float32)
         nlist = min(int(2 ** round(np.log2(4 * np.sqrt(len(ids))))),
                     int(2 ** np.floor(np.log2(max(len(ids) // MIN_POINTS_PER_LIST, 1)))))
         quantizer = faiss.IndexFlatIP(vectors.shape[1])
-        ivf = faiss.IndexIVFFlat(quantizer, vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        # half floats: the scan of one image's lists is memory-bound, and cosines keep ~4
+        # decimals (the take-over threshold is 0.90); half the memory, too
+        ivf = faiss.IndexIVFScalarQuantizer(quantizer, vectors.shape[1], nlist,
+                                            faiss.ScalarQuantizer.QT_fp16,
+                                            faiss.METRIC_INNER_PRODUCT)
         ivf.own_fields = True
         quantizer.this.disown()  # the IVF owns its quantizer from now on
         ivf.cp.max_points_per_centroid = 64  # k-means on a sample: seconds, not minutes
@@ -293,7 +300,7 @@ class ExemplarIndex:
         ivf.nprobe = IVF_NPROBE
         ivf.add_with_ids(vectors, ids)
         self._index, self._trained_on = ivf, len(ids)
-        logger.info("exemplar index: %d exemplars in IVF%d", len(ids), nlist)
+        logger.info("exemplar index: %d exemplars in IVF%d,SQfp16", len(ids), nlist)
 
     # -- matching ----------------------------------------------------------------------------
     def match(self, queries: np.ndarray, threshold: float = -1.0) -> list[ExemplarMatch | None]:
