@@ -14,11 +14,11 @@ refused (the correction's names, support and aliases are still recorded).
 concepts in a faiss inner-product index keyed by exemplar id — exact (flat) up to
 :data:`IVF_FROM` exemplars, then an inverted file of half floats (``IVF<nlist>,SQfp16``, trained
 on the served vectors, retrained when their number doubles; ``nprobe`` :data:`IVF_NPROBE`,
-recall in docs/learning.md) because an exact scan costs one image's regions about a millisecond per
-2,000 exemplars of 512 dimensions — and follows the store incrementally: exemplars whose
-``served_seq`` moved past the loaded sequence number are added or removed, and concepts whose
-status/text changed (rejected, merged, renamed, revived) have their exemplars remapped or
-dropped. Nothing is reloaded in full after the first load, and a refresh costs what changed,
+recall in docs/learning.md) because an exact scan costs one image's regions about a
+millisecond per 2,000 exemplars of 512 dimensions — and follows the store incrementally:
+exemplars whose ``served_seq`` moved past the loaded sequence number are added or removed, and
+concepts whose status/text changed (rejected, merged, renamed, revived) have their exemplars
+remapped or dropped. Nothing is reloaded in full after the first load, and a refresh costs what changed,
 not what is loaded. One image's lookup runs on the calling thread
 (:mod:`database_tools.faiss_threads`).
 """

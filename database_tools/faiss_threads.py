@@ -10,7 +10,6 @@ to the query count (faiss gives each thread whole queries anyway).
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,9 +18,6 @@ import faiss
 #: Multiply-adds of a search below which it runs single-threaded: about 5 ms on one core, where
 #: the most a second core could save (~2.5 ms) is less than what waking a team can cost.
 ONE_THREAD_WORK = 50_000_000
-
-_omp_lock = threading.Lock()
-
 
 def search_work(index: faiss.Index, n_queries: int) -> int | None:
     """Multiply-adds of searching ``n_queries`` in ``index``; None when not estimated.
@@ -52,14 +48,15 @@ def team_size(n_queries: int, work: int | None) -> int:
 def threads_for(index: faiss.Index, n_queries: int) -> Iterator[int]:
     """Run the enclosed search of ``n_queries`` in ``index`` with :func:`team_size` threads.
 
-    The setting is process-wide in faiss' API: the lock keeps save and restore paired when
-    threads search concurrently. Yields the team size.
+    ``omp_set_num_threads`` sets the team size of the calling thread only (the ``nthreads-var``
+    ICV of the current task, OpenMP API 5.x section 3.2.1), so concurrent searches in other
+    threads neither see nor need a lock around it: a lookup never waits for another request's
+    large search. Yields the team size.
     """
-    with _omp_lock:
-        before = faiss.omp_get_max_threads()
-        threads = min(before, team_size(n_queries, search_work(index, n_queries)))
-        faiss.omp_set_num_threads(threads)
-        try:
-            yield threads
-        finally:
-            faiss.omp_set_num_threads(before)
+    before = faiss.omp_get_max_threads()
+    threads = min(before, team_size(n_queries, search_work(index, n_queries)))
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        faiss.omp_set_num_threads(before)

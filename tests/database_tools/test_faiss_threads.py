@@ -2,6 +2,8 @@
 or the delta) run on the calling thread, large ones keep a team."""
 from __future__ import annotations
 
+import threading
+
 import faiss
 import numpy as np
 import pytest
@@ -74,3 +76,21 @@ def test_one_images_exemplar_lookup_runs_on_the_calling_thread(team_log):
     assert [m.entry_id for m in found] == [i % 50 for i in range(15)]
     assert team_log[0] == 1  # the search itself, then the restore
     assert faiss.omp_get_max_threads() == team_log[-1]
+
+
+def test_the_team_size_of_one_thread_leaves_other_threads_alone():
+    small = faiss.IndexFlatIP(16)
+    small.add(_vectors(100))
+    before = faiss.omp_get_max_threads()
+    inside, seen_meanwhile = threading.Event(), []
+
+    def other() -> None:
+        inside.wait(10)
+        seen_meanwhile.append(faiss.omp_get_max_threads())
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with threads_for(small, 15):
+        inside.set()
+        thread.join(10)
+    assert seen_meanwhile == [before]
