@@ -113,9 +113,9 @@ def reselect(txn: Txn, encoder_id: str, entry_id: int, per_concept: int) -> None
 def learn_exemplar(txn: Txn, encoder_id: str, entry_id: int, embedding: np.ndarray,
                    provenance: dict, limits: ExemplarLimits) -> int | None:
     """Add a candidate exemplar and reselect its concept; None when the total cap is reached."""
-    live = int(txn.session.scalar(
-        select(func.count(Exemplar.id)).where(Exemplar.encoder_id == encoder_id,
-                                               Exemplar.removed.is_(False))) or 0)
+    live = int(txn.session.scalar(  # count(*): answered from ix_exemplars_encoder_removed
+        select(func.count()).select_from(Exemplar).where(Exemplar.encoder_id == encoder_id,
+                                                         Exemplar.removed.is_(False))) or 0)
     if live >= limits.total:
         logger.warning("exemplar memory of %s is full (%d candidates, TAG_EXEMPLARS_TOTAL): "
                        "region not added", encoder_id, live)

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import event
 
 from database_tools.curation import set_concept_status
-from database_tools.exemplar_index import ExemplarIndex
-from store_helpers import add_entries, add_exemplar
+from database_tools.exemplar_index import ExemplarIndex, ExemplarLimits, learn_exemplar
+from store_helpers import add_entries, add_exemplar, get_entry
 
 
 def _unit(seed: int) -> np.ndarray:
@@ -35,12 +35,12 @@ def test_entries_since_pages_in_sequence_order_and_filters_kinds(store):
 
 
 def _plans(store, run) -> list[str]:
-    """SQLite query plans of the SELECTs on entries/exemplars that ``run()`` executes."""
+    """SQLite query plans of the SELECTs on entries/exemplars/aliases that ``run()`` executes."""
     statements = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("SELECT") and (
-                "FROM entries" in statement or "FROM exemplars" in statement):
+        if statement.lstrip().upper().startswith("SELECT") and any(
+                f"FROM {table}" in statement for table in ("entries", "exemplars", "aliases")):
             statements.append((statement, parameters))
 
     event.listen(store.engine, "before_cursor_execute", capture)
@@ -69,3 +69,20 @@ def test_a_refresh_after_a_new_exemplar_reads_through_the_sequence_indexes(store
     assert any("ix_entries_updated_seq" in p for p in plans)
     # no scan of every exemplar of the encoder or every concept to find the changed ones
     assert not [p for p in plans if "encoder_id=?" in p or "(kind=?)" in p], plans
+
+
+def test_the_exemplar_cap_and_the_aliases_are_read_from_indexes(store):
+    if store.dialect != "sqlite":
+        pytest.skip("PostgreSQL plans from its statistics; SQLite has none")
+    add_exemplar(store, "clip/test", "kitty", _unit(1), {})
+    add_entries(store, "concept", ["doggo"])
+    concept = get_entry(store, "concept", "doggo").id
+
+    def learn() -> None:
+        with store.write() as txn:
+            learn_exemplar(txn, "clip/test", concept, _unit(2), {}, ExemplarLimits(total=10))
+        store.load_aliases(min_count=3)
+
+    plans = _plans(store, learn)
+    assert any("COVERING INDEX ix_exemplars_encoder_removed" in p for p in plans), plans
+    assert any("ix_aliases_count" in p for p in plans), plans
