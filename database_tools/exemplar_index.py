@@ -12,10 +12,13 @@ refused (the correction's names, support and aliases are still recorded).
 
 **Serving (in every process).** :class:`ExemplarIndex` holds the served exemplars of active
 concepts in a faiss inner-product index keyed by exemplar id — exact (flat) up to
-:data:`IVF_FROM` exemplars, then an inverted file of half floats (``IVF<nlist>,SQfp16``, trained
-on the served vectors, retrained when their number doubles; ``nprobe`` :data:`IVF_NPROBE`,
-recall in docs/learning.md) because an exact scan costs one image's regions about a
-millisecond per 2,000 exemplars of 512 dimensions — and follows the store incrementally:
+:data:`IVF_FROM` exemplars, then an inverted file of half floats (:mod:`.exemplar_ivf`, trained
+on the served vectors; recall in docs/learning.md) because an exact scan costs one image's
+regions about a millisecond per 2,000 exemplars of 512 dimensions. When the served set has
+doubled since the inverted file was trained, a new one is trained **in a background thread**
+from a snapshot (seconds at 100,000 exemplars) while the current one keeps serving; adds and
+removals made meanwhile are replayed onto it before the swap, so neither lookups nor the
+correction path wait for k-means. The index follows the store incrementally:
 exemplars whose ``served_seq`` moved past the loaded sequence number are added or removed, and
 concepts whose status/text changed (rejected, merged, renamed, revived) have their exemplars
 remapped or dropped. Nothing is reloaded in full after the first load, and a refresh costs what changed,
@@ -34,6 +37,7 @@ import faiss
 import numpy as np
 from sqlalchemy import func, select, update
 
+from .exemplar_ivf import build_ivf
 from .faiss_threads import threads_for
 from .schema import Entry, Exemplar
 from .sql import chunks, insert_exemplar
@@ -47,11 +51,8 @@ DEFAULT_PER_CONCEPT = 32
 DEFAULT_TOTAL = 200_000
 #: Exemplar count from which the serving index is an inverted file instead of a flat scan
 #: (an exact scan of 2,000 x 512 costs one image's 15 regions ~0.8 ms on one core, of 20,000
-#: ~10 ms; the inverted file at 100,000 ~2 ms).
+#: ~10 ms; the inverted file at 100,000 ~1.2 ms).
 IVF_FROM = 2_000
-IVF_NPROBE = 8
-#: faiss' k-means wants at least this many training points per centroid (it warns below).
-MIN_POINTS_PER_LIST = 39
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,11 @@ class ExemplarIndex:
         self._exemplars_of: dict[int, set[int]] = {}  # entry id -> its exemplar ids
         self._names: dict[int, str] = {}  # entry id -> concept text
         self._lock = threading.Lock()
+        self._trained_on = 0  # exemplar count the serving IVF was trained on (0: flat)
+        self._retrain_due = False
+        self._retrainer: threading.Thread | None = None
+        # (ids, vectors or None for a removal) applied while a retrain builds its index
+        self._changes_during_retrain: list[tuple[np.ndarray, np.ndarray | None]] | None = None
 
     def __len__(self) -> int:
         return len(self._entry_of)
@@ -205,6 +211,7 @@ class ExemplarIndex:
         if changed_entries:
             applied += self._apply_entry_changes(store, changed_entries)
         self.seq = upto
+        self._start_retrain()
         return applied
 
     def _apply_rows(self, rows: Iterable) -> int:
@@ -253,6 +260,8 @@ class ExemplarIndex:
         present = [i for i in dict.fromkeys(ids) if i in self._entry_of]
         if present and self._index is not None:
             self._index.remove_ids(np.array(present, dtype=np.int64))
+            if self._changes_during_retrain is not None:
+                self._changes_during_retrain.append((np.array(present, dtype=np.int64), None))
         for i in present:
             entry = self._entry_of.pop(i)
             exemplars = self._exemplars_of[entry]
@@ -270,37 +279,62 @@ class ExemplarIndex:
         if vectors.shape[1] != self._index.d:
             raise ValueError(f"exemplars of {self.encoder_id!r} have dimension "
                              f"{vectors.shape[1]}, expected {self._index.d}")
-        self._index.add_with_ids(vectors, np.array([r[0] for r in rows], dtype=np.int64))
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        self._index.add_with_ids(vectors, ids)
+        if self._changes_during_retrain is not None:
+            self._changes_during_retrain.append((ids, vectors))
         for ex, entry, _ in rows:
             self._entry_of[ex] = entry
             self._exemplars_of.setdefault(entry, set()).add(ex)
         if len(self._entry_of) >= max(IVF_FROM, 2 * self._trained_on):
-            self._rebuild_ivf()
+            if self._trained_on:  # an inverted file serves: retrain it off the lookup path
+                self._retrain_due = True
+            else:  # flat so far (a first load, or the switch at IVF_FROM): build it now
+                self._index, self._trained_on = self._snapshot_ivf(), len(self._entry_of)
 
-    _trained_on = 0  # exemplar count the current IVF was trained on (0: flat)
-
-    def _rebuild_ivf(self) -> None:
-        """Move the served vectors into a freshly trained inverted file."""
+    def _snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         ids = np.array(sorted(self._entry_of), dtype=np.int64)
-        vectors = np.ascontiguousarray(self._index.reconstruct_batch(ids), dtype=np.float32)
-        nlist = min(int(2 ** round(np.log2(4 * np.sqrt(len(ids))))),
-                    int(2 ** np.floor(np.log2(max(len(ids) // MIN_POINTS_PER_LIST, 1)))))
-        quantizer = faiss.IndexFlatIP(vectors.shape[1])
-        # half floats: the scan of one image's lists is memory-bound, and cosines keep ~4
-        # decimals (the take-over threshold is 0.90); half the memory, too
-        ivf = faiss.IndexIVFScalarQuantizer(quantizer, vectors.shape[1], nlist,
-                                            faiss.ScalarQuantizer.QT_fp16,
-                                            faiss.METRIC_INNER_PRODUCT)
-        ivf.own_fields = True
-        quantizer.this.disown()  # the IVF owns its quantizer from now on
-        ivf.cp.max_points_per_centroid = 64  # k-means on a sample: seconds, not minutes
-        ivf.cp.niter = 10
-        ivf.train(vectors)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct + remove by id
-        ivf.nprobe = IVF_NPROBE
-        ivf.add_with_ids(vectors, ids)
-        self._index, self._trained_on = ivf, len(ids)
-        logger.info("exemplar index: %d exemplars in IVF%d,SQfp16", len(ids), nlist)
+        return ids, np.ascontiguousarray(self._index.reconstruct_batch(ids), dtype=np.float32)
+
+    def _snapshot_ivf(self) -> faiss.IndexIVF:
+        ids, vectors = self._snapshot()
+        ivf = build_ivf(vectors, ids)
+        logger.info("exemplar index: %d exemplars in IVF%d,SQfp16", ivf.ntotal, ivf.nlist)
+        return ivf
+
+    def _start_retrain(self) -> None:
+        """Start the background retrain when one is due and none runs."""
+        with self._lock:
+            if not self._retrain_due or (self._retrainer is not None
+                                         and self._retrainer.is_alive()):
+                return
+            ids, vectors = self._snapshot()
+            self._retrain_due, self._trained_on = False, len(ids)
+            self._changes_during_retrain = []
+            self._retrainer = threading.Thread(target=self._retrain, args=(ids, vectors),
+                                               name="exemplar-ivf-retrain", daemon=True)
+            self._retrainer.start()
+
+    def _retrain(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Train on the snapshot, replay what changed meanwhile, swap (background thread)."""
+        try:
+            ivf = build_ivf(vectors, ids)
+        except Exception:  # noqa: BLE001 - the current index keeps serving; logged loudly
+            logger.exception("exemplar index: retraining the inverted file failed; the current "
+                             "one keeps serving until the served set doubles again")
+            with self._lock:
+                self._changes_during_retrain = None
+            return
+        with self._lock:
+            for changed, added in self._changes_during_retrain or []:
+                if added is None:
+                    ivf.remove_ids(changed)
+                else:
+                    ivf.add_with_ids(added, changed)
+            self._changes_during_retrain = None
+            self._index = ivf
+        logger.info("exemplar index: retrained, %d exemplars in IVF%d,SQfp16", ivf.ntotal,
+                    ivf.nlist)
 
     # -- matching ----------------------------------------------------------------------------
     def match(self, queries: np.ndarray, threshold: float = -1.0) -> list[ExemplarMatch | None]:
