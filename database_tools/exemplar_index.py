@@ -51,7 +51,7 @@ DEFAULT_PER_CONCEPT = 32
 DEFAULT_TOTAL = 200_000
 #: Exemplar count from which the serving index is an inverted file instead of a flat scan
 #: (an exact scan of 2,000 x 512 costs one image's 15 regions ~0.8 ms on one core, of 20,000
-#: ~10 ms; the inverted file at 100,000 ~1.2 ms).
+#: ~10 ms; the inverted file at 100,000 ~1.5 ms).
 IVF_FROM = 2_000
 
 
