@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from .cli_common import configure_logging, engine_options, handle_errors, settings_with
+from .cli_common import (ProcessGroup, configure_logging, engine_options, handle_errors, settings_with,
+                         skip_teardown)
 from .eval.cli import eval_command
 from .export.cli import export_command
 from .jobs.cli import jobs, prelabel
@@ -13,7 +14,7 @@ from .ls.connect_cli import ls_connect
 from .serve_cli import download_weights, serve
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ProcessGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tag-backend")
 def main() -> None:
     """Guidance-free open-vocabulary segmentation (TAG) for Label Studio pre-labelling."""
@@ -38,13 +39,18 @@ def predict(inputs, out, document_root, url_prefix, batch_size, quiet, **flags) 
 
     settings = settings_with(**flags)
     configure_logging(settings.log_level, settings.log_format)
-    report = predict_files(Services(settings), inputs, local_files_url(document_root, url_prefix),
-                           progress=not quiet, batch_size=batch_size)
-    write_tasks(report.tasks, out)
+    services = Services(settings)
+    try:
+        report = predict_files(services, inputs, local_files_url(document_root, url_prefix),
+                               progress=not quiet, batch_size=batch_size)
+        write_tasks(report.tasks, out)
+    finally:
+        services.close()
     for path, reason in report.failures:
         click.echo(f"FAILED {path}: {reason}", err=True)
     click.echo(f"{len(report.tasks)} image(s) predicted, {report.regions} region(s), "
                f"{len(report.failures)} failed -> {out}")
+    skip_teardown()  # everything is written and closed
     if report.failures:
         sys.exit(1)
 

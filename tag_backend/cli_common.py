@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
+import threading
 
 import click
 
@@ -69,3 +72,41 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
 
     for handler in logging.getLogger().handlers:  # also werkzeug's request lines (?token=)
         handler.addFilter(RedactSecretsFilter())
+
+
+_skip_teardown = threading.Event()
+
+
+def skip_teardown() -> None:
+    """Let this process end without the interpreter's teardown once the command returns.
+
+    For a command that has written its output and closed what it opened (``predict``): freeing
+    the torch and OpenVINO runtimes and every module at exit took ~1.6 s of a ~9 s run
+    (docs/inference-backends.md). Skipped with it: atexit handlers; the CRF helper process
+    ends with its parent anyway (:mod:`tag_backend.stages.crf_worker`). Takes effect only
+    when the command line is the process (:class:`ProcessGroup`), never under a test runner.
+    """
+    _skip_teardown.set()
+
+
+class ProcessGroup(click.Group):
+    """The root group: called as the process's command line (console script, ``python -m``),
+    it ends the process at once when the command asked for it (:func:`skip_teardown`).
+
+    Test runners call ``.main`` and are unaffected."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return self.main(*args, **kwargs)
+        except SystemExit as exc:
+            if not _skip_teardown.is_set():
+                raise
+            code = exc.code
+        if not isinstance(code, int):  # sys.exit semantics: None is 0, a message goes to stderr
+            if code is not None:
+                print(code, file=sys.stderr)
+            code = 0 if code is None else 1
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        logging.shutdown()
+        os._exit(code)

@@ -188,7 +188,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("TAG_REFINE", "refine", "Mask refinement: `none` or `sam2` (SAM 2.1 boundaries for every segment; interactive clicks use SAM too; docs/interactive.md).", _choice("none", "sam2")),
     EnvVar("TAG_SAM_MODEL", "sam_model", "SAM 2 / 2.1 weights for `TAG_REFINE=sam2`: a Hugging Face id (default `facebook/sam2.1-hiera-tiny`) or a local directory saved with `save_pretrained`.", default_doc="`facebook/sam2.1-hiera-tiny`"),
     EnvVar("TAG_BACKEND", "backend", "Engine of the backbone forwards: `torch`, `openvino`, `onnxruntime` or `auto` (OpenVINO on CPU when installed, else torch). See docs/inference-backends.md."),
-    EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs are cached (under `$XDG_CACHE_HOME`, by default `~/.cache`).", default_doc="`~/.cache/tag-backend/compiled`"),
+    EnvVar("TAG_BACKEND_CACHE", "backend_cache_dir", "Where exported OpenVINO / ONNX graphs, OpenVINO's compiled blobs and the records of built backbones are cached (under `$XDG_CACHE_HOME`, by default `~/.cache`; docs/inference-backends.md).", default_doc="`~/.cache/tag-backend/compiled`"),
     EnvVar("TAG_BACKEND_MAX_BATCH", "backend_max_batch", "OpenVINO / ONNX Runtime: most images per compiled forward; a larger batch goes through in chunks (each image in a call holds ~1 GB of the runtime's working memory at 448²; docs/inference-backends.md).", _positive_int),
     EnvVar("TAG_BACKEND_INT8", "backend_int8", "OpenVINO only: int8 weight compression (NNCF); faster, features drift (docs/inference-backends.md).", _bool),
     EnvVar("TAG_MAX_IMAGE_PIXELS", "max_image_pixels", "Decompression-bomb guard: images with more pixels are refused.", int),

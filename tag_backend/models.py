@@ -3,6 +3,12 @@
 Nothing here runs at import time. Every loader refuses to run on random weights: when
 pretrained weights were asked for and cannot be found, a :class:`WeightsNotFoundError` names
 the cause and the flag / environment variable to set.
+
+Given :class:`~tag_backend.model_records.ModelRecords` (the compiled backends pass them), a
+loader whose checkpoint files are unchanged since a process built the model returns it
+unbuilt: its description comes from the record, and the torch model is built, by the same
+code, on first use of ``.model`` (exporting a graph, encoding a text the store has not
+embedded). Such a process never imports transformers or open_clip when it needs neither.
 """
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, WeightsNotFoundError
+from .model_records import ModelRecords, SourceFile, hub_cached_file
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +97,50 @@ def file_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-# ----------------------------------------------------------------------------- DINOv2
-@dataclass
-class LoadedDino:
-    """A DINOv2 backbone ready for inference (eval mode, on ``device`` in ``dtype``)."""
+def files_id(files: Sequence[SourceFile]) -> str:
+    """Identity of a checkpoint: the names and :func:`file_fingerprint` of its files."""
+    h = hashlib.sha256()
+    for source in sorted(files, key=lambda f: Path(f.path).name):
+        h.update(f"{Path(source.path).name}:{file_fingerprint(source.path)};".encode())
+    return h.hexdigest()[:16]
 
-    model: torch.nn.Module
+
+class _LazyModel:
+    """``.model`` built by ``build`` on first access, once, whichever thread asks first.
+
+    Built as the loaders build at start, whatever the caller's mode: a model created under
+    ``torch.inference_mode`` holds inference tensors, which take other kernels (last-bit
+    differences in the text tower).
+    """
+
+    build: Callable[[], object]
+
+    def _built(self):
+        parts = getattr(self, "_parts", None)
+        if parts is None:
+            with self._build_lock:
+                if getattr(self, "_parts", None) is None:
+                    with torch.inference_mode(False), torch.enable_grad():
+                        self._parts = self.build()
+                parts = self._parts
+        return parts
+
+    @property
+    def built(self) -> bool:
+        """Whether the torch model exists in this process (False until first use when lazy)."""
+        return getattr(self, "_parts", None) is not None
+
+
+# ----------------------------------------------------------------------------- DINOv2
+@dataclass(eq=False)
+class LoadedDino(_LazyModel):
+    """A DINOv2 backbone for inference (eval mode, on ``device`` in ``dtype``).
+
+    weights_id: identity of the checkpoint files (config and weights; keys compiled graphs),
+        None when they could not be located (then the graph cache hashes the loaded weights).
+    build: returns the torch model (called once, on first use of :attr:`model`).
+    """
+
     model_id: str
     patch_size: int
     num_register_tokens: int
@@ -103,6 +149,15 @@ class LoadedDino:
     std: tuple[float, float, float]
     device: torch.device
     dtype: torch.dtype
+    weights_id: str | None
+    build: Callable[[], torch.nn.Module] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        self._build_lock = threading.Lock()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._built()
 
 
 def _dino_error(model: str, cause: str) -> WeightsNotFoundError:
@@ -126,7 +181,8 @@ def hf_source(model: str, error) -> tuple[Path, bool]:
     return local, is_dir
 
 
-def _build_dino(model: str, device: torch.device, dtype: torch.dtype) -> LoadedDino:
+def _dino_net(model: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, dict]:
+    """The transformers DINOv2 model of a hub id or local directory, and its description."""
     from transformers import AutoConfig, AutoModel  # heavy import, only when loading
 
     local, is_dir = hf_source(model, _dino_error)
@@ -144,12 +200,65 @@ def _build_dino(model: str, device: torch.device, dtype: torch.dtype) -> LoadedD
             cause = f"the directory {local} is not a valid model ({exc})"
         raise _dino_error(model, cause) from None
     net = net.to(device=device, dtype=dtype).eval()
-    return LoadedDino(
-        model=net, model_id=model, patch_size=int(config.patch_size),
-        num_register_tokens=int(getattr(config, "num_register_tokens", 0) or 0),
-        hidden_size=int(config.hidden_size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        device=device, dtype=dtype,
-    )
+    return net, {"patch_size": int(config.patch_size),
+                 "num_register_tokens": int(getattr(config, "num_register_tokens", 0) or 0),
+                 "hidden_size": int(config.hidden_size)}
+
+
+def _dino_files(model: str) -> list[SourceFile] | None:
+    """The files of a DINOv2 checkpoint: its directory, or its snapshot in the Hugging Face
+    cache; None when that cannot be told without the hub."""
+    local, is_dir = hf_source(model, _dino_error)
+    if is_dir:
+        return [SourceFile(str(p.resolve())) for p in sorted(local.iterdir()) if p.is_file()]
+    config = hub_cached_file(model, "config.json")
+    if config is None:
+        return None
+    folder = Path(config).parent
+    return [SourceFile(str(folder / p.name), hub=(model, p.name)) for p in sorted(folder.iterdir())
+            if p.is_file()]
+
+
+def _load_dino(model: str, device: torch.device, dtype: torch.dtype,
+               records: ModelRecords | None) -> LoadedDino:
+    key = {"kind": "dino", "model": _spec(model), "device": str(device), "dtype": str(dtype)}
+    fields = records.get(key) if records is not None else None
+    if fields is not None:
+        def build() -> torch.nn.Module:
+            net, built = _dino_net(model, device, dtype)
+            _check_record(f"DINOv2 {model!r}", built, fields)
+            return net
+
+        logger.debug("DINOv2 %s described by its record; built on first use", model)
+        return _loaded_dino(model, device, dtype, fields, build)
+    net, fields = _dino_net(model, device, dtype)
+    files = _dino_files(model)
+    fields["weights_id"] = files_id(files) if files else None
+    if records is not None and files:
+        records.put(key, files, fields)
+    loaded = _loaded_dino(model, device, dtype, fields, lambda: net)
+    _ = loaded.model  # built now: nothing left to defer
+    return loaded
+
+
+def _loaded_dino(model: str, device: torch.device, dtype: torch.dtype, fields: dict, build) -> LoadedDino:
+    return LoadedDino(model_id=model, patch_size=fields["patch_size"],
+                      num_register_tokens=fields["num_register_tokens"], hidden_size=fields["hidden_size"],
+                      mean=IMAGENET_MEAN, std=IMAGENET_STD, device=device, dtype=dtype,
+                      weights_id=fields["weights_id"], build=build)
+
+
+def _spec(model: str) -> str:
+    """A model spec with a local directory made absolute (the same directory, one key)."""
+    local = Path(model).expanduser()
+    return str(local.resolve()) if local.is_dir() else model
+
+
+def _check_record(what: str, built: dict, recorded: dict) -> None:
+    """Refuse a model that no longer matches the record it was described by."""
+    changed = {k: (recorded[k], v) for k, v in built.items() if recorded.get(k) != v}
+    if changed:
+        raise ConfigError(f"{what} changed on disk while this process was running ({changed}); restart it")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -180,20 +289,26 @@ def _from_pretrained(cls, source: str, offline_first: bool):
     return cls.from_pretrained(source)
 
 
-def load_dino(model: str, device: torch.device, dtype: torch.dtype) -> LoadedDino:
-    """Load (once per process) a DINOv2 model from a Hugging Face id or a local directory."""
-    key = ("dino", str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model,
-           str(device), str(dtype))
-    return _cached(key, lambda: _build_dino(model, device, dtype))
+def load_dino(model: str, device: torch.device, dtype: torch.dtype,
+              records: ModelRecords | None = None) -> LoadedDino:
+    """Load (once per process) a DINOv2 model from a Hugging Face id or a local directory.
+
+    ``records``: return it unbuilt when a record describes the unchanged checkpoint (module
+    docstring), and record it when it is built.
+    """
+    key = ("dino", _spec(model), str(device), str(dtype))
+    return _cached(key, lambda: _load_dino(model, device, dtype, records))
 
 
 # ----------------------------------------------------------------------------- CLIP
-@dataclass
-class LoadedClip:
-    """An open_clip CLIP model ready for inference, with its tokenizer and normalisation."""
+@dataclass(eq=False)
+class LoadedClip(_LazyModel):
+    """An open_clip CLIP model for inference, with its tokenizer and normalisation.
 
-    model: torch.nn.Module
-    tokenizer: object
+    logit_scale: the model's ``logit_scale`` parameter (its dtype, on its device), or None.
+    build: returns (model, tokenizer) (called once, on first use of either).
+    """
+
     encoder_id: str
     patch_size: int
     image_size: tuple[int, int]
@@ -202,9 +317,19 @@ class LoadedClip:
     std: tuple[float, float, float]
     device: torch.device
     dtype: torch.dtype
+    logit_scale: torch.Tensor | None
+    build: Callable[[], tuple[torch.nn.Module, object]] = field(repr=False)
 
     def __post_init__(self) -> None:
-        self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._built()[0]
+
+    @property
+    def tokenizer(self):
+        return self._built()[1]
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
@@ -317,7 +442,9 @@ def _open_clip_cached(model: str, pretrained: str) -> bool:
     return bool(url) and cache.is_file()
 
 
-def _build_clip(model: str, pretrained: str | None, device: torch.device, dtype: torch.dtype) -> LoadedClip:
+def _clip_net(model: str, pretrained: str | None, device: torch.device,
+              dtype: torch.dtype) -> tuple[torch.nn.Module, object, dict]:
+    """The open_clip model, its tokenizer and its description (encoder id, sizes, normalisation)."""
     import open_clip
 
     encoder_id, ckpt = _clip_identity(model, pretrained)
@@ -331,19 +458,76 @@ def _build_clip(model: str, pretrained: str | None, device: torch.device, dtype:
     tokenizer = open_clip.get_tokenizer(model)
     visual = net.visual
     pre = open_clip.get_model_preprocess_cfg(net) or {}
-    mean = tuple(pre.get("mean") or open_clip.OPENAI_DATASET_MEAN)
-    std = tuple(pre.get("std") or open_clip.OPENAI_DATASET_STD)
     patch = visual.patch_size if isinstance(visual.patch_size, tuple) else (visual.patch_size,) * 2
     size = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
     net = net.to(device=device, dtype=dtype).eval()
+    scale = getattr(net, "logit_scale", None)
+    return net, tokenizer, {
+        "encoder_id": encoder_id, "patch_size": int(patch[0]), "image_size": [int(size[0]), int(size[1])],
+        "embed_dim": int(visual.output_dim), "mean": list(pre.get("mean") or open_clip.OPENAI_DATASET_MEAN),
+        "std": list(pre.get("std") or open_clip.OPENAI_DATASET_STD),
+        # exact: a bf16 or float32 value is a Python float without rounding
+        "logit_scale": float(scale.detach().reshape(())) if scale is not None else None,
+    }
+
+
+def _clip_files(model: str, pretrained: str | None) -> list[SourceFile] | None:
+    """The files a CLIP model is built from (config and checkpoint), or None when unknown."""
+    if model.startswith("local-dir:"):
+        folder = Path(model[len("local-dir:"):]).expanduser()
+        return [SourceFile(str(p.resolve())) for p in sorted(folder.iterdir()) if p.is_file()]
+    if pretrained and Path(pretrained).expanduser().is_file():
+        return [SourceFile(str(Path(pretrained).expanduser().resolve()))]
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    found = [SourceFile(path, hub=(repo, name)) for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+             if repo and (path := hub_cached_file(repo, name))]
+    url = cfg.get("url") or ""
+    cache = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+    if not repo and url and cache.is_file():
+        found.append(SourceFile(str(cache)))
+    return found or None
+
+
+def _load_clip(model: str, pretrained: str | None, device: torch.device, dtype: torch.dtype,
+               records: ModelRecords | None) -> LoadedClip:
+    key = {"kind": "clip", "model": model, "pretrained": pretrained, "device": str(device), "dtype": str(dtype)}
+    fields = records.get(key) if records is not None else None
+    if fields is not None:
+        def build() -> tuple[torch.nn.Module, object]:
+            net, tokenizer, built = _clip_net(model, pretrained, device, dtype)
+            _check_record(f"CLIP {model!r}", built, fields)
+            return net, tokenizer
+
+        logger.debug("CLIP %s described by its record; built on first use", model)
+        return _loaded_clip(device, dtype, fields, build)
+    net, tokenizer, fields = _clip_net(model, pretrained, device, dtype)
+    files = _clip_files(model, pretrained) if records is not None else None
+    if files:
+        records.put(key, files, fields)
+    loaded = _loaded_clip(device, dtype, fields, lambda: (net, tokenizer))
+    _ = loaded.model  # built now: nothing left to defer
+    return loaded
+
+
+def _loaded_clip(device: torch.device, dtype: torch.dtype, fields: dict, build) -> LoadedClip:
+    scale = fields["logit_scale"]
     return LoadedClip(
-        model=net, tokenizer=tokenizer, encoder_id=encoder_id, patch_size=int(patch[0]),
-        image_size=(int(size[0]), int(size[1])), embed_dim=int(visual.output_dim),
-        mean=mean, std=std, device=device, dtype=dtype,
+        encoder_id=fields["encoder_id"], patch_size=fields["patch_size"],
+        image_size=tuple(fields["image_size"]), embed_dim=fields["embed_dim"],
+        mean=tuple(fields["mean"]), std=tuple(fields["std"]), device=device, dtype=dtype,
+        logit_scale=None if scale is None else torch.tensor(scale, dtype=dtype, device=device),
+        build=build,
     )
 
 
-def load_clip(model: str, pretrained: str | None, device: torch.device, dtype: torch.dtype) -> LoadedClip:
-    """Load (once per process) an open_clip model by name + tag/file, or ``local-dir:DIR``."""
+def load_clip(model: str, pretrained: str | None, device: torch.device, dtype: torch.dtype,
+              records: ModelRecords | None = None) -> LoadedClip:
+    """Load (once per process) an open_clip model by name + tag/file, or ``local-dir:DIR``.
+
+    ``records``: as for :func:`load_dino`.
+    """
     key = ("clip", model, pretrained, str(device), str(dtype))
-    return _cached(key, lambda: _build_clip(model, pretrained, device, dtype))
+    return _cached(key, lambda: _load_clip(model, pretrained, device, dtype, records))

@@ -104,7 +104,7 @@ class TagPipeline:
         self.forwards = forwards or TorchForwards(dino, clip)
         self.text_encoder = text_encoder or clip.text_encoder()
         # CLIP's learned softmax temperature: turns name cosines into zero-shot probabilities
-        scale = getattr(clip.model, "logit_scale", None)
+        scale = clip.logit_scale
         self.logit_scale = float(scale.detach().exp()) if scale is not None else 100.0
         # The default snapshot; callers that refresh knowledge pass theirs to each call instead
         # of changing this one under threads that may be using it.

@@ -21,14 +21,13 @@ import logging
 import threading
 from collections.abc import Mapping
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import Settings
 from .feature_cache import FeatureCache
 from .jobs.budget import CostEstimate
-from .jobs.push import LabelStudioPusher
-from .jobs.service import JobService
 from .knowledge import Knowledge, read_knowledge, refresh_knowledge
 from .ls.client import LabelStudioClient
 from .ls.guided import LabelSnapper, clip_temperature
@@ -37,12 +36,15 @@ from .ls.media import MediaFetcher
 from .ls.predictor import TaskPredictor
 from .ls.serializer import Serializer, snapping_labeler
 from .ls.served import ServedRecorder
+from .model_records import ModelRecords
 from .models import LoadedClip, LoadedDino, load_clip, load_dino, resolve_device, resolve_dtype
 from .pipeline import TagPipeline
 from .predictor import Predictor
 from .presets import Preset, get_preset
 
 logger = logging.getLogger(__name__)
+
+RECORDS_DIR = "models"  # under TAG_BACKEND_CACHE, beside the exported graphs
 
 
 class Models:
@@ -83,15 +85,25 @@ class Models:
                               max_batch=self.settings.backend_max_batch)
 
     @cached_property
+    def records(self) -> ModelRecords | None:
+        """Descriptions of built backbones, with a compiled backend only: its forwards need
+        the torch models only to export a graph, so an unchanged checkpoint is not built at
+        start (:mod:`tag_backend.model_records`)."""
+        if not self.backend.compiled:
+            return None
+        return ModelRecords(Path(self.settings.backend_cache_dir) / RECORDS_DIR)
+
+    @cached_property
     def dino(self) -> LoadedDino:
         with self._lock:
             return load_dino(self.settings.dino_model or self.preset.dino_model, self.device,
-                             self.dtype)
+                             self.dtype, self.records)
 
     @cached_property
     def clip(self) -> LoadedClip:
         with self._lock:
-            return load_clip(self.clip_model, self.clip_pretrained, self.device, self.dtype)
+            return load_clip(self.clip_model, self.clip_pretrained, self.device, self.dtype,
+                             self.records)
 
     @cached_property
     def refiner(self):
@@ -151,15 +163,31 @@ class Services:
         self.predictor = Predictor(self, FeatureCache(settings.feature_cache_mb * 2**20))
         self.snapper = LabelSnapper(self._encode_texts, settings.guided_threshold,
                                     settings.guided_fallback, below=settings.guided_below,
-                                    logit_scale=lambda: clip_temperature(self.models.clip.model))
+                                    logit_scale=lambda: clip_temperature(self.models.clip))
         self.serializer = Serializer(max_regions=settings.max_regions,
                                      guided=snapping_labeler(self.snapper),
                                      polygon_tolerance=settings.polygon_tolerance)
         self.tasks = TaskPredictor(self.fetcher, self.predictor, self.serializer,
                                    ServedRecorder(lambda: self.store))
         self.interactive = InteractivePredictor(self)
-        self.jobs = JobService(self, lambda: self.store,
-                               LabelStudioPusher(client=self.label_studio))
+        self._jobs = None  # built on first use: `tag-backend predict` never needs the queue
+        self._jobs_lock = threading.Lock()
+
+    @property
+    def jobs(self):
+        """The job queue and this process's worker (:class:`~tag_backend.jobs.service.JobService`).
+
+        Built on first use: the worker's imports (Label Studio's label-config parser among them)
+        cost a command that predicts files about half a second.
+        """
+        with self._jobs_lock:
+            if self._jobs is None:
+                from .jobs.push import LabelStudioPusher
+                from .jobs.service import JobService
+
+                self._jobs = JobService(self, lambda: self.store,
+                                        LabelStudioPusher(client=self.label_studio))
+            return self._jobs
 
     # --------------------------------------------------------------- store and text
     @property
@@ -342,7 +370,10 @@ class Services:
     # --------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Stop the job worker and close the store."""
-        self.jobs.stop()
+        with self._jobs_lock:
+            jobs = self._jobs
+        if jobs is not None:
+            jobs.stop()
         with self._store_lock:
             if self._store is not None:
                 self._store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from importlib import metadata
 from typing import Protocol
 
 import numpy as np
@@ -112,11 +113,10 @@ class CompiledForwards:
     def dense(self, pixels: torch.Tensor, method: str, gem_depth: int,
               between_blocks: Callable[[], None] | None = None) -> list[DenseFeatures]:
         """``between_blocks`` is not called: a compiled forward cannot be paused between blocks."""
-        visual = self._clip.model.visual
-        patch = visual.patch_size if isinstance(visual.patch_size, tuple) else (visual.patch_size,) * 2
-        grid = (pixels.shape[-2] // patch[0], pixels.shape[-1] // patch[1])
+        patch = self._clip.patch_size
+        grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
         graph = self._graph(("dense", *pixels.shape[1:], method, gem_depth), pixels,
-                            lambda: DenseClipGraph(visual, method, gem_depth),
+                            lambda: DenseClipGraph(self._clip.model.visual, method, gem_depth, grid),
                             {"weights": self._fingerprint("clip"), "method": method, "gem_depth": gem_depth})
         if graph is None:
             return self._fallback.dense(pixels, method, gem_depth)
@@ -130,9 +130,15 @@ class CompiledForwards:
 
     # ------------------------------------------------------------------ graphs
     def _fingerprint(self, which: str) -> str:
+        """The weights' part of a graph's key: the checkpoint's identity (its files, which needs
+        no model built), else a hash of the loaded weights."""
         if which not in self._fingerprints:
-            module = self._dino.model if which == "dino" else self._clip.model.visual
-            self._fingerprints[which] = weights_fingerprint(module)
+            checkpoint = self._dino.weights_id if which == "dino" else self._clip.encoder_id
+            if checkpoint:
+                self._fingerprints[which] = f"checkpoint:{checkpoint}"
+            else:
+                module = self._dino.model if which == "dino" else self._clip.model.visual
+                self._fingerprints[which] = weights_fingerprint(module)
         return self._fingerprints[which]
 
     def _graph(self, key: tuple, pixels: torch.Tensor, make: Callable[[], nn.Module], fields: dict):
@@ -142,14 +148,12 @@ class CompiledForwards:
             return self._graphs[key]
 
     def _build(self, key: tuple, pixels: torch.Tensor, make: Callable[[], nn.Module], fields: dict):
-        import open_clip
-        import transformers
-
         fields = {
             "graph": key[0], "input": list(pixels.shape[1:]), **fields, "backend": self._impl.name,
             "backend_version": self._impl.version(), "int8": self.choice.int8, "code": code_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "open_clip": open_clip.__version__,
+            # read from the installed packages' metadata: importing them costs seconds
+            "torch": torch.__version__, "transformers": metadata.version("transformers"),
+            "open_clip": metadata.version("open_clip_torch"),
         }
         example = pixels[:1].detach().to(device="cpu", dtype=torch.float32)
         threads = self._threads or torch.get_num_threads()

@@ -31,11 +31,20 @@ class DinoPatchGraph(nn.Module):
 
 
 class DenseClipGraph(nn.Module):
-    """Dense CLIP patch features ``(B, gh*gw, D)`` of one method (GEM, NACLIP or plain)."""
+    """Dense CLIP patch features ``(B, gh*gw, D)`` of one method (GEM, NACLIP or plain) on a
+    ``grid`` of patches.
 
-    def __init__(self, visual: nn.Module, method: str, gem_depth: int) -> None:
+    The position embedding of ``grid`` is resampled here, by torch, so that the traced forward
+    finds it in :func:`~tag_backend.stages.dense_clip.position_embedding`'s cache and records
+    it as a constant: traced, the antialiased bicubic resampling would be exported and
+    computed by the runtime's own kernel, up to 2e-2 away from torch's.
+    """
+
+    def __init__(self, visual: nn.Module, method: str, gem_depth: int, grid: tuple[int, int]) -> None:
         super().__init__()
         self.visual, self.method, self.gem_depth = visual, method, gem_depth
+        with torch.no_grad():
+            dense_clip.position_embedding(visual, grid)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return dense_clip_tokens(self.visual, pixels, self.method, gem_depth=self.gem_depth).tokens[:, 1:]

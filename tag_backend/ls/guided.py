@@ -200,7 +200,8 @@ class LabelSnapper:
         return Snap(None, score, "dropped")
 
 
-def clip_temperature(clip_model) -> float:
-    """``exp(logit_scale)`` of an open_clip CLIP model (100 for trained CLIP; 100 if absent)."""
-    scale = getattr(clip_model, "logit_scale", None)
+def clip_temperature(clip) -> float:
+    """``exp(logit_scale)`` of an open_clip CLIP model or a
+    :class:`~tag_backend.models.LoadedClip` (100 for trained CLIP; 100 if absent)."""
+    scale = getattr(clip, "logit_scale", None)
     return float(scale.detach().float().exp()) if scale is not None else 100.0

@@ -53,6 +53,25 @@ def test_predict_writes_label_studio_tasks_and_reports_bad_files(env, tmp_path):
         assert cover.max() <= 1 and cover.mean() > 0.9
 
 
+def test_predict_as_its_own_process_ends_with_its_exit_code_and_output(env, tmp_path):
+    """Run as the command line, `predict` ends without the interpreter's teardown: the exit
+    code, the messages and the task list must all still be there."""
+    import os
+    import subprocess
+    import sys
+
+    flat_shapes(seed=3)[0].save(tmp_path / "ok.png")
+    command = [sys.executable, "-m", "tag_backend", "predict", str(tmp_path / "ok.png"), "--out",
+               str(tmp_path / "t.json"), "--quiet"]
+    environment = {**os.environ, **env, "TAG_BACKEND": "torch"}
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "1 image(s) predicted" in done.stdout and len(json.loads((tmp_path / "t.json").read_text())) == 1
+    done = subprocess.run(command[:4] + [str(tmp_path / "missing.png")] + command[5:], env=environment,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and "FAILED" in done.stderr and "0 image(s) predicted" in done.stdout
+
+
 def test_predict_all_ok_exit_zero_and_help(env, tmp_path):
     flat_shapes(seed=2)[0].save(tmp_path / "ok.png")
     result = CliRunner().invoke(main, ["predict", str(tmp_path / "ok.png"), "--out", str(tmp_path / "t.json"),

@@ -60,7 +60,8 @@ def test_compiled_features_equal_torch_per_patch_on_a_batch(models, cache_dir, b
     assert _min_cosine(single, reference.dense(pixels[1:2], methods[0], 7)[0].features) >= COSINE
 
 
-def test_graphs_are_cached_on_disk_keyed_by_input_size_and_weights(models, tmp_path, monkeypatch):
+def test_graphs_are_cached_on_disk_keyed_by_input_size_and_weights(models, tmp_path, tmp_path_factory,
+                                                                    monkeypatch):
     dino, clip = models
     choice = BackendChoice("onnxruntime", torch.float32)
     cache = ExportCache(tmp_path)
@@ -87,17 +88,56 @@ def test_graphs_are_cached_on_disk_keyed_by_input_size_and_weights(models, tmp_p
     repaired = CompiledForwards(dino, clip, choice, cache).dino(pixels)[0].tokens
     assert len(exports) == 2 and torch.equal(first, repaired)
 
-    # Other weights of the same architecture get their own entry.
+    # Another checkpoint of the same architecture gets its own entry.
+    other = tmp_path_factory.mktemp("other-dino")
     cls_token = dino.model.embeddings.cls_token
     saved = cls_token.detach().clone()
     with torch.no_grad():
         cls_token.add_(1.0)
         try:
-            CompiledForwards(dino, clip, choice, cache).dino(pixels)
+            dino.model.save_pretrained(other)
         finally:
             cls_token.copy_(saved)
+    CompiledForwards(load_dino(str(other), CPU, torch.float32), clip, choice, cache).dino(pixels)
     assert len(exports) == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_resampled_position_embedding_is_exported_as_torch_computes_it(models, tmp_path):
+    """Exported by a process that never ran torch's forward at that size (nothing cached)."""
+    from tag_backend.stages import dense_clip
+
+    dino, clip = models
+    dense_clip._pos_cache.pop(clip.model.visual, None)
+    pixels = torch.randn(1, 3, 256, 256)  # a 16x16 grid: the tiny CLIP's own is 14x14
+    compiled = CompiledForwards(dino, clip, BackendChoice("openvino", torch.float32), ExportCache(tmp_path))
+    got = compiled.dense(pixels, "plain", 7)[0].features
+    want = TorchForwards(dino, clip).dense(pixels, "plain", 7)[0].features
+    assert (got - want).abs().max() < 1e-4
+
+
+def test_openvino_imports_the_blob_it_compiled_in_an_earlier_process(models, tmp_path):
+    from tag_backend.inference.openvino_backend import COMPILED_DIR, OpenVinoBackend
+
+    dino, clip = models
+    choice = BackendChoice("openvino", torch.float32)
+    pixels = torch.randn(1, 3, 224, 224)
+    first = CompiledForwards(dino, clip, choice, ExportCache(tmp_path)).dino(pixels)[0].tokens
+    (entry,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    blobs = sorted((entry / COMPILED_DIR).glob("*.blob"))
+    assert len(blobs) == 1, "the compiled graph is kept in its entry"
+    graph = OpenVinoBackend().load(entry, torch.float32, torch.get_num_threads())
+    assert graph._compiled.get_property("LOADED_FROM_CACHE")
+    assert torch.equal(torch.from_numpy(graph(pixels.numpy())[0]), first)
+    assert sorted((entry / COMPILED_DIR).glob("*.blob")) == blobs
+    # OpenVINO applies the precision when it imports the blob: bf16 from the blob computes
+    # exactly what a fresh bf16 compilation computes.
+    import openvino as ov
+
+    fresh = ov.Core().compile_model(str(entry / "model.xml"), "CPU", {
+        "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
+    want = fresh.create_infer_request().infer({0: pixels.numpy()})[0]
+    assert np.array_equal(OpenVinoBackend().load(entry, torch.bfloat16, 1)(pixels.numpy()), want)
 
 
 def test_export_failure_is_a_clear_error_or_falls_back_to_torch(models, tmp_path, monkeypatch):
