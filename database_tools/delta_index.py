@@ -13,7 +13,9 @@ sequence number (:meth:`Store.entries_since`) into:
 A search queries both and merges the hits by score; base hits of hidden ids are skipped inside
 faiss (``IDSelector``, :func:`~database_tools.index_filter.search_without`), so removals cost no
 over-fetching. Delta scores are exact cosines; base scores are the base index's (exact for flat
-indexes). ``refresh`` costs one small query when nothing changed.
+indexes). ``refresh`` costs one small query when nothing changed, and reads only the changed
+rows otherwise. The delta is small, so its search runs on the calling thread
+(:mod:`database_tools.faiss_threads`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import faiss
 import numpy as np
 
 from .embedding import TextEncoder
+from .faiss_threads import threads_for
 from .index import ConceptIndex, SearchHit
 
 if TYPE_CHECKING:
@@ -148,7 +151,8 @@ class LiveIndex:
         arr = np.array(queries, dtype=np.float32, order="C", copy=True)
         faiss.normalize_L2(arr)
         fetch = min(k, self._delta.ntotal)
-        scores, ids = self._delta.search(arr, fetch)
+        with threads_for(self._delta, len(arr)):
+            scores, ids = self._delta.search(arr, fetch)
         vectors = np.zeros((len(arr), fetch, self.dim), dtype=np.float32)
         for row in range(len(arr) if return_vectors else 0):
             for j, entry_id in enumerate(ids[row]):

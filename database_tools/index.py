@@ -8,8 +8,6 @@ no SQL database. Versions are immutable directories switched atomically (see
 from __future__ import annotations
 
 import logging
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import IndexCorrupt, IndexMismatch, IndexNotFound
+from .faiss_threads import threads_for
 from .index_files import (
     ENTRIES_FILE,
     EXCLUDED_FILE,
@@ -41,27 +40,6 @@ VERIFY_MAX_BYTES = 512 * 1024 * 1024
 #: faiss uses its batched BLAS path from 2 queries on (the default 20 made a 100-query
 #: batch on 1M x 512 take 5.9 s instead of 0.8-1.0 s).
 BLAS_THRESHOLD = 2
-
-_omp_lock = threading.Lock()
-
-
-@contextmanager
-def _threads_for(n_queries: int):
-    """FAISS's OpenMP team sized to the query count for one search.
-
-    FAISS parallelises flat and IVF searches over queries, so a search of a few queries uses a
-    few threads anyway; but waking the whole team right after torch has used the cores costs
-    10-40 ms (measured: 0.4 ms single-threaded vs 8-45 ms with 2 threads for one query over 3k
-    entries), which is most of an interactive click. The setting is process-wide: the lock
-    keeps save and restore paired when threads search concurrently.
-    """
-    with _omp_lock:
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(max(1, min(before, n_queries)))
-        try:
-            yield
-        finally:
-            faiss.omp_set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -185,7 +163,7 @@ class ConceptIndex:
             return [[] for _ in range(len(queries))]
         excluded = self._excluded if exclude is None or len(exclude) == 0 else \
             np.union1d(self._excluded, np.asarray(exclude, dtype=np.int64))
-        with _threads_for(len(queries)):
+        with threads_for(self.index, len(queries)):
             scores, ids = search_without(self.index, queries, int(min(self.index.ntotal, k)),
                                          excluded)
         keep = ids >= 0

@@ -71,7 +71,12 @@ class Alias(Base):
     """A predicted name that annotators corrected to an entry, with how often."""
 
     __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("norm", "entry_id", name="uq_aliases_norm_entry"),)
+    __table_args__ = (
+        UniqueConstraint("norm", "entry_id", name="uq_aliases_norm_entry"),
+        # every refresh reads the aliases corrected at least TAG_ALIAS_MIN_COUNT times: through
+        # this index it reads those, not every alias ever counted once
+        Index("ix_aliases_count", "count"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     text: Mapped[str] = mapped_column(Text, nullable=False)
     norm: Mapped[str] = mapped_column(Text, nullable=False)
@@ -93,7 +98,9 @@ class Exemplar(Base):
 
     __tablename__ = "exemplars"
     __table_args__ = (
-        Index("ix_exemplars_encoder", "encoder_id"),
+        # (encoder, removed): the total cap counts an encoder's live candidates from the index
+        # alone instead of reading every row (2 KB vector each) of the encoder
+        Index("ix_exemplars_encoder_removed", "encoder_id", "removed"),
         Index("ix_exemplars_served_seq", "served_seq"),
         Index("ix_exemplars_entry", "entry_id"),
     )

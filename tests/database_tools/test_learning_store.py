@@ -232,7 +232,7 @@ def test_exemplar_index_switches_to_an_inverted_file_and_still_matches(monkeypat
     index._add(rows[:2000])
     assert index.kind == "flat"
     index._add(rows[2000:])
-    assert index.kind.startswith("ivf") and len(index) == 6000
+    assert index.kind == "ivf128,fp16" and len(index) == 6000
     queries = vectors[:50] / np.linalg.norm(vectors[:50], axis=1, keepdims=True)
     found = index.match(queries, 0.99)
     assert all(m is not None and m.entry_id == i % 40 for i, m in enumerate(found))
@@ -255,3 +255,38 @@ def test_release_commands(store):
     listed = runner.invoke(cli, ["--db", store.url, "releases"])
     assert listed.exit_code == 0 and listed.output.splitlines()[0].startswith("r2")
     assert "first" in listed.output
+
+
+def test_a_grown_inverted_file_is_retrained_in_the_background(monkeypatch):
+    from database_tools import exemplar_index
+
+    monkeypatch.setattr(exemplar_index, "IVF_FROM", 1000)
+    release, building = threading.Event(), threading.Event()
+    real_build = exemplar_index.build_ivf
+
+    def held_build(vectors, ids):
+        if len(ids) > 1000:  # the retrain (the first inverted file is built in place)
+            building.set()
+            assert release.wait(30)
+        return real_build(vectors, ids)
+
+    monkeypatch.setattr(exemplar_index, "build_ivf", held_build)
+    index = ExemplarIndex("clip/test")
+    vectors = np.random.default_rng(0).standard_normal((2100, 16)).astype("<f4")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = [(i + 1, i % 40, vectors[i].tobytes()) for i in range(2100)]
+    index._names = {e: f"concept {e}" for e in range(40)}
+    index._add(rows[:1000])
+    assert index.kind == "ivf16,fp16"
+    index._add(rows[1000:2000])  # doubled: a retrain is due, the lookup path does not train
+    index._start_retrain()
+    assert building.wait(30) and index.kind == "ivf16,fp16"
+    assert index.match(vectors[1500:1501], 0.99)[0].entry_id == 1500 % 40  # still served
+    index._remove([1, 2])  # changes while the new one trains
+    index._add(rows[2000:])
+    release.set()
+    index._retrainer.join(30)
+    assert index.kind == "ivf32,fp16" and len(index) == 2098
+    found = index.match(vectors[[0, 1, 2, 2050]], 0.99)
+    assert found[0] is None and found[1] is None
+    assert found[2].entry_id == 2 % 40 and found[3].entry_id == 2050 % 40
