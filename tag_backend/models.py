@@ -237,10 +237,7 @@ def _load_dino(model: str, device: torch.device, dtype: torch.dtype,
         logger.debug("DINOv2 %s described by its record; built on first use", model)
         return _loaded_dino(model, device, dtype, fields, build)
     net, fields = _dino_net(model, device, dtype)
-    files = _dino_files(model)
-    fields["weights_id"] = files_id(files) if files else None
-    if records is not None and files:
-        records.put(key, files, fields)
+    _remember(records, key, _dino_files(model) if records is not None else None, fields)
     loaded = _loaded_dino(model, device, dtype, fields, lambda: net)
     _ = loaded.model  # built now: nothing left to defer
     return loaded
@@ -251,6 +248,16 @@ def _loaded_dino(model: str, device: torch.device, dtype: torch.dtype, fields: d
                       num_register_tokens=fields["num_register_tokens"], hidden_size=fields["hidden_size"],
                       mean=IMAGENET_MEAN, std=IMAGENET_STD, device=device, dtype=dtype,
                       weights_id=fields["weights_id"], build=build)
+
+
+def _remember(records: ModelRecords | None, key: dict, files: list[SourceFile] | None,
+              fields: dict) -> None:
+    """Give a just-built backbone its checkpoint identity (``weights_id``, the compiled graphs'
+    key) and record it. Only compiled-backend processes keep records and graphs, so a torch
+    process (``records`` None) reads no checkpoint bytes for it."""
+    fields["weights_id"] = files_id(files) if files else None
+    if records is not None and files:
+        records.put(key, files, fields)
 
 
 def _spec(model: str) -> str:
@@ -510,10 +517,7 @@ def _load_clip(model: str, pretrained: str | None, device: torch.device, dtype: 
         logger.debug("CLIP %s described by its record; built on first use", model)
         return _loaded_clip(device, dtype, fields, build)
     net, tokenizer, fields = _clip_net(model, pretrained, device, dtype)
-    files = _clip_files(model, pretrained) if records is not None else None
-    fields["weights_id"] = files_id(files) if files else None
-    if files:
-        records.put(key, files, fields)
+    _remember(records, key, _clip_files(model, pretrained) if records is not None else None, fields)
     loaded = _loaded_clip(device, dtype, fields, lambda: (net, tokenizer))
     _ = loaded.model  # built now: nothing left to defer
     return loaded
