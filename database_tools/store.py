@@ -72,15 +72,59 @@ def _make_engine(url: str, pool_size: int | None = None,
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine)
         return engine
-    connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql":
-        connect_args["connect_timeout"] = 10
     pool: dict[str, int] = {}
     if pool_size is not None:
         pool["pool_size"] = pool_size
     if max_overflow is not None:
         pool["max_overflow"] = max_overflow
-    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, **pool)
+    return create_engine(url, connect_args=_server_connect_args(parsed), pool_pre_ping=True,
+                         **pool)
+
+
+def _server_connect_args(parsed) -> dict[str, Any]:
+    return {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+
+
+#: Connections of a :func:`single_statement_engine`: kept open / opened beyond under load.
+SINGLE_STATEMENT_POOL = (2, 2)
+
+
+def single_statement_engine(engine: Engine) -> Engine:
+    """A small second engine on ``engine``'s server database for a few hot statements that are
+    each their own transaction: autocommit connections, handed out **without a pre-ping**.
+
+    The store's pool pings every connection it hands out (one more round trip, ``;``, so that
+    a database restart costs no failed call); on the job queue's claim that round trip cost
+    as much as the claim itself. Here a dead connection is found by the statement itself:
+    SQLAlchemy recognises the disconnect, invalidates the connection (and every older one in
+    this pool), and :func:`run_single_statement` runs the statement once more on a fresh
+    connection. At most ``sum(SINGLE_STATEMENT_POOL)`` connections, opened on first use.
+    Disposed with ``engine``.
+    """
+    size, overflow = SINGLE_STATEMENT_POOL
+    single = create_engine(engine.url, connect_args=_server_connect_args(engine.url),
+                           isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_size=size,
+                           max_overflow=overflow)
+    event.listen(engine, "engine_disposed", lambda _engine: single.dispose())
+    return single
+
+
+def run_single_statement(engine: Engine, statement: Any, parameters: dict[str, Any]) -> list:
+    """The rows of ``statement`` run on a :func:`single_statement_engine`; run once more on a
+    fresh connection if the first one turned out to be dead.
+
+    Only for statements whose second run is harmless even if the first one committed before
+    its connection died (the caller says why for each).
+    """
+    try:
+        with engine.connect() as conn:
+            return conn.execute(statement, parameters).all()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        logger.info("database connection lost; running the statement again on a new one")
+    with engine.connect() as conn:
+        return conn.execute(statement, parameters).all()
 
 
 def _configure_sqlite(engine: Engine) -> None:

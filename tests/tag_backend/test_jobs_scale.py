@@ -7,7 +7,7 @@ import time
 
 import pytest
 from jobs_fixtures import jobs_db_url, jobs_store, make_queue, tasks  # noqa: F401
-from sqlalchemy import event, inspect, select, text
+from sqlalchemy import event, inspect, literal_column, select, text
 
 from tag_backend.jobs.schema import CachedPrediction, Job, JobTask
 
@@ -54,19 +54,26 @@ def test_a_large_enqueue_refreshes_the_planner_statistics(jobs_store, monkeypatc
     assert [c.ls_task_id for c in queue.claim("w", 2)] == [1, 2] and queue.progress(job).total == 350
 
 
-def _statements(engine, run):
-    """(SQL, parameters) of every statement ``run()`` sends."""
+def _engines(queue):
+    """The queue's engines: the store's and, on PostgreSQL, its single-statement engine."""
+    return [queue.engine] + ([queue.statement_engine] if queue.statement_engine else [])
+
+
+def _statements(engines, run):
+    """(SQL, parameters) of every statement ``run()`` sends through ``engines``."""
     seen = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):
         if not executemany:
             seen.append((statement, parameters))
 
-    event.listen(engine, "before_cursor_execute", capture)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", capture)
     try:
         run()
     finally:
-        event.remove(engine, "before_cursor_execute", capture)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", capture)
     return seen
 
 
@@ -102,7 +109,7 @@ def test_periodic_queries_read_partial_indexes_not_the_task_table(jobs_store):
     }
     dialect = engine.dialect.name
     for name, run in calls.items():
-        statements = [(s, p) for s, p in _statements(engine, run)
+        statements = [(s, p) for s, p in _statements(_engines(queue), run)
                       if "prelabel_tasks" in s and not s.lstrip().upper().startswith(
                           ("SAVEPOINT", "RELEASE"))]
         assert statements, name
@@ -131,11 +138,12 @@ def test_claims_and_records_are_one_statement_each_and_only_records_wait_for_the
     engine = jobs_store.engine
     postgres = engine.dialect.name == "postgresql"
     queue.claim("w", 1)  # the job's first claim also reads its config and marks it running
-    claim_sql = _statements(engine, lambda: queue.claim("w", 2))
+    engines = _engines(queue)
+    claim_sql = _statements(engines, lambda: queue.claim("w", 2))
     assert len(claim_sql) == (1 if postgres else 2)  # SQLite: + BEGIN IMMEDIATE
-    heartbeat_sql = _statements(engine, lambda: queue.heartbeat("w"))
+    heartbeat_sql = _statements(engines, lambda: queue.heartbeat("w"))
     (claim,) = queue.claim("w", 1)
-    record_sql = _statements(engine, lambda: queue.complete(claim, "w", ITEM, "key-r"))
+    record_sql = _statements(engines, lambda: queue.complete(claim, "w", ITEM, "key-r"))
     assert len(record_sql) == (1 if postgres else 3)  # SQLite: BEGIN IMMEDIATE, task, result
 
     def unflushed(statements):
@@ -148,7 +156,7 @@ def test_claims_and_records_are_one_statement_each_and_only_records_wait_for_the
         return
     assert len(unflushed(claim_sql)) == 1 and len(unflushed(heartbeat_sql)) == 1
     assert not unflushed(record_sql)
-    pooled = [engine.connect() for _ in range(engine.pool.checkedin())]
+    pooled = [e.connect() for e in engines for _ in range(e.pool.checkedin())]
     try:  # every pooled connection (the claim's among them) keeps the durable default
         assert {c.exec_driver_sql("SHOW synchronous_commit").scalar() for c in pooled} == {"on"}
     finally:
@@ -160,13 +168,15 @@ def test_claims_and_records_are_one_statement_each_and_only_records_wait_for_the
         modes.append(conn.connection.dbapi_connection.autocommit)
 
     (claim,) = queue.claim("w", 1)
-    event.listen(engine, "before_cursor_execute", mode)
+    for e in engines:
+        event.listen(e, "before_cursor_execute", mode)
     try:
         queue.claim("w", 1)
         queue.heartbeat("w")
         queue.complete(claim, "w", ITEM, "key-s")
     finally:
-        event.remove(engine, "before_cursor_execute", mode)
+        for e in engines:
+            event.remove(e, "before_cursor_execute", mode)
     assert modes == [True, True, True]  # each its own transaction: no BEGIN/COMMIT round trips
     assert queue.cached(["key-r", "key-s"]).keys() == {"key-r", "key-s"}
 
@@ -255,3 +265,57 @@ def test_oversized_predict_becomes_a_job(tiny_settings):
         assert job.kind == "predict" and services.jobs.queue.progress(job.id).total == n
     finally:
         services.close()
+
+
+def _postgres_queue(jobs_store):
+    queue = make_queue(jobs_store)
+    if queue.dialect != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no plan cache and no connections to lose")
+    return queue
+
+
+def test_postgresql_keeps_one_plan_for_the_claim_and_it_walks_the_queued_index(jobs_store):
+    """A prepared claim is planned a few times, then PostgreSQL keeps one plan for any ``now``
+    (no planning per claim); that plan walks ``ix_prelabel_tasks_queued``."""
+    queue = _postgres_queue(jobs_store)
+    _job(queue, 50_000)  # big enough for the estimates to differ (the enqueue runs ANALYZE)
+    for _ in range(15):  # psycopg prepares after 5 runs, PostgreSQL compares 5 plans more
+        queue.claim("w", 2)
+    with queue.statement_engine.connect() as conn:  # one thread: the pool's one connection
+        generic, custom = conn.execute(text(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE 'WITH picked AS MATERIALIZED%'")).one()
+    assert generic >= 4 and custom <= 5, (generic, custom)
+    pick = queue._claimable(literal_column("$1")).limit(2).with_for_update(skip_locked=True)
+    sql = str(pick.compile(dialect=queue.engine.dialect, compile_kwargs={"literal_binds": True}))
+    with queue.engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql("SET enable_sort = off")  # a small table is cheaper to sort
+        conn.exec_driver_sql(f"PREPARE pick(float8) AS {sql}")
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN EXECUTE pick(0)"))
+        conn.rollback()
+    assert "ix_prelabel_tasks_queued" in plan and "Sort" not in plan, plan
+
+
+def test_a_lost_database_connection_costs_no_failed_claim_heartbeat_or_record(jobs_store):
+    """The single-statement connections are not pinged before use: when the server ended one
+    (a restart, an idle connection dropped), the statement runs again on a new connection."""
+    queue = _postgres_queue(jobs_store)
+    _job(queue, 10)
+
+    def end_the_statement_connection():
+        with queue.statement_engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with queue.engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        time.sleep(0.2)  # the server has closed it; the pool does not know
+
+    (first,) = queue.claim("w", 1)
+    end_the_statement_connection()
+    (second,) = queue.claim("w", 1)
+    assert second.ls_task_id == first.ls_task_id + 1  # nothing claimed twice or skipped
+    end_the_statement_connection()
+    assert queue.heartbeat("w") == 2
+    end_the_statement_connection()
+    assert queue.complete(first, "w", ITEM, "key-first")
+    assert queue.cached(["key-first"]) == {"key-first": ITEM}
