@@ -9,7 +9,9 @@ Measured in one run, printed as one table:
    CONFLICT DO NOTHING``), seconds and tasks/s;
 2. **claim latency** with N queued and ``--workers`` processes claiming batches of
    ``--batch`` concurrently (``FOR UPDATE SKIP LOCKED``): p50/p99 per claim, timed after
-   each worker's first claims (a running worker) and after the enqueue's checkpoint;
+   each worker's first claims (a running worker) and after the enqueue's checkpoint; and
+   again with workers that spend ``--engine-ms`` per task between claims, as a model would
+   (the cores are not saturated then);
 3. **queue overhead per task**: each worker records every claimed task at once with an empty
    result — no model runs, so this is *the queue's own cost* (claim + record), per task and
    as the workers' combined tasks/s;
@@ -61,9 +63,10 @@ def _tasks(n: int, start: int = 1) -> Iterator[dict]:
         yield {"id": i, "data": {"image": f"s3://bucket/images/{i:08d}.jpg"}}
 
 
-def _claim_worker(url: str, worker_id: str, seconds: float, batch: int, start, out) -> None:
-    """Claim and record at once until ``seconds`` pass; sends (claim latencies, seconds spent
-    recording, tasks)."""
+def _claim_worker(url: str, worker_id: str, seconds: float, batch: int, engine_s: float, start,
+                  out) -> None:
+    """Claim, spend ``engine_s`` per task (0: the engine returns at once) and record, until
+    ``seconds`` pass; sends (claim latencies, seconds spent recording, tasks)."""
     queue = _queue(url)
     for _ in range(WARM_UP_CLAIMS):  # measure a running worker: connected, statements prepared
         for claim in queue.claim(worker_id, batch):
@@ -77,8 +80,10 @@ def _claim_worker(url: str, worker_id: str, seconds: float, batch: int, start, o
         t1 = time.perf_counter()
         claims_s.append(t1 - t0)
         for claim in claims:
+            if engine_s:
+                time.sleep(engine_s)
             queue.complete(claim, worker_id, BENCH_ITEM, f"bench-{claim.ls_task_id}")
-        record_s += time.perf_counter() - t1
+        record_s += time.perf_counter() - t1 - engine_s * len(claims)
         n += len(claims)
     out.put((claims_s, record_s, n))
 
@@ -141,10 +146,10 @@ def _reset_statement_stats(queue) -> None:
         pass
 
 
-def bench_claims(url: str, workers: int, seconds: float, batch: int) -> dict:
+def bench_claims(url: str, workers: int, seconds: float, batch: int, engine_s: float = 0.0) -> dict:
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_claim_worker, args=(url, f"bench-w{i}", seconds, batch,
+    procs = [ctx.Process(target=_claim_worker, args=(url, f"bench-w{i}", seconds, batch, engine_s,
                                                      start, out)) for i in range(workers)]
     for p in procs:
         p.start()
@@ -282,7 +287,7 @@ def bench_size(url: str, n: int, kb: int) -> dict:
 
 
 def run(url: str, n: int, workers: int, seconds: float, batch: int, size_tasks: int,
-        result_kb: int) -> None:
+        result_kb: int, engine_ms: float = 0.0) -> None:
     queue = _queue(url)
     print(f"database: {queue.dialect}; {n:,} tasks; {workers} worker processes; batch {batch}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -309,6 +314,11 @@ def run(url: str, n: int, workers: int, seconds: float, batch: int, size_tasks: 
         for name, (calls, mean, peak) in server.items():
             print(f"  database's own time per {name} statement (pg_stat_statements, {calls:,} "
                   f"calls): mean {mean:.3f} ms, max {peak:.2f} ms")
+    if engine_ms > 0:
+        paced = bench_claims(url, workers, seconds, batch, engine_ms / 1000)
+        print(f"claim latency with each worker spending {engine_ms:g} ms per task between its "
+              f"claims, as a model would ({paced['claims']:,} claims): p50 "
+              f"{paced['claim_p50_ms']:.2f} ms, p99 {paced['claim_p99_ms']:.2f} ms")
     for name, (p50, p99) in bench_periodic(queue).items():
         print(f"{name} at {n:,} rows: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     size = bench_size(url, size_tasks, result_kb)
@@ -328,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4, help="tasks per claim")
     parser.add_argument("--size-tasks", type=int, default=20_000)
     parser.add_argument("--result-kb", type=int, default=20)
+    parser.add_argument("--engine-ms", type=float, default=25.0,
+                        help="also time claims with workers that spend this long per task "
+                             "(cores not saturated); 0: skip")
     parser.add_argument("--db-url", help="use this database (default: a throwaway PostgreSQL)")
     args = parser.parse_args(argv)
     if args.db_url:
@@ -338,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         context = throwaway_postgres(("shared_preload_libraries=pg_stat_statements",))
     with context as url:
         run(url, args.tasks, args.workers, args.seconds, args.batch, args.size_tasks,
-            args.result_kb)
+            args.result_kb, args.engine_ms)
 
 
 if __name__ == "__main__":
