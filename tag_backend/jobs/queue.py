@@ -545,7 +545,7 @@ class JobQueue:
             # Run again after a lost connection: a first run that committed left the task
             # done, so the second finds no lease and reports the result dropped, wrongly
             # but harmlessly (it is stored).
-            done = self._run_single(self._record_statement, params)[0][0]
+            done = run_single_statement(self.statement_engine, self._record_statement, params)[0][0]
         else:
             with self.engine.begin() as conn:
                 done = conn.execute(self._finish_task, params).rowcount

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,9 +81,6 @@ def ls_data_template() -> Path:
     template = CACHE / f"ls-data-{LS_VERSION}"
     with FileLock(str(CACHE / "ls-data.lock"), timeout=1800):
         if not (template / "label_studio.sqlite3").is_file():
-            import shutil
-            import tempfile
-
             build = Path(tempfile.mkdtemp(prefix="ls-template-", dir=CACHE))
             try:
                 proc, _url = _run_label_studio(build, startup_timeout=900)
@@ -95,8 +94,6 @@ def ls_data_template() -> Path:
 
 def start_label_studio(root: Path) -> tuple[subprocess.Popen, str]:
     """A Label Studio on a copy of :func:`ls_data_template` in ``root``: (process, URL)."""
-    import shutil
-
     shutil.copytree(ls_data_template(), root / "ls-data")
     return _run_label_studio(root, startup_timeout=300)
 
@@ -152,8 +149,6 @@ def _run_label_studio(root: Path, startup_timeout: float) -> tuple[subprocess.Po
 def tiny_backend_env(root: Path, tiny_models_dir: dict, services) -> dict[str, str]:
     """Environment of a backend on the tiny test models (add ``LABEL_STUDIO_URL``), with a copy
     of ``services``' warmed data dir (default vocabulary and index already built)."""
-    import shutil
-
     services.pipeline()
     shutil.copytree(services.settings.data_dir, root / "tag-data")
     return {
@@ -229,8 +224,6 @@ REPO = Path(__file__).resolve().parents[2]
 def data_dir_copy(stack: dict, name: str) -> str:
     """A private copy (``name``) of the ``ls_stack`` fixture's warmed data dir: concept store,
     index and job queue of one backend or CLI process."""
-    import shutil
-
     target = stack["root"] / name
     if not target.exists():
         shutil.copytree(stack["warm"], target)
